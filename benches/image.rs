@@ -1,0 +1,95 @@
+//! `cargo bench --bench image`: commit → qcow2 (and raw) seconds with per-stage times,
+//! and boot-to-marker seconds under QEMU (TCG here) with BIOS and UEFI. The commit comes
+//! from composing `recipes/base.toml` (or `KILN_BENCH_RECIPE`) into `build/repo`; an
+//! unchanged recipe makes that a no-change skip. Goals are printed, never asserted.
+
+use kiln::qemu::{Vm, VmOptions};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const GOAL_IMAGE_SECS: f64 = 30.0;
+const GOAL_BOOT_SECS: f64 = 60.0;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn kiln(args: &[&str]) -> (serde_json::Value, f64) {
+    let t = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("running kiln");
+    assert!(out.status.success(), "kiln {args:?} failed");
+    let v = serde_json::from_slice(&out.stdout).expect("kiln --json output");
+    (v, t.elapsed().as_secs_f64())
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let recipe = std::env::var_os("KILN_BENCH_RECIPE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("recipes/base.toml"));
+    let repo = root().join("build/repo");
+    let cache = root().join("build/cache");
+    let out_dir = root().join("build/bench-image");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let (c, _) = kiln(&[
+        "compose",
+        recipe.to_str().unwrap(),
+        "--repo",
+        repo.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--json",
+    ]);
+    let ref_ = c["ref"].as_str().expect("ref").to_string();
+
+    let mut rows = Vec::new();
+    for (fmt, name) in [("qcow2", "base.qcow2"), ("raw", "base.raw")] {
+        let out = out_dir.join(name);
+        let (v, secs) = kiln(&[
+            "image",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--ref",
+            &ref_,
+            "--format",
+            fmt,
+            "--karg",
+            "kiln.autologin",
+            "--output",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
+        println!(
+            "image: commit -> {fmt}: {secs:.1} s (goal <= {GOAL_IMAGE_SECS} s for qcow2), {} MiB on disk; stages {}",
+            v["size"].as_u64().unwrap_or(0) / (1024 * 1024),
+            v["timings"]
+        );
+        rows.push((fmt, secs));
+    }
+
+    for uefi in [false, true] {
+        let mut o = VmOptions::new(
+            out_dir.join("base.qcow2"),
+            if uefi { "bench-uefi" } else { "bench-bios" },
+        );
+        o.uefi = uefi;
+        o.artifacts = root().join("build/test-artifacts");
+        let t = Instant::now();
+        let mut vm = Vm::start(o).expect("starting QEMU");
+        match vm.wait_for("KILN-BOOTED", Duration::from_secs(1800)) {
+            Ok(_) => println!(
+                "image: boot to marker ({}, {:?}): {:.1} s (goal <= {GOAL_BOOT_SECS} s under TCG)",
+                if uefi { "UEFI" } else { "BIOS" },
+                kiln::qemu::accel(),
+                t.elapsed().as_secs_f64()
+            ),
+            Err(e) => println!("image: boot to marker failed: {e:#}"),
+        }
+    }
+}

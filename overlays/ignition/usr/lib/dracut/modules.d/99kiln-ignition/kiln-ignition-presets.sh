@@ -1,0 +1,15 @@
+#!/bin/bash
+# Ignition's files stage records `enabled: true|false` of units as presets
+# (/etc/systemd/system-preset/20-ignition.preset) and leaves applying them to systemd's
+# first-boot preset-all. A kiln system ships an empty /etc/machine-id, which systemd does
+# not count as a first boot, and a full preset-all would also enable every unit Debian
+# leaves disabled: apply exactly the units Ignition named, in the new root.
+set -euo pipefail
+. /usr/libexec/kiln-ignition/lib.sh
+
+preset=/sysroot/etc/systemd/system-preset/20-ignition.preset
+[[ -f "$preset" ]] || exit 0
+mapfile -t units < <(awk '$1 == "enable" || $1 == "disable" { print $2 }' "$preset" | sort -u)
+[[ ${#units[@]} -gt 0 ]] || exit 0
+systemctl --root=/sysroot preset -- "${units[@]}"
+kiln_say "applied Ignition's unit presets: ${units[*]}"

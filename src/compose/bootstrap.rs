@@ -1,0 +1,293 @@
+//! Bootstrap: mmdebstrap builds the Debian root from the recipe's packages.
+//!
+//! - `--variant=minbase --mode=root` plus the recipe's packages; `exclude-packages` are
+//!   passed as apt's `pkg-` ("not installed") and checked after the install.
+//! - Caching follows mmdebstrap's documented recipe: `--skip=essential/unlink`, a setup
+//!   hook that puts the cached `.deb`s into `/var/cache/apt/archives`, and a customize hook
+//!   that brings every `.deb` apt downloaded back out. kiln hardlinks instead of copying
+//!   (the work dir lives in the cache dir, so both are on one file system). apt's package
+//!   lists are cached the same way, so a warm `apt-get update` only revalidates them.
+//! - Daemons: in root mode mmdebstrap moves `/usr/sbin/policy-rc.d` aside and installs its
+//!   own, which exits 101 (deny), and replaces `start-stop-daemon` with a stub for the whole
+//!   install; both are restored afterwards. The tree is never booted here.
+//! - `SOURCE_DATE_EPOCH` is passed through (mmdebstrap then clamps times and removes the
+//!   logs and caches that make a root unreproducible).
+
+use super::sources::AptSource;
+use crate::cmd::Cmd;
+use crate::recipe::Recipe;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Where the bootstrap's caches live inside `--cache-dir`.
+pub struct CacheDirs {
+    pub debs: PathBuf,
+    pub lists: PathBuf,
+}
+
+impl CacheDirs {
+    pub fn new(cache_dir: &Path) -> Result<Self> {
+        let c = CacheDirs {
+            debs: cache_dir.join("debs"),
+            lists: cache_dir.join("apt-lists"),
+        };
+        for d in [&c.debs, &c.lists] {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("creating cache directory {}", d.display()))?;
+        }
+        Ok(c)
+    }
+}
+
+/// Copy-in (setup hook): hardlink, or copy across file systems.
+const HOOK_IN: &str = r#"set -e
+mkdir -p "$1/var/cache/apt/archives" "$1/var/lib/apt/lists"
+for f in "$KILN_DEB_CACHE"/*.deb; do
+  [ -e "$f" ] || continue
+  ln "$f" "$1/var/cache/apt/archives/" 2>/dev/null || cp -p "$f" "$1/var/cache/apt/archives/"
+done
+for f in "$KILN_LISTS_CACHE"/*; do
+  [ -f "$f" ] || continue
+  cp -p "$f" "$1/var/lib/apt/lists/"
+done
+"#;
+
+/// Copy-out (customize hook): every .deb not yet in the cache, and the fresh lists. Also
+/// drops the build-only dpkg option file (force-unsafe-io) from the tree.
+const HOOK_OUT: &str = r#"set -e
+rm -f "$1/etc/dpkg/dpkg.cfg.d/99mmdebstrap"
+for f in "$1"/var/cache/apt/archives/*.deb; do
+  [ -e "$f" ] || continue
+  n="$KILN_DEB_CACHE/${f##*/}"
+  [ -e "$n" ] || ln "$f" "$n" 2>/dev/null || cp -p "$f" "$n"
+done
+rm -f "$KILN_LISTS_CACHE"/*
+for f in "$1"/var/lib/apt/lists/*; do
+  [ -f "$f" ] || continue
+  case "${f##*/}" in lock) continue ;; esac
+  cp -p "$f" "$KILN_LISTS_CACHE/"
+done
+"#;
+
+/// Builds the root in `tree` (which must not exist yet). apt's lists stay in the tree
+/// (`--skip=cleanup/apt/lists`) so the caller can read the InRelease files apt used; the
+/// layout stage removes them with the rest of `/var`.
+pub fn bootstrap(
+    recipe: &Recipe,
+    sources: &[AptSource],
+    tree: &Path,
+    cache: &CacheDirs,
+    epoch: u64,
+    work: &Path,
+    log: &Path,
+) -> Result<()> {
+    let list = work.join("sources.list");
+    let mut text = String::new();
+    for s in sources {
+        text.push_str(&s.line());
+        text.push('\n');
+    }
+    std::fs::write(&list, text).with_context(|| format!("writing {}", list.display()))?;
+
+    let mut include: Vec<String> = recipe.packages.clone();
+    // apt reads `pkg-` as "must not be installed": apt fails when a wanted package needs
+    // it, which names the conflict. The caller checks the result with dpkg-query as well.
+    for x in &recipe.exclude_packages {
+        include.push(format!("{x}-"));
+    }
+    // In a private mount namespace: the /proc, /sys and /dev mounts mmdebstrap makes in the
+    // new root die with it even when it is killed, so no later removal of the root can
+    // walk into the host's /proc or /dev.
+    let mut c = Cmd::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "mmdebstrap"])
+        .args([
+            "--variant=minbase",
+            "--mode=root",
+            "--format=directory",
+            "--skip=essential/unlink",
+            "--skip=cleanup/apt/lists",
+            // No fsync per unpacked file: the tree is committed or thrown away.
+            "--dpkgopt=force-unsafe-io",
+        ])
+        .arg(format!("--components={}", recipe.components.join(",")))
+        .arg(format!("--setup-hook={HOOK_IN}"))
+        .arg(format!("--customize-hook={HOOK_OUT}"))
+        .env("KILN_DEB_CACHE", &cache.debs)
+        .env("KILN_LISTS_CACHE", &cache.lists)
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        // Debian's kernel hook would build an initramfs in /boot that the layout drops;
+        // kiln builds its own after the overlays.
+        .env("INITRD", "No")
+        .env("LC_ALL", "C.UTF-8")
+        .env_remove("TMPDIR");
+    if !include.is_empty() {
+        c = c.arg(format!("--include={}", include.join(",")));
+    }
+    c = c.arg(&recipe.suite).arg(tree).arg(&list);
+    c.run_logged(log)
+        .context("bootstrapping the root with mmdebstrap")?;
+    Ok(())
+}
+
+/// Bootstrap results kept in the cache dir (newest first beyond this are pruned).
+const KEEP_BOOTSTRAPS: usize = 2;
+
+/// The key of a bootstrap result: everything mmdebstrap's output depends on — the package
+/// selection, the apt sources and their `InRelease` hashes, the epoch when fixed, the
+/// mmdebstrap version and kiln's hooks. Equal keys give the same root, so a compose whose
+/// recipe changed only in overlays, scripts, units, kernel arguments or metadata (or whose
+/// kiln binary changed) starts from a copy of the cached root instead of re-installing.
+pub fn key(
+    recipe: &Recipe,
+    sources: &[AptSource],
+    mirror_state: &[String],
+    fixed_epoch: Option<u64>,
+) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mmdebstrap = Cmd::new("mmdebstrap")
+        .arg("--version")
+        .read()
+        .context("asking mmdebstrap for its version")?;
+    let v = serde_json::json!({
+        "format": "kiln-bootstrap-1",
+        "hooks": [HOOK_IN, HOOK_OUT],
+        "mmdebstrap": mmdebstrap,
+        "suite": recipe.suite,
+        "components": recipe.components,
+        "packages": recipe.packages,
+        "exclude": recipe.exclude_packages,
+        "sources": sources.iter().map(|s| s.line()).collect::<Vec<_>>(),
+        "mirror": mirror_state,
+        "epoch": fixed_epoch,
+    });
+    Ok(hex::encode(Sha256::digest(v.to_string().as_bytes())))
+}
+
+fn store(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("bootstrap")
+}
+
+/// Copies the cached root for `key` to `tree` (which must not exist). `false` when there
+/// is none.
+pub fn restore(cache_dir: &Path, key: &str, tree: &Path, log: &Path) -> Result<bool> {
+    let src = store(cache_dir).join(key);
+    if !src.is_dir() {
+        return Ok(false);
+    }
+    // A full copy (reflinks where the file system has them): later stages may change files
+    // in place, which must never reach the cache.
+    Cmd::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(&src)
+        .arg(tree)
+        .run_logged(log)
+        .with_context(|| format!("copying the cached bootstrap {}", src.display()))?;
+    // Most recently used first when pruning.
+    let _ = Cmd::new("touch").arg(&src).run();
+    Ok(true)
+}
+
+/// Keeps a copy of a fresh bootstrap under `key`, dropping the least recently used ones.
+pub fn save(cache_dir: &Path, key: &str, tree: &Path, log: &Path) -> Result<()> {
+    let dir = store(cache_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".{key}.tmp"));
+    let dst = dir.join(key);
+    super::overlay::remove_any(&tmp)?;
+    Cmd::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(tree)
+        .arg(&tmp)
+        .run_logged(log)
+        .with_context(|| format!("caching the bootstrap in {}", dir.display()))?;
+    super::overlay::remove_any(&dst)?;
+    std::fs::rename(&tmp, &dst).with_context(|| format!("renaming to {}", dst.display()))?;
+    // cp -a kept the tree's mtime; the entry's age is its last use.
+    Cmd::new("touch").arg(&dst).run()?;
+    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    entries.sort();
+    entries.reverse();
+    for (_, old) in entries.into_iter().skip(KEEP_BOOTSTRAPS) {
+        super::overlay::remove_any(&old)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe() -> Recipe {
+        Recipe {
+            name: "t".into(),
+            ref_: "t/r".into(),
+            version: "1".into(),
+            suite: "bookworm".into(),
+            mirror: None,
+            components: vec!["main".into()],
+            packages: vec!["systemd".into()],
+            exclude_packages: vec![],
+            remove_files: vec![],
+            overlays: vec![],
+            postprocess: vec![],
+            units: Default::default(),
+            updates: Default::default(),
+            kernel_args: vec![],
+            dracut_modules: vec![],
+            metadata: Default::default(),
+            source_date_epoch: None,
+            sources: vec![],
+        }
+    }
+
+    #[test]
+    fn key_follows_what_mmdebstrap_sees_only() {
+        if !crate::cmd::have("mmdebstrap") {
+            panic!("mmdebstrap is a host dependency (make deps)");
+        }
+        let src = vec![AptSource {
+            uri: "http://deb.debian.org/debian".into(),
+            suite: "bookworm".into(),
+            components: vec!["main".into()],
+        }];
+        let m = vec!["http://deb.debian.org/debian bookworm aa".to_string()];
+        let r = recipe();
+        let k = key(&r, &src, &m, None).unwrap();
+        let mut r2 = r.clone();
+        r2.kernel_args = vec!["quiet".into()];
+        r2.overlays = vec!["/x".into()];
+        r2.metadata.insert("a".into(), "b".into());
+        assert_eq!(k, key(&r2, &src, &m, None).unwrap());
+        r2.packages.push("podman".into());
+        assert_ne!(k, key(&r2, &src, &m, None).unwrap());
+        let m2 = vec!["http://deb.debian.org/debian bookworm ab".to_string()];
+        assert_ne!(k, key(&r, &src, &m2, None).unwrap());
+        assert_ne!(k, key(&r, &src, &m, Some(1)).unwrap());
+    }
+
+    #[test]
+    fn save_restore_and_prune() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("log");
+        let t = d.path().join("t");
+        std::fs::create_dir_all(t.join("etc")).unwrap();
+        std::fs::write(t.join("etc/x"), "1").unwrap();
+        for k in ["k1", "k2", "k3"] {
+            save(d.path(), k, &t, &log).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            !store(d.path()).join("k1").exists(),
+            "least recently used pruned"
+        );
+        let out = d.path().join("out");
+        assert!(restore(d.path(), "k3", &out, &log).unwrap());
+        assert_eq!(std::fs::read_to_string(out.join("etc/x")).unwrap(), "1");
+        assert!(!restore(d.path(), "k1", &d.path().join("o2"), &log).unwrap());
+    }
+}

@@ -1,0 +1,62 @@
+//! Running programs inside the tree: `unshare --mount --net --pid --fork` then `chroot`.
+//!
+//! The new mount namespace gets its own `/proc`, a small `/dev` (tmpfs with the usual
+//! character devices) and a read-only `/sys`; they disappear with the namespace when the
+//! program exits, on success and on error alike, so nothing is ever left mounted on the
+//! host. The new network namespace has only a down loopback: no network. The new PID
+//! namespace means any daemon a script starts dies with it.
+
+use crate::cmd::Cmd;
+use anyhow::Result;
+use std::path::Path;
+
+const SETUP: &str = r#"set -e
+t="$1"; shift
+mount -t proc proc "$t/proc"
+mount -t tmpfs -o mode=0755,nosuid,size=16m kiln-dev "$t/dev"
+for n in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
+  IFS=: read -r name maj min <<EOF
+$n
+EOF
+  mknod -m 0666 "$t/dev/$name" c "$maj" "$min"
+done
+ln -s /proc/self/fd "$t/dev/fd"
+ln -s /proc/self/fd/0 "$t/dev/stdin"
+ln -s /proc/self/fd/1 "$t/dev/stdout"
+ln -s /proc/self/fd/2 "$t/dev/stderr"
+mount -t sysfs -o ro kiln-sys "$t/sys"
+exec chroot "$t" "$@"
+"#;
+
+/// A command to run in `tree` with a clean environment plus `env`.
+pub fn command(tree: &Path, argv: &[&str], env: &[(&str, String)]) -> Cmd {
+    for d in ["proc", "dev", "sys"] {
+        let _ = std::fs::create_dir_all(tree.join(d));
+    }
+    let mut c = Cmd::new("unshare")
+        .args(["--mount", "--net", "--pid", "--fork", "--kill-child", "--"])
+        .args(["/bin/bash", "-c", SETUP, "kiln-chroot"])
+        .arg(tree)
+        .args([
+            "/usr/bin/env",
+            "-i",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME=/root",
+            "LC_ALL=C.UTF-8",
+            "DEBIAN_FRONTEND=noninteractive",
+        ]);
+    for (k, v) in env {
+        c = c.arg(format!("{k}={v}"));
+    }
+    c.args(argv)
+}
+
+/// Runs `argv` in the tree with its output appended to `log`.
+pub fn run_logged(tree: &Path, argv: &[&str], env: &[(&str, String)], log: &Path) -> Result<()> {
+    command(tree, argv, env).run_logged(log)
+}
+
+/// Runs `argv` in the tree and returns its stdout.
+pub fn read(tree: &Path, argv: &[&str], env: &[(&str, String)]) -> Result<String> {
+    command(tree, argv, env).read()
+}

@@ -1,0 +1,615 @@
+//! The compose pipeline: inputs → (skip?) → bootstrap → overlays → units → postprocess →
+//! remove-files → kiln binary → initramfs → package list → layout → commit.
+
+use super::{
+    bootstrap, epoch as epochs, initramfs, inputhash, layout, overlay, postprocess, sources,
+};
+use crate::progress::Progress;
+use crate::recipe::Recipe;
+use crate::repo::{self, keys, CommitOptions, MetaValue};
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Commit metadata key (`as`): `"URI SUITE sha256(InRelease)"` per apt source, sorted.
+pub const MIRROR_STATE_KEY: &str = "kiln.mirror-state";
+
+/// Commit metadata key (`s`): sha256 of the resolved recipe as recorded in `kiln.recipe`
+/// (compact JSON), the recipe a rebuild must match.
+pub const RECIPE_SHA256_KEY: &str = "kiln.recipe-sha256";
+
+/// sha256 (hex) of the recipe JSON as stored in the commit.
+pub fn recipe_sha256(rjson: &serde_json::Value) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let text = serde_json::to_string(rjson).context("encoding the recipe")?;
+    Ok(hex::encode(Sha256::digest(text.as_bytes())))
+}
+
+/// How to compose.
+#[derive(Debug, Clone)]
+pub struct ComposeOptions {
+    pub repo: PathBuf,
+    pub repo_mode: repo::RepoMode,
+    pub cache_dir: PathBuf,
+    /// The binary installed as `usr/bin/kiln` (default: the running executable).
+    pub kiln_binary: Option<PathBuf>,
+    /// Move the final tree here instead of deleting it (benchmarks, debugging).
+    pub keep_tree: Option<PathBuf>,
+    /// Root of the host's apt configuration (`/`), for the default mirror.
+    pub apt_root: PathBuf,
+    pub quiet: bool,
+}
+
+/// What a compose did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComposeOutcome {
+    #[serde(rename = "ref")]
+    pub ref_: String,
+    pub commit: String,
+    pub parent: Option<String>,
+    pub version: String,
+    pub skipped: bool,
+    /// The bootstrap was copied from the cache instead of run.
+    pub bootstrap_reused: bool,
+    pub input_hash: String,
+    /// Seconds per stage, in order.
+    pub stages: serde_json::Value,
+    pub objects_written: u64,
+    pub content_bytes_written: u64,
+    /// Where the chatty tools' output went.
+    pub log: PathBuf,
+}
+
+/// The build epoch and whether it is fixed: `SOURCE_DATE_EPOCH` wins, then the recipe's
+/// `source-date-epoch`; otherwise the current time, which [`compose`] replaces with the
+/// newest changelog date of the installed packages ([`super::epoch`]).
+pub fn build_epoch(recipe: &Recipe) -> Result<(u64, bool)> {
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        let e = v
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?;
+        return Ok((e, true));
+    }
+    if let Some(e) = recipe.source_date_epoch {
+        return Ok((e, true));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Ok((now, false))
+}
+
+/// The recipe as JSON for metadata and the input hash: paths relative to the main recipe
+/// file's directory (no build-host paths), everything else as resolved.
+pub fn recipe_json(recipe: &Recipe) -> Result<serde_json::Value> {
+    let base = recipe
+        .sources
+        .first()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf);
+    let rel = |p: &PathBuf| -> String {
+        match &base {
+            Some(b) => relative(p, b),
+            None => p.display().to_string(),
+        }
+    };
+    let mut v = serde_json::to_value(recipe).context("encoding the recipe as JSON")?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("overlays".into(), recipe.overlays.iter().map(rel).collect());
+        o.insert(
+            "postprocess".into(),
+            recipe.postprocess.iter().map(rel).collect(),
+        );
+        o.insert("sources".into(), recipe.sources.iter().map(rel).collect());
+    }
+    Ok(v)
+}
+
+fn relative(p: &Path, base: &Path) -> String {
+    let pc: Vec<_> = p.components().collect();
+    let bc: Vec<_> = base.components().collect();
+    let common = pc.iter().zip(&bc).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..bc.len() {
+        out.push("..");
+    }
+    for c in &pc[common..] {
+        out.push(c);
+    }
+    out.display().to_string()
+}
+
+/// `YYYYMMDD` (UTC) of an epoch.
+pub fn date_of(epoch: u64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = (epoch / 86400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}")
+}
+
+/// Expands `{date}` and `{serial}`: the serial is the smallest number giving a version no
+/// commit of the ref's history already has.
+pub fn expand_version(template: &str, epoch: u64, taken: &[String]) -> String {
+    let dated = template.replace("{date}", &date_of(epoch));
+    if !dated.contains("{serial}") {
+        return dated;
+    }
+    (0u64..)
+        .map(|n| dated.replace("{serial}", &n.to_string()))
+        .find(|v| !taken.contains(v))
+        .unwrap_or(dated)
+}
+
+/// A work directory that is removed on drop — after making sure nothing is still mounted
+/// below it (a killed mmdebstrap can leave its /proc, /sys or /dev mounts behind, and
+/// deleting through those would touch the host).
+pub struct WorkDir {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl WorkDir {
+    pub fn new(parent: &Path) -> Result<Self> {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-compose-")
+            .tempdir_in(parent)
+            .with_context(|| format!("creating a work directory in {}", parent.display()))?;
+        Ok(WorkDir { dir: Some(dir) })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .map(|d| d.path())
+            .unwrap_or(Path::new("/nonexistent"))
+    }
+}
+
+fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return vec![];
+    };
+    let mut v: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    v.sort();
+    v.reverse(); // deepest first
+    v
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let Some(d) = self.dir.take() else { return };
+        let path = d.path().to_path_buf();
+        for m in mounts_below(&path) {
+            let _ = crate::cmd::Cmd::new("umount").arg("--lazy").arg(&m).run();
+        }
+        if mounts_below(&path).is_empty() {
+            if let Err(e) = d.close() {
+                eprintln!("kiln: warning: could not remove {}: {e}", path.display());
+            }
+        } else {
+            eprintln!(
+                "kiln: warning: leaving {} in place: something is still mounted below it",
+                path.display()
+            );
+            std::mem::forget(d);
+        }
+    }
+}
+
+/// An exclusive `flock` on a file, released when dropped (or when the process dies).
+pub struct CacheLock {
+    _file: std::fs::File,
+}
+
+impl CacheLock {
+    pub fn acquire(path: &Path) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own; no memory is shared.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", path.display()));
+        }
+        Ok(CacheLock { _file: f })
+    }
+}
+
+/// Composes `recipe` into `opts.repo`.
+pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome> {
+    let mut p = Progress::new(opts.quiet);
+    let (mut epoch, fixed) = build_epoch(recipe)?;
+    let kiln_bin = match &opts.kiln_binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().context("finding the running kiln binary")?,
+    };
+    let kiln_version = env!("CARGO_PKG_VERSION").to_string();
+
+    // --- inputs: everything the no-change decision needs, no downloads but InRelease.
+    let s = p.stage("inputs");
+    std::fs::create_dir_all(&opts.cache_dir)
+        .with_context(|| format!("creating cache dir {}", opts.cache_dir.display()))?;
+    let cache_dir = std::fs::canonicalize(&opts.cache_dir)
+        .with_context(|| format!("resolving {}", opts.cache_dir.display()))?;
+    let repo = repo::open_or_create(&opts.repo, opts.repo_mode)?;
+    let srcs = sources::resolve(
+        recipe.mirror.as_deref(),
+        &recipe.suite,
+        &recipe.components,
+        &opts.apt_root,
+    )?;
+    let mirror = sources::mirror_state(&srcs)?;
+    let rjson = recipe_json(recipe)?;
+    let kiln_sha = inputhash::file_sha256(&kiln_bin)?;
+    // The epoch everything is built with, once known: fixed, or the changelog date
+    // remembered for this package set and mirror state (else learned at bootstrap).
+    let mut pinned = fixed.then_some(epoch);
+    if pinned.is_none() {
+        let ukey = bootstrap::key(recipe, &srcs, &mirror, None)?;
+        pinned = epochs::remembered(&cache_dir, &ukey);
+        if let Some(e) = pinned {
+            epoch = e;
+        }
+    }
+    let hash_of = |mirror: &[String], pinned: Option<u64>| {
+        inputhash::compute(&inputhash::Inputs {
+            recipe_json: &rjson,
+            overlays: &recipe.overlays,
+            postprocess: &recipe.postprocess,
+            kiln_sha256: &kiln_sha,
+            kiln_version: &kiln_version,
+            fixed_epoch: pinned,
+            mirror_state: mirror,
+        })
+    };
+    let mut input_hash = hash_of(&mirror, pinned)?;
+    let previous = repo::resolve(&repo, &recipe.ref_)?;
+    let history = match &previous {
+        Some(_) => repo::log(&repo, &recipe.ref_, usize::MAX)?,
+        None => vec![],
+    };
+    s.done();
+    let logs = cache_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let log = logs.join(format!("compose-{}.log", sanitize(&recipe.name)));
+    if let Some(prev) = history.first() {
+        if prev.meta_str(keys::INPUT_HASH) == Some(input_hash.as_str()) {
+            p.note(&format!(
+                "nothing changed since {} ({}): recipe, overlays, scripts, kiln and mirror \
+                 state are the same; not composing",
+                prev.checksum,
+                prev.version.as_deref().unwrap_or("no version")
+            ));
+            return Ok(ComposeOutcome {
+                ref_: recipe.ref_.clone(),
+                commit: prev.checksum.clone(),
+                parent: prev.parent.clone(),
+                version: prev.version.clone().unwrap_or_default(),
+                skipped: true,
+                bootstrap_reused: false,
+                input_hash,
+                stages: p.timings_json(),
+                objects_written: 0,
+                content_bytes_written: 0,
+                log,
+            });
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "composing needs root (mmdebstrap --mode=root, chroot, mounts in a private \
+             namespace); run kiln compose as root"
+        );
+    }
+    // One compose at a time per cache dir (shared .deb cache, apt lists, logs).
+    let _lock = CacheLock::acquire(&cache_dir.join("lock"))?;
+    std::fs::write(&log, b"").with_context(|| format!("truncating {}", log.display()))?;
+
+    let work = WorkDir::new(&cache_dir.join("work"))?;
+    let tree = work.path().join("tree");
+    let cache = bootstrap::CacheDirs::new(&cache_dir)?;
+
+    let s = p.stage("bootstrap");
+    let mut epoch_note = None;
+    if pinned.is_none() {
+        // Neither SOURCE_DATE_EPOCH nor the recipe fixes the epoch: install once to learn
+        // the newest changelog date, then bootstrap again with it (docs/reproducible.md).
+        let probe = work.path().join("probe");
+        bootstrap::bootstrap(recipe, &srcs, &probe, &cache, epoch, work.path(), &log)
+            .with_context(|| format!("full log: {}", log.display()))?;
+        let learned = epochs::newest_changelog(&probe)?;
+        super::overlay::remove_any(&probe)?;
+        match learned {
+            Some(e) => {
+                let ukey = bootstrap::key(recipe, &srcs, &mirror, None)?;
+                epochs::remember(&cache_dir, &ukey, e)?;
+                epoch_note = Some(format!(
+                    "build epoch: {e}, the newest changelog date of the installed packages \
+                     (set SOURCE_DATE_EPOCH to choose it)"
+                ));
+                epoch = e;
+                pinned = Some(e);
+                input_hash = hash_of(&mirror, pinned)?;
+            }
+            None => {
+                epoch_note = Some(
+                    "no package changelog has a date: building with the current time, so \
+                     this build is not reproducible (set SOURCE_DATE_EPOCH)"
+                        .to_string(),
+                )
+            }
+        }
+    }
+    let fixed_epoch = pinned;
+    let bkey = bootstrap::key(recipe, &srcs, &mirror, fixed_epoch)?;
+    let reused = bootstrap::restore(&cache_dir, &bkey, &tree, &log)?;
+    if !reused {
+        bootstrap::bootstrap(recipe, &srcs, &tree, &cache, epoch, work.path(), &log)
+            .with_context(|| format!("full log: {}", log.display()))?;
+    }
+    // apt may have seen a newer mirror state than the InRelease files fetched above.
+    let seen = sources::mirror_state_from_lists(&srcs, &tree.join("var/lib/apt/lists"))?;
+    let mirror = if seen != mirror {
+        input_hash = hash_of(&seen, pinned)?;
+        seen
+    } else {
+        mirror
+    };
+    check_excluded(recipe, &tree)?;
+    if !reused {
+        let k = bootstrap::key(recipe, &srcs, &mirror, fixed_epoch)?;
+        bootstrap::save(&cache_dir, &k, &tree, &log)?;
+    }
+    s.done();
+    if let Some(n) = epoch_note {
+        p.note(&n);
+    }
+    if reused {
+        p.note("bootstrap: reused the cached root (same packages, sources and mirror state)");
+    }
+
+    let s = p.stage("overlays");
+    overlay::apply(&recipe.overlays, &tree)?;
+    crate::updates::write_to_tree(&recipe.updates, &tree)?;
+    s.done();
+
+    let s = p.stage("postprocess");
+    postprocess::apply_units(&recipe.units, &tree, &log)?;
+    postprocess::run_scripts(&recipe.postprocess, &tree, &recipe.name, epoch, &log)?;
+    postprocess::remove_files(&recipe.remove_files, &tree)?;
+    install_kiln(&kiln_bin, &tree, &log)?;
+    s.done();
+
+    let s = p.stage("initramfs");
+    let kver = initramfs::build(&tree, &recipe.dracut_modules, epoch, &log)?;
+    s.done();
+
+    let s = p.stage("layout");
+    let packages = installed_packages(&tree.join("var/lib/dpkg"))?;
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    layout::convert(&tree, host_name.as_deref())?;
+    check_no_build_paths(&tree, work.path())?;
+    s.done();
+
+    let s = p.stage("commit");
+    let taken: Vec<String> = history.iter().filter_map(|c| c.version.clone()).collect();
+    let version = expand_version(&recipe.version, epoch, &taken);
+    let mut md = vec![
+        (keys::VERSION.to_string(), MetaValue::Str(version.clone())),
+        (
+            keys::RECIPE.to_string(),
+            MetaValue::Str(serde_json::to_string(&rjson).context("encoding the recipe")?),
+        ),
+        (
+            RECIPE_SHA256_KEY.to_string(),
+            MetaValue::Str(recipe_sha256(&rjson)?),
+        ),
+        (keys::PACKAGES.to_string(), MetaValue::StrList(packages)),
+        (
+            keys::INPUT_HASH.to_string(),
+            MetaValue::Str(input_hash.clone()),
+        ),
+        (keys::KILN_VERSION.to_string(), MetaValue::Str(kiln_version)),
+        (
+            keys::KARGS.to_string(),
+            MetaValue::StrList(recipe.kernel_args.clone()),
+        ),
+        (keys::SOURCE_DATE_EPOCH.to_string(), MetaValue::U64(epoch)),
+        (MIRROR_STATE_KEY.to_string(), MetaValue::StrList(mirror)),
+    ];
+    for (k, v) in &recipe.metadata {
+        md.push((
+            format!("{}{k}", keys::USER_PREFIX),
+            MetaValue::Str(v.clone()),
+        ));
+    }
+    let res = repo::commit_dir(
+        &repo,
+        &tree,
+        &CommitOptions {
+            ref_: recipe.ref_.clone(),
+            parent: previous.clone(),
+            subject: Some(format!("{} {version}", recipe.name)),
+            timestamp: epoch,
+            metadata: md,
+            bootable: true,
+        },
+    )?;
+    s.done();
+    p.note(&format!(
+        "committed {} {version} (kernel {kver}) as {}",
+        recipe.ref_, res.checksum
+    ));
+
+    if let Some(dst) = &opts.keep_tree {
+        super::overlay::remove_any(dst)?;
+        std::fs::rename(&tree, dst).with_context(|| {
+            format!(
+                "moving the tree to {} (must be on the cache dir's file system)",
+                dst.display()
+            )
+        })?;
+    }
+    Ok(ComposeOutcome {
+        ref_: recipe.ref_.clone(),
+        commit: res.checksum,
+        parent: res.parent,
+        version,
+        skipped: false,
+        bootstrap_reused: reused,
+        input_hash,
+        stages: p.timings_json(),
+        objects_written: res.content_objects_written + res.metadata_objects_written,
+        content_bytes_written: res.content_bytes_written,
+        log,
+    })
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `name=version` of every installed package, sorted.
+pub fn installed_packages(admindir: &Path) -> Result<Vec<String>> {
+    let out = crate::cmd::Cmd::new("dpkg-query")
+        .arg(format!("--admindir={}", admindir.display()))
+        .args(["-W", "-f", "${db:Status-Abbrev}\t${Package}=${Version}\n"])
+        .read()
+        .context("listing the tree's installed packages")?;
+    let mut v: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with("ii"))
+        .filter_map(|l| l.split('\t').nth(1).map(String::from))
+        .collect();
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+fn check_excluded(recipe: &Recipe, tree: &Path) -> Result<()> {
+    if recipe.exclude_packages.is_empty() {
+        return Ok(());
+    }
+    let pkgs = installed_packages(&tree.join("var/lib/dpkg"))?;
+    let bad: Vec<&String> = recipe
+        .exclude_packages
+        .iter()
+        .filter(|x| pkgs.iter().any(|p| p.split('=').next() == Some(x.as_str())))
+        .collect();
+    if !bad.is_empty() {
+        bail!(
+            "exclude-packages: {} got installed anyway (essential packages cannot be excluded)",
+            bad.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The running kiln goes into the tree as `usr/bin/kiln`, debug info stripped when `strip`
+/// is available (the input hash covers the original binary).
+fn install_kiln(bin: &Path, tree: &Path, log: &Path) -> Result<()> {
+    let dst = tree.join("usr/bin/kiln");
+    let data = std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
+    layout::write_file(&dst, &data, 0o755)?;
+    if crate::cmd::have("strip") {
+        crate::cmd::Cmd::new("strip")
+            .arg("--strip-debug")
+            .arg(&dst)
+            .run_logged(log)
+            .context("stripping the kiln binary in the tree")?;
+    }
+    Ok(())
+}
+
+/// Fails when the work directory's path appears in any file of the tree.
+fn check_no_build_paths(tree: &Path, work: &Path) -> Result<()> {
+    let r = crate::cmd::Cmd::new("grep")
+        .args(["-rlsF", "--"])
+        .arg(work.as_os_str())
+        .arg(tree)
+        .run();
+    match r {
+        Ok(out) => {
+            let s = out.stdout_str();
+            bail!("build paths ({}) left in the tree:\n{s}", work.display())
+        }
+        Err(e) => match e.downcast_ref::<crate::cmd::CmdError>() {
+            Some(c) if c.status == "exit status 1" => Ok(()),
+            _ => Err(e).context("searching the tree for build paths"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_serials() {
+        assert_eq!(date_of(0), "19700101");
+        assert_eq!(date_of(1_700_000_000), "20231114");
+        assert_eq!(date_of(951_782_400), "20000229");
+        let taken = vec!["20231114.0".to_string(), "20231114.1".to_string()];
+        assert_eq!(
+            expand_version("{date}.{serial}", 1_700_000_000, &taken),
+            "20231114.2"
+        );
+        assert_eq!(
+            expand_version("{date}.{serial}", 1_700_000_000, &[]),
+            "20231114.0"
+        );
+        assert_eq!(expand_version("1.0", 0, &taken), "1.0");
+    }
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(
+            relative(Path::new("/a/b/overlays/x"), Path::new("/a/b/recipes")),
+            "../overlays/x"
+        );
+        assert_eq!(relative(Path::new("/a/b/x.sh"), Path::new("/a/b")), "x.sh");
+    }
+
+    #[test]
+    fn workdir_is_removed_on_drop() {
+        let d = tempfile::tempdir().unwrap();
+        let p;
+        {
+            let w = WorkDir::new(d.path()).unwrap();
+            p = w.path().to_path_buf();
+            std::fs::write(p.join("f"), "x").unwrap();
+        }
+        assert!(!p.exists());
+    }
+}

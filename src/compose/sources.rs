@@ -1,0 +1,386 @@
+//! Where packages come from: the recipe's mirror, or the Debian entries of the host's apt
+//! sources (`/etc/apt/sources.list`, `sources.list.d/*.list` and deb822 `*.sources`).
+//!
+//! Only Debian archive entries are taken from the host: an entry counts as Debian when its
+//! `Signed-By` names the Debian archive keyring, or, without `Signed-By`, when its host is
+//! under `debian.org`. Third-party repositories (which often use Debian suite names such as
+//! `bookworm`) are ignored. The host's suite names are mapped onto the recipe's suite:
+//! `bookworm-updates` on a bookworm host becomes `trixie-updates` for a trixie recipe.
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// One `deb` line: a mirror URI and a suite with components.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AptSource {
+    pub uri: String,
+    pub suite: String,
+    pub components: Vec<String>,
+}
+
+impl AptSource {
+    /// The one-line `sources.list` form mmdebstrap takes.
+    pub fn line(&self) -> String {
+        format!(
+            "deb {} {} {}",
+            self.uri,
+            self.suite,
+            self.components.join(" ")
+        )
+    }
+
+    /// `URI/dists/SUITE/InRelease`.
+    pub fn inrelease_url(&self) -> String {
+        format!(
+            "{}/dists/{}/InRelease",
+            self.uri.trim_end_matches('/'),
+            self.suite
+        )
+    }
+}
+
+/// A raw entry as read from the host's configuration.
+#[derive(Debug, Clone, PartialEq)]
+struct HostEntry {
+    uri: String,
+    suites: Vec<String>,
+    signed_by: Option<String>,
+}
+
+/// The sources for a recipe: the explicit mirror, or the host's Debian entries.
+pub fn resolve(
+    mirror: Option<&str>,
+    suite: &str,
+    components: &[String],
+    apt_root: &Path,
+) -> Result<Vec<AptSource>> {
+    let comps = if components.is_empty() {
+        vec!["main".to_string()]
+    } else {
+        components.to_vec()
+    };
+    if let Some(m) = mirror {
+        return Ok(vec![AptSource {
+            uri: m.trim_end_matches('/').to_string(),
+            suite: suite.to_string(),
+            components: comps,
+        }]);
+    }
+    let entries = read_host_entries(apt_root)?;
+    let out = map_debian_entries(&entries, suite, &comps);
+    if out.is_empty() {
+        bail!(
+            "no Debian archive entry in the host's apt sources ({}/etc/apt/sources.list, \
+             sources.list.d/); set `mirror` in the recipe",
+            apt_root.display().to_string().trim_end_matches('/')
+        );
+    }
+    Ok(out)
+}
+
+fn map_debian_entries(entries: &[HostEntry], suite: &str, comps: &[String]) -> Vec<AptSource> {
+    let mut out: Vec<AptSource> = Vec::new();
+    for e in entries.iter().filter(|e| is_debian(e)) {
+        for s in &e.suites {
+            // `bookworm-updates` -> suffix `-updates`; `bookworm` -> no suffix.
+            let suffix = s.find('-').map(|i| &s[i..]).unwrap_or("");
+            // Only the release itself, its updates and its security suite.
+            if !matches!(suffix, "" | "-updates" | "-security") {
+                continue;
+            }
+            let src = AptSource {
+                uri: e.uri.trim_end_matches('/').to_string(),
+                suite: format!("{suite}{suffix}"),
+                components: comps.to_vec(),
+            };
+            if !out.contains(&src) {
+                out.push(src);
+            }
+        }
+    }
+    out
+}
+
+fn is_debian(e: &HostEntry) -> bool {
+    match &e.signed_by {
+        Some(k) => k.contains("debian-archive-keyring"),
+        None => host_of(&e.uri)
+            .map(|h| h == "debian.org" || h.ends_with(".debian.org"))
+            .unwrap_or(false),
+    }
+}
+
+fn host_of(uri: &str) -> Option<&str> {
+    let rest = uri.split_once("://")?.1;
+    let host = rest.split('/').next()?;
+    let host = host.rsplit('@').next()?;
+    Some(host.split(':').next().unwrap_or(host))
+}
+
+fn read_host_entries(root: &Path) -> Result<Vec<HostEntry>> {
+    let mut out = Vec::new();
+    let main = root.join("etc/apt/sources.list");
+    if main.exists() {
+        let text = std::fs::read_to_string(&main)
+            .with_context(|| format!("reading {}", main.display()))?;
+        out.extend(parse_one_line(&text));
+    }
+    let dir = root.join("etc/apt/sources.list.d");
+    if dir.is_dir() {
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .with_context(|| format!("listing {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        names.sort();
+        for p in names {
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext != "list" && ext != "sources" {
+                continue; // apt ignores other names too (e.g. *.disabled)
+            }
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            if ext == "list" {
+                out.extend(parse_one_line(&text));
+            } else {
+                out.extend(parse_deb822(&text));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `deb [opt=val ...] URI SUITE COMP...` lines; `deb-src` and comments are skipped.
+fn parse_one_line(text: &str) -> Vec<HostEntry> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let Some(rest) = line
+            .strip_prefix("deb ")
+            .or_else(|| line.strip_prefix("deb\t"))
+        else {
+            continue;
+        };
+        let mut rest = rest.trim_start();
+        let mut signed_by = None;
+        if let Some(r) = rest.strip_prefix('[') {
+            let Some(end) = r.find(']') else { continue };
+            for opt in r[..end].split_whitespace() {
+                if let Some(v) = opt.strip_prefix("signed-by=") {
+                    signed_by = Some(v.to_string());
+                }
+            }
+            rest = r[end + 1..].trim_start();
+        }
+        let mut words = rest.split_whitespace();
+        let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
+            continue;
+        };
+        out.push(HostEntry {
+            uri: uri.to_string(),
+            suites: vec![suite.to_string()],
+            signed_by,
+        });
+    }
+    out
+}
+
+/// deb822 stanzas (`Types:`, `URIs:`, `Suites:`, `Signed-By:`, `Enabled:`).
+fn parse_deb822(text: &str) -> Vec<HostEntry> {
+    let mut out = Vec::new();
+    let mut stanza: Vec<(String, String)> = Vec::new();
+    let flush = |stanza: &mut Vec<(String, String)>, out: &mut Vec<HostEntry>| {
+        let get = |k: &str| {
+            stanza
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.clone())
+        };
+        let types = get("Types").unwrap_or_default();
+        let enabled = get("Enabled").map(|v| v.trim() != "no").unwrap_or(true);
+        if enabled && types.split_whitespace().any(|t| t == "deb") {
+            let suites: Vec<String> = get("Suites")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            let signed_by = get("Signed-By");
+            for uri in get("URIs").unwrap_or_default().split_whitespace() {
+                out.push(HostEntry {
+                    uri: uri.to_string(),
+                    suites: suites.clone(),
+                    signed_by: signed_by.clone(),
+                });
+            }
+        }
+        stanza.clear();
+    };
+    for raw in text.lines() {
+        if raw.trim_start().starts_with('#') {
+            continue;
+        }
+        if raw.trim().is_empty() {
+            flush(&mut stanza, &mut out);
+            continue;
+        }
+        if raw.starts_with(' ') || raw.starts_with('\t') {
+            // Continuation line (e.g. an inline Signed-By key block).
+            if let Some(last) = stanza.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(raw.trim());
+            }
+            continue;
+        }
+        if let Some((k, v)) = raw.split_once(':') {
+            stanza.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    flush(&mut stanza, &mut out);
+    out
+}
+
+/// Fetches each source's `InRelease` and returns `"URI SUITE sha256"` lines, sorted. These
+/// files pin the whole archive state: unchanged InRelease files mean the mirror would
+/// install the very same package versions.
+pub fn mirror_state(sources: &[AptSource]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for s in sources {
+        let url = s.inrelease_url();
+        let out_bytes = crate::cmd::Cmd::new("curl")
+            .args(["-fsSL", "--retry", "2", "--max-time", "60", &url])
+            .run()
+            .with_context(|| format!("fetching the mirror state {url}"))?
+            .stdout;
+        out.push(format!(
+            "{} {} {}",
+            s.uri,
+            s.suite,
+            hex::encode(Sha256::digest(&out_bytes))
+        ));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The mirror state as apt saw it during bootstrap: hashes of the `InRelease` files in
+/// the tree's `var/lib/apt/lists`, in the same form as [`mirror_state`].
+pub fn mirror_state_from_lists(sources: &[AptSource], lists: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for s in sources {
+        let name = apt_list_name(&s.uri, &format!("dists/{}/InRelease", s.suite));
+        let p = lists.join(&name);
+        let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        out.push(format!(
+            "{} {} {}",
+            s.uri,
+            s.suite,
+            hex::encode(Sha256::digest(&bytes))
+        ));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// apt's `URItoFileName`: scheme and credentials dropped, `/` turned into `_`.
+fn apt_list_name(uri: &str, rest: &str) -> String {
+    let no_scheme = uri.split_once("://").map(|x| x.1).unwrap_or(uri);
+    let no_user = no_scheme.rsplit_once('@').map(|x| x.1).unwrap_or(no_scheme);
+    let full = format!("{}/{}", no_user.trim_end_matches('/'), rest);
+    full.replace('/', "_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: &str = "Types: deb\n\
+        # http://snapshot.debian.org/archive/debian/20250520T000000Z\n\
+        URIs: http://deb.debian.org/debian\n\
+        Suites: bookworm bookworm-updates\n\
+        Components: main\n\
+        Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\
+        \n\
+        Types: deb\n\
+        URIs: http://deb.debian.org/debian-security\n\
+        Suites: bookworm-security\n\
+        Components: main\n\
+        Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n";
+
+    fn root_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc/apt/sources.list.d")).unwrap();
+        for (p, c) in files {
+            std::fs::write(d.path().join(p), c).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn deb822_debian_entries_only() {
+        let r = root_with(&[
+            ("etc/apt/sources.list.d/debian.sources", HOST),
+            (
+                "etc/apt/sources.list.d/nodesource.sources",
+                "Types: deb\nURIs: https://deb.nodesource.com/node_20.x\nSuites: nodistro\n\
+                 Components: main\nSigned-By: /usr/share/keyrings/nodesource.gpg\n",
+            ),
+            (
+                "etc/apt/sources.list.d/docker.list",
+                "deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.gpg] \
+                 https://download.docker.com/linux/debian bookworm stable\n",
+            ),
+            (
+                "etc/apt/sources.list.d/gcloud.list.disabled",
+                "deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main\n",
+            ),
+        ]);
+        let s = resolve(None, "bookworm", &["main".into()], r.path()).unwrap();
+        let lines: Vec<String> = s.iter().map(|s| s.line()).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "deb http://deb.debian.org/debian bookworm main",
+                "deb http://deb.debian.org/debian bookworm-updates main",
+                "deb http://deb.debian.org/debian-security bookworm-security main",
+            ]
+        );
+    }
+
+    #[test]
+    fn one_line_format_maps_suite_and_components() {
+        let r = root_with(&[(
+            "etc/apt/sources.list",
+            "# comment\ndeb http://ftp.de.debian.org/debian/ bookworm main contrib\n\
+             deb-src http://ftp.de.debian.org/debian/ bookworm main\n\
+             deb http://security.debian.org/debian-security bookworm-security main\n\
+             deb http://deb.debian.org/debian bookworm-backports main\n\
+             deb http://example.com/debian bookworm main\n",
+        )]);
+        let s = resolve(None, "trixie", &["main".into(), "contrib".into()], r.path()).unwrap();
+        let lines: Vec<String> = s.iter().map(|s| s.line()).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "deb http://ftp.de.debian.org/debian trixie main contrib",
+                "deb http://security.debian.org/debian-security trixie-security main contrib",
+            ]
+        );
+    }
+
+    #[test]
+    fn explicit_mirror_wins_and_no_debian_entry_is_an_error() {
+        let r = root_with(&[]);
+        let s = resolve(Some("http://m.example/debian/"), "bookworm", &[], r.path()).unwrap();
+        assert_eq!(s[0].line(), "deb http://m.example/debian bookworm main");
+        let e = resolve(None, "bookworm", &[], r.path()).unwrap_err();
+        assert!(format!("{e}").contains("set `mirror`"), "{e}");
+    }
+
+    #[test]
+    fn list_file_names_follow_apt() {
+        assert_eq!(
+            apt_list_name("http://deb.debian.org/debian", "dists/bookworm/InRelease"),
+            "deb.debian.org_debian_dists_bookworm_InRelease"
+        );
+    }
+}

@@ -1,0 +1,490 @@
+//! Command-line front end of the deployment commands. Semantics: docs/updating.md.
+
+use super::ops::{self, KargsEdit, UpgradeOptions, UpgradeOutcome};
+use super::{status, DeployRequest, Source};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Exit code of `kiln upgrade --check` when an update is available (0: up to date).
+pub const EXIT_UPDATE_AVAILABLE: i32 = 77;
+
+/// Arguments every sysroot command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SysrootArgs {
+    /// The sysroot to act on (a directory holding ostree/ and boot/, or / on a booted
+    /// OSTree system).
+    #[arg(long, default_value = "/")]
+    pub sysroot: PathBuf,
+    /// The stateroot (OS name); default: the booted one, else the next boot's, else `kiln`.
+    #[arg(long = "os")]
+    pub os: Option<String>,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl SysrootArgs {
+    fn os(&self) -> String {
+        self.os
+            .clone()
+            .unwrap_or_else(|| ops::default_os(&self.sysroot))
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub sys: SysrootArgs,
+    /// Ref or commit checksum to deploy.
+    pub rev: String,
+    /// Pull from this local repo.
+    #[arg(long, conflicts_with = "remote")]
+    pub repo: Option<PathBuf>,
+    /// Pull from this remote configured in the sysroot's repo.
+    #[arg(long)]
+    pub remote: Option<String>,
+    /// Kernel arguments for the new deployment, repeated (replace the inherited ones when
+    /// given; a first deployment otherwise takes the commit's kiln.kargs).
+    #[arg(long = "karg")]
+    pub kargs: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub sys: SysrootArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub sys: SysrootArgs,
+    /// Only report whether an update is available: exit 0 when up to date, 77 when a newer
+    /// commit exists.
+    #[arg(long)]
+    pub check: bool,
+    /// Pull from this local repo instead of the origin's remote.
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    /// Deploy the ref's commit even when it is older than the next boot's.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Follow the deployment's update policy (/usr/lib/kiln/updates.toml): check, stage
+    /// or apply, reboot per policy, record the result in /var/lib/kiln/last-check.json.
+    /// What kiln-upgrade.service runs.
+    #[arg(long, conflicts_with_all = ["check", "repo", "allow_downgrade"])]
+    pub auto: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PinArgs {
+    #[command(flatten)]
+    pub sys: SysrootArgs,
+    /// Deployment index as `kiln status` shows it.
+    pub index: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub sys: SysrootArgs,
+    /// Also remove the rollback deployment (unless pinned or booted).
+    #[arg(short = 'r', long = "rollback")]
+    pub rollback: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KargsArgs {
+    #[command(flatten)]
+    pub sys: SysrootArgs,
+    /// Add an argument (KEY or KEY=VALUE); repeatable.
+    #[arg(long)]
+    pub append: Vec<String>,
+    /// Remove an argument (KEY, or KEY=VALUE when the key has several values); repeatable.
+    #[arg(long)]
+    pub delete: Vec<String>,
+    /// Change a value: KEY=VALUE (the key must be present once) or KEY=OLD=NEW; repeatable.
+    #[arg(long)]
+    pub replace: Vec<String>,
+    /// Rewrite the next boot's entry instead of making a new deployment (no rollback
+    /// entry with the old arguments is kept).
+    #[arg(long)]
+    pub in_place: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// Ref or checksum of the older commit.
+    pub from: String,
+    /// Ref or checksum of the newer commit.
+    pub to: String,
+    /// The repo holding both commits.
+    #[arg(long, default_value = "build/repo", conflicts_with = "sysroot")]
+    pub repo: PathBuf,
+    /// Look the commits up in this sysroot's repo instead.
+    #[arg(long)]
+    pub sysroot: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).context("serializing the result as JSON")?
+    );
+    Ok(())
+}
+
+fn short(c: &str) -> &str {
+    &c[..c.len().min(12)]
+}
+
+fn ver(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("(no version)")
+}
+
+pub fn cmd_deploy(a: DeployArgs) -> Result<()> {
+    let source = match (&a.repo, &a.remote) {
+        (Some(r), _) => Source::LocalRepo(r.clone()),
+        (None, Some(r)) => Source::Remote(r.clone()),
+        (None, None) => Source::Sysroot,
+    };
+    let req = DeployRequest {
+        sysroot: a.sys.sysroot.clone(),
+        os: a.sys.os(),
+        source,
+        rev: a.rev.clone(),
+        kargs: if a.kargs.is_empty() {
+            None
+        } else {
+            Some(a.kargs.clone())
+        },
+    };
+    let mut progress = crate::progress::Progress::new(false);
+    let stage = progress.stage(&format!(
+        "deploying {} to {}",
+        req.rev,
+        req.sysroot.display()
+    ));
+    let out = super::deploy(&req);
+    if out.is_ok() {
+        stage.done();
+    }
+    let out = out?;
+    if a.sys.json {
+        return print_json(&out);
+    }
+    if out.staged {
+        println!(
+            "Staged {} (commit {}); it is finalized at shutdown and boots next.",
+            ver(&out.version),
+            short(&out.commit)
+        );
+    } else {
+        println!(
+            "Deployed {} (commit {}) in {}; it boots next.",
+            ver(&out.version),
+            short(&out.commit),
+            a.sys.sysroot.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn cmd_status(a: StatusArgs) -> Result<()> {
+    let host = ops::status(&a.sys.sysroot)?;
+    if a.sys.json {
+        return print_json(&host);
+    }
+    print!("{}", status::render_text(&host));
+    Ok(())
+}
+
+pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
+    let os = a.sys.os();
+    if a.auto {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let rec = {
+            let _stdout = a.sys.json.then(StdoutToStderr::new);
+            crate::updates::run_auto(&a.sys.sysroot, &os, now)?
+        };
+        if a.sys.json {
+            return print_json(&rec);
+        }
+        println!(
+            "Automatic update ({:?}): {}{}{}",
+            rec.mode,
+            rec.result,
+            rec.to_version
+                .as_deref()
+                .map(|v| format!(", {v}"))
+                .unwrap_or_default(),
+            match rec.reboot.as_str() {
+                "requested" => "; rebooting",
+                "waitingForWindow" => "; reboot waits for the maintenance window",
+                _ => "",
+            }
+        );
+        return Ok(());
+    }
+    let mut progress = crate::progress::Progress::new(false);
+    let stage = progress.stage(if a.check {
+        "checking for updates"
+    } else {
+        "upgrading"
+    });
+    // libostree prints "Freed objects: ..." on stdout when it prunes: keep stdout for
+    // the JSON answer alone.
+    let _stdout = a.sys.json.then(StdoutToStderr::new);
+    let out = ops::upgrade(
+        &a.sys.sysroot,
+        &os,
+        &UpgradeOptions {
+            repo: a.repo.clone(),
+            check: a.check,
+            allow_downgrade: a.allow_downgrade,
+            quiet: false,
+        },
+    );
+    drop(_stdout);
+    if out.is_ok() {
+        stage.done();
+    }
+    let out = out?;
+    if a.sys.json {
+        print_json(&out)?;
+    } else {
+        match &out {
+            UpgradeOutcome::UpToDate {
+                refspec,
+                checksum,
+                version,
+            } => println!(
+                "Already up to date: {refspec} is at {} (commit {}), which boots next.",
+                ver(version),
+                short(checksum)
+            ),
+            UpgradeOutcome::Available {
+                refspec,
+                from,
+                to,
+                from_version,
+                to_version,
+            } => println!(
+                "Update available on {refspec}: {} (commit {}) -> {} (commit {}).",
+                ver(from_version),
+                short(from),
+                ver(to_version),
+                short(to)
+            ),
+            UpgradeOutcome::Deployed {
+                refspec,
+                from,
+                from_version,
+                outcome,
+                ..
+            } => println!(
+                "Upgraded {refspec}: {} (commit {}) -> {} (commit {}); {}.",
+                ver(from_version),
+                short(from),
+                ver(&outcome.version),
+                short(&outcome.commit),
+                if outcome.staged {
+                    "staged, finalized at shutdown"
+                } else {
+                    "it boots next"
+                }
+            ),
+        }
+    }
+    if a.check && matches!(out, UpgradeOutcome::Available { .. }) {
+        std::process::exit(EXIT_UPDATE_AVAILABLE);
+    }
+    Ok(())
+}
+
+/// While alive, file descriptor 1 points at stderr (for libraries that print on stdout).
+struct StdoutToStderr(Option<i32>);
+
+impl StdoutToStderr {
+    fn new() -> Self {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        // SAFETY: plain fd duplication; failures leave stdout as it was.
+        let saved = unsafe { libc::dup(1) };
+        if saved < 0 || unsafe { libc::dup2(2, 1) } < 0 {
+            return StdoutToStderr(None);
+        }
+        StdoutToStderr(Some(saved))
+    }
+}
+
+impl Drop for StdoutToStderr {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0 {
+            // SAFETY: restores the saved descriptor and closes the copy.
+            unsafe {
+                libc::dup2(fd, 1);
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+pub fn cmd_rollback(a: SysrootArgs) -> Result<()> {
+    let out = ops::rollback(&a.sysroot)?;
+    if a.json {
+        return print_json(&out);
+    }
+    if let Some(s) = &out.discarded_staged {
+        println!(
+            "Discarded the staged deployment {} (commit {}).",
+            ver(&s.version),
+            short(&s.checksum)
+        );
+    }
+    println!(
+        "Next boot: {} (commit {}); rollback: {} (commit {}).",
+        ver(&out.default.version),
+        short(&out.default.checksum),
+        ver(&out.previous.version),
+        short(&out.previous.checksum)
+    );
+    Ok(())
+}
+
+pub fn cmd_pin(a: PinArgs, pin: bool) -> Result<()> {
+    let changed = ops::set_pinned(&a.sys.sysroot, a.index, pin)?;
+    let what = if pin { "pinned" } else { "unpinned" };
+    if a.sys.json {
+        return print_json(
+            &serde_json::json!({ "index": a.index, "pinned": pin, "changed": changed }),
+        );
+    }
+    if changed {
+        println!("Deployment {} is now {what}.", a.index);
+    } else {
+        println!("Deployment {} was already {what}.", a.index);
+    }
+    Ok(())
+}
+
+pub fn cmd_cleanup(a: CleanupArgs) -> Result<()> {
+    let os = a.sys.os();
+    let out = ops::cleanup(&a.sys.sysroot, &os, a.rollback)?;
+    if a.sys.json {
+        return print_json(&out);
+    }
+    if out.removed.is_empty() {
+        println!("No deployments to remove.");
+    }
+    for d in &out.removed {
+        println!(
+            "Removed deployment {} (commit {}.{}).",
+            ver(&d.version),
+            short(&d.checksum),
+            d.deploy_serial
+        );
+    }
+    println!(
+        "Pruned {} of {} objects ({} bytes freed).",
+        out.objects_pruned, out.objects_total, out.bytes_freed
+    );
+    Ok(())
+}
+
+pub fn cmd_kargs(a: KargsArgs) -> Result<()> {
+    let edit = KargsEdit {
+        delete: a.delete.clone(),
+        replace: a.replace.clone(),
+        append: a.append.clone(),
+    };
+    if edit.is_empty() {
+        // Just show the next boot's arguments.
+        let host = ops::status(&a.sys.sysroot)?;
+        if a.sys.json {
+            return print_json(&host.spec.kernel_args);
+        }
+        println!("{}", host.spec.kernel_args.join(" "));
+        return Ok(());
+    }
+    let os = a.sys.os();
+    let out = ops::kargs(&a.sys.sysroot, &os, &edit, a.in_place)?;
+    if a.sys.json {
+        return print_json(&out);
+    }
+    if !out.changed {
+        println!("Kernel arguments unchanged: {}", out.after.join(" "));
+    } else if out.in_place {
+        println!("Kernel arguments of the next boot's entry changed in place:");
+        println!(
+            "  before: {}\n  after:  {}",
+            out.before.join(" "),
+            out.after.join(" ")
+        );
+    } else {
+        println!(
+            "New deployment of {} (commit {}) with changed kernel arguments; it boots next:",
+            ver(&out.deployment.version),
+            short(&out.deployment.checksum)
+        );
+        println!(
+            "  before: {}\n  after:  {}",
+            out.before.join(" "),
+            out.after.join(" ")
+        );
+    }
+    Ok(())
+}
+
+pub fn cmd_diff(a: DiffArgs) -> Result<()> {
+    let (repo, name) = match &a.sysroot {
+        Some(s) => {
+            super::ensure_initialized(s)?;
+            let p = s.join("ostree/repo");
+            (
+                crate::repo::open(&p)?,
+                format!("the repo of sysroot {}", s.display()),
+            )
+        }
+        None => (
+            open_repo(&a.repo)?,
+            format!("the repo {}", a.repo.display()),
+        ),
+    };
+    let d = ops::diff(&repo, &name, &a.from, &a.to)?;
+    if a.json {
+        return print_json(&d);
+    }
+    println!(
+        "Packages from {} (commit {}) to {} (commit {}):",
+        ver(&d.from.version),
+        short(&d.from.checksum),
+        ver(&d.to.version),
+        short(&d.to.checksum)
+    );
+    for p in &d.added {
+        println!("  added:   {} {}", p.name, p.version);
+    }
+    for p in &d.removed {
+        println!("  removed: {} {}", p.name, p.version);
+    }
+    for p in &d.changed {
+        println!("  changed: {} {} -> {}", p.name, p.from, p.to);
+    }
+    println!(
+        "{} added, {} removed, {} changed.",
+        d.added.len(),
+        d.removed.len(),
+        d.changed.len()
+    );
+    Ok(())
+}
+
+fn open_repo(p: &Path) -> Result<ostree::Repo> {
+    super::open_source_repo(p)
+}

@@ -1,0 +1,532 @@
+//! Deployments on a sysroot through libostree: status, deploy, upgrade, rollback, pin,
+//! cleanup, kargs. [`cli`] holds the command-line front end; the functions here are the
+//! one deploy path that `kiln deploy`, `kiln upgrade`, `kiln image` and the installer use.
+//!
+//! Every kiln sysroot boots through libostree's `syslinux` backend: libostree rewrites
+//! `boot/loader.N/syslinux.cfg` on every deployment change and swaps the `boot/loader`
+//! symlink atomically; a static GRUB config reads it with `syslinux_source`.
+
+pub mod cli;
+pub mod ops;
+pub mod safety;
+pub mod status;
+use anyhow::{anyhow, bail, Context, Result};
+use ostree::gio;
+use ostree::glib;
+use ostree::prelude::*;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Where the commit to deploy comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A local OSTree repo (any mode); objects are pulled into the sysroot's repo.
+    LocalRepo(PathBuf),
+    /// A remote configured in the sysroot's repo.
+    Remote(String),
+    /// The commit is already in the sysroot's repo.
+    Sysroot,
+}
+
+/// One deploy operation.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    pub sysroot: PathBuf,
+    /// Stateroot name.
+    pub os: String,
+    pub source: Source,
+    /// Ref or checksum.
+    pub rev: String,
+    /// `Some`: exactly these kernel arguments; `None`: inherit the merge deployment's
+    /// (or, for a first deployment, the commit's `kiln.kargs` metadata).
+    pub kargs: Option<Vec<String>>,
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeployOutcome {
+    pub commit: String,
+    pub version: Option<String>,
+    /// True when the deployment was staged (booted system; finalized at shutdown).
+    pub staged: bool,
+}
+
+/// The `TIMEOUT` line kiln puts in a new sysroot's syslinux.cfg. libostree keeps non-ostree
+/// lines across rewrites; GRUB's `syslinux_source` turns a TIMEOUT (tenths of a second)
+/// into a menu with one entry per deployment (default first, rollback second) that boots
+/// the default after 3 s. Without it GRUB would make no menu and offer no rollback entry.
+pub const SYSLINUX_HEADER: &str = "TIMEOUT 30\n";
+
+/// Creates the sysroot layout (`ostree admin init-fs`) and the stateroot when missing,
+/// and the boot-entry mechanism every kiln sysroot uses: repo config
+/// `sysroot.bootloader=syslinux`, `boot/loader.0/syslinux.cfg` (with [`SYSLINUX_HEADER`]),
+/// `boot/loader -> loader.0`, `boot/syslinux/syslinux.cfg -> ../loader/syslinux.cfg`.
+/// Idempotent: existing pieces are left as they are.
+pub fn init_sysroot(path: &Path, os: &str) -> Result<()> {
+    validate_os_name(os)?;
+    require_root(path, "initializing a sysroot")?;
+    safety::guard_host_filesystem(path);
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("creating sysroot directory {}", path.display()))?;
+    // What `ostree admin init-fs` creates.
+    for (dir, mode) in [
+        ("boot", 0o755),
+        ("dev", 0o755),
+        ("home", 0o755),
+        ("proc", 0o755),
+        ("run", 0o755),
+        ("sys", 0o755),
+        ("root", 0o700),
+        ("tmp", 0o1777),
+    ] {
+        let p = path.join(dir);
+        if std::fs::symlink_metadata(&p).is_err() {
+            std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("setting the mode of {}", p.display()))?;
+        }
+    }
+    let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(path)));
+    sysroot
+        .ensure_initialized(gio::Cancellable::NONE)
+        .with_context(|| format!("initializing the OSTree sysroot {}", path.display()))?;
+    let locked = Locked::lock(sysroot, path)?;
+    let sysroot = &locked.sysroot;
+    sysroot
+        .load(gio::Cancellable::NONE)
+        .with_context(|| format!("loading sysroot {}", path.display()))?;
+
+    let repo = sysroot.repo();
+    let config = repo.copy_config();
+    if config.string("sysroot", "bootloader").ok().as_deref() != Some("syslinux") {
+        config.set_string("sysroot", "bootloader", "syslinux");
+        repo.write_config(&config)
+            .context("setting sysroot.bootloader=syslinux in the sysroot's repo config")?;
+    }
+    ensure_boot_loader_files(path)?;
+
+    if !path.join("ostree/deploy").join(os).is_dir() {
+        sysroot
+            .init_osname(os, gio::Cancellable::NONE)
+            .with_context(|| format!("creating stateroot {os:?} in {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The loader files libostree's syslinux backend needs before its first deployment.
+fn ensure_boot_loader_files(path: &Path) -> Result<()> {
+    let boot = path.join("boot");
+    let loader = boot.join("loader");
+    if std::fs::symlink_metadata(&loader).is_err() {
+        let l0 = boot.join("loader.0");
+        std::fs::create_dir_all(&l0).with_context(|| format!("creating {}", l0.display()))?;
+        let cfg = l0.join("syslinux.cfg");
+        if !cfg.exists() {
+            write_atomic(&cfg, SYSLINUX_HEADER.as_bytes())?;
+        }
+        let tmp = boot.join("loader.kiln-tmp");
+        let _ = std::fs::remove_file(&tmp);
+        symlink("loader.0", &tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        std::fs::rename(&tmp, &loader)
+            .with_context(|| format!("renaming {} into place", loader.display()))?;
+    }
+    let sdir = boot.join("syslinux");
+    std::fs::create_dir_all(&sdir).with_context(|| format!("creating {}", sdir.display()))?;
+    let scfg = sdir.join("syslinux.cfg");
+    if std::fs::symlink_metadata(&scfg).is_err() {
+        symlink("../loader/syslinux.cfg", &scfg)
+            .with_context(|| format!("creating {}", scfg.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes `data` to `path` through a temp file in the same directory and a rename.
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    tmp.write_all(data)
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+/// Pulls the commit into the sysroot and deploys it as the next boot, with the current
+/// default deployment as the merge deployment (3-way /etc merge). Initializes the sysroot
+/// first when needed (a local repo source only). Nothing is changed when the ref or commit
+/// does not exist. On a booted OSTree system (`/run/ostree-booted`, sysroot `/`) the
+/// deployment is staged and finalized at shutdown.
+pub fn deploy(req: &DeployRequest) -> Result<DeployOutcome> {
+    validate_os_name(&req.os)?;
+    if req.rev.trim().is_empty() {
+        bail!("nothing to deploy: the ref or commit is empty");
+    }
+    safety::guard_host_filesystem(&req.sysroot);
+    // Check the source before touching the sysroot, so a typo changes nothing.
+    if let Source::LocalRepo(dir) = &req.source {
+        let src = open_source_repo(dir)?;
+        crate::repo::resolve(&src, &req.rev)?.ok_or_else(|| {
+            anyhow!(
+                "no ref or commit {:?} in the repo {} (see `ostree refs --repo {}`)",
+                req.rev,
+                dir.display(),
+                dir.display()
+            )
+        })?;
+    }
+    require_root(&req.sysroot, "deploying")?;
+    match &req.source {
+        Source::Sysroot if is_initialized(&req.sysroot) => {
+            let ro = load_readonly(&req.sysroot)?;
+            crate::repo::resolve(&ro.repo(), &req.rev)?.ok_or_else(|| {
+                anyhow!(
+                    "no ref or commit {:?} in the repo of sysroot {}; pass --repo DIR or \
+                     --remote NAME to pull it",
+                    req.rev,
+                    req.sysroot.display()
+                )
+            })?;
+        }
+        Source::Remote(name) if is_initialized(&req.sysroot) => {
+            let ro = load_readonly(&req.sysroot)?;
+            if !ro.repo().remote_list().iter().any(|r| r.as_str() == name) {
+                bail!("no remote {name:?} is configured in the sysroot's repo");
+            }
+        }
+        _ => {}
+    }
+    match &req.source {
+        Source::LocalRepo(_) => {
+            if !is_initialized(&req.sysroot) || !stateroot_exists(&req.sysroot, &req.os) {
+                init_sysroot(&req.sysroot, &req.os)?;
+            }
+        }
+        _ => {
+            ensure_initialized(&req.sysroot)?;
+            if !stateroot_exists(&req.sysroot, &req.os) {
+                init_sysroot(&req.sysroot, &req.os)?;
+            }
+        }
+    }
+    let locked = Locked::open(&req.sysroot)?;
+    safety::point("deploy:locked");
+    let repo = locked.sysroot.repo();
+    let checksum = pull(&repo, &req.source, &req.rev)?;
+    safety::point("deploy:pulled");
+    let refspec = match (&req.source, is_checksum(&req.rev)) {
+        (Source::Remote(r), false) => format!("{r}:{}", req.rev),
+        _ => req.rev.clone(),
+    };
+    deploy_locked(
+        &locked,
+        &req.os,
+        &checksum,
+        &refspec,
+        req.kargs.clone(),
+        None,
+    )
+}
+
+/// Makes the deployments of `os` that follow `ref_` follow it on remote `remote` instead
+/// (origin refspec `REMOTE:REF`), in place: no new deployment, same boot entries. Image
+/// builds use it so machines upgrade from the fleet's server out of the box. Returns how
+/// many deployments changed.
+pub fn follow_remote(sysroot_path: &Path, os: &str, ref_: &str, remote: &str) -> Result<usize> {
+    let locked = Locked::open(sysroot_path)?;
+    let sysroot = &locked.sysroot;
+    if !sysroot
+        .repo()
+        .remote_list()
+        .iter()
+        .any(|r| r.as_str() == remote)
+    {
+        bail!("no remote {remote:?} is configured in the sysroot's repo");
+    }
+    let refspec = format!("{remote}:{ref_}");
+    let mut changed = 0;
+    for d in sysroot.deployments() {
+        if d.osname() != os {
+            continue;
+        }
+        let follows = status::refspec_of(&d)
+            .map(|r| ops::split_refspec(&r).1 == ref_)
+            .unwrap_or(false);
+        if !follows {
+            continue;
+        }
+        let origin = sysroot.origin_new_from_refspec(&refspec);
+        sysroot
+            .write_origin_file(&d, Some(&origin), gio::Cancellable::NONE)
+            .with_context(|| format!("writing the origin {refspec} of deployment {}", d.csum()))?;
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+/// How to choose the new deployment's kernel arguments.
+pub(crate) enum Kargs {
+    /// Exactly these.
+    Exactly(Vec<String>),
+}
+
+/// Deploys `checksum` (already in the sysroot repo) with origin `refspec` as the next boot.
+/// `kargs`: `Some` = exactly these; `None` = inherit from the merge deployment (or the
+/// commit's `kiln.kargs` for a first deployment). `origin`: an explicit origin keyfile
+/// (kargs changes keep the old one); otherwise one made from `refspec`.
+pub(crate) fn deploy_locked(
+    locked: &Locked,
+    os: &str,
+    checksum: &str,
+    refspec: &str,
+    kargs: Option<Vec<String>>,
+    origin: Option<glib::KeyFile>,
+) -> Result<DeployOutcome> {
+    let sysroot = &locked.sysroot;
+    let repo = sysroot.repo();
+    let info = crate::repo::read_commit(&repo, checksum)?;
+    let merge = sysroot.merge_deployment(Some(os));
+    let kargs = match (kargs, &merge) {
+        (Some(k), _) => Some(Kargs::Exactly(k)),
+        (None, Some(_)) => None,
+        (None, None) => Some(Kargs::Exactly(info.meta_list(crate::repo::keys::KARGS))),
+    };
+    let argv: Option<Vec<&str>> = kargs.as_ref().map(|k| match k {
+        Kargs::Exactly(v) => v.iter().map(String::as_str).collect(),
+    });
+    let opts = ostree::SysrootDeployTreeOpts {
+        override_kernel_argv: argv.as_deref(),
+        ..Default::default()
+    };
+    let origin = origin.unwrap_or_else(|| sysroot.origin_new_from_refspec(refspec));
+    let cancel = gio::Cancellable::NONE;
+    let staged = sysroot.booted_deployment().is_some();
+    if staged {
+        sysroot
+            .stage_tree_with_options(
+                Some(os),
+                checksum,
+                Some(&origin),
+                merge.as_ref(),
+                &opts,
+                cancel,
+            )
+            .with_context(|| format!("staging commit {checksum} for the next boot"))?;
+        safety::point("deploy:staged");
+    } else {
+        let new = sysroot
+            .deploy_tree_with_options(
+                Some(os),
+                checksum,
+                Some(&origin),
+                merge.as_ref(),
+                Some(&opts),
+                cancel,
+            )
+            .with_context(|| format!("writing the deployment of commit {checksum}"))?;
+        safety::point("deploy:tree-written");
+        sysroot
+            .simple_write_deployment(
+                Some(os),
+                &new,
+                merge.as_ref(),
+                ostree::SysrootSimpleWriteDeploymentFlags::NO_CLEAN,
+                cancel,
+            )
+            .context("writing the new boot entries")?;
+        safety::point("deploy:boot-written");
+        sysroot
+            .cleanup(cancel)
+            .context("removing deployments that are no longer listed")?;
+        safety::point("deploy:cleaned");
+    }
+    Ok(DeployOutcome {
+        commit: checksum.to_string(),
+        version: info.version,
+        staged,
+    })
+}
+
+/// Pulls `rev` from `source` into `repo` (the sysroot's) and returns its checksum.
+/// Only the commit itself is pulled (depth 0); commits still deployed stay in the repo
+/// through libostree's deployment refs.
+pub(crate) fn pull(repo: &ostree::Repo, source: &Source, rev: &str) -> Result<String> {
+    let cancel = gio::Cancellable::NONE;
+    match source {
+        Source::LocalRepo(dir) => {
+            let abs = dir
+                .canonicalize()
+                .with_context(|| format!("finding the repo {}", dir.display()))?;
+            let url = format!("file://{}", abs.display());
+            let opts = glib::VariantDict::new(None);
+            opts.insert_value("refs", &vec![rev.to_string()].to_variant());
+            opts.insert_value("depth", &0i32.to_variant());
+            opts.insert_value("gpg-verify", &false.to_variant());
+            opts.insert_value("gpg-verify-summary", &false.to_variant());
+            repo.pull_with_options(&url, &opts.end(), None, cancel)
+                .with_context(|| format!("pulling {rev:?} from {}", dir.display()))?;
+            resolve_in(repo, rev)
+        }
+        Source::Remote(name) => {
+            if is_checksum(rev) {
+                if !repo.remote_list().iter().any(|r| r.as_str() == name) {
+                    bail!("no remote {name:?} is configured in the sysroot's repo");
+                }
+                let opts = glib::VariantDict::new(None);
+                opts.insert_value("refs", &vec![rev.to_string()].to_variant());
+                opts.insert_value("depth", &0i32.to_variant());
+                repo.pull_with_options(name, &opts.end(), None, cancel)
+                    .with_context(|| format!("pulling {rev:?} from remote {name:?}"))?;
+                resolve_in(repo, rev)
+            } else {
+                let (c, _stats) =
+                    crate::remote::pull(repo, name, rev, crate::remote::PullKind::Full, false)?;
+                Ok(c)
+            }
+        }
+        Source::Sysroot => resolve_in(repo, rev),
+    }
+}
+
+fn resolve_in(repo: &ostree::Repo, rev: &str) -> Result<String> {
+    crate::repo::resolve(repo, rev)?
+        .ok_or_else(|| anyhow!("no ref or commit {rev:?} in the sysroot's repo"))
+}
+
+pub(crate) fn open_source_repo(dir: &Path) -> Result<ostree::Repo> {
+    if !dir.join("config").is_file() {
+        bail!(
+            "{} is not an OSTree repo (no config file); pass the repo `kiln compose` wrote",
+            dir.display()
+        );
+    }
+    crate::repo::open(dir)
+}
+
+/// A 64-character hex string: a commit checksum rather than a ref.
+pub fn is_checksum(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn validate_os_name(os: &str) -> Result<()> {
+    if os.is_empty()
+        || os.starts_with('.')
+        || !os
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!("invalid stateroot name {os:?}: use letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
+/// True when `path` holds an OSTree sysroot (`ostree/repo` and `ostree/deploy`).
+pub fn is_initialized(path: &Path) -> bool {
+    path.join("ostree/repo/config").is_file() && path.join("ostree/deploy").is_dir()
+}
+
+pub(crate) fn stateroot_exists(path: &Path, os: &str) -> bool {
+    path.join("ostree/deploy").join(os).is_dir()
+}
+
+/// Fails with a clear message when `path` is not an initialized sysroot.
+pub fn ensure_initialized(path: &Path) -> Result<()> {
+    if !is_initialized(path) {
+        bail!(
+            "{} is not an initialized OSTree sysroot (no ostree/repo or ostree/deploy); \
+             deploy a commit first: kiln deploy --sysroot {} --repo REPO REF",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Changing a sysroot needs root: deployments are root-owned and immutable, and the
+/// boot entries live in /boot.
+pub fn require_root(path: &Path, what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "permission denied: {what} changes the sysroot {} and needs root \
+             (run it with sudo or as root)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// True when `path` is the running system's root and it was booted from OSTree.
+pub fn is_booted_host(path: &Path) -> bool {
+    path.canonicalize()
+        .map(|p| p == Path::new("/"))
+        .unwrap_or(false)
+        && Path::new("/run/ostree-booted").exists()
+}
+
+/// A loaded sysroot holding libostree's sysroot lock; unlocked on drop.
+pub(crate) struct Locked {
+    pub sysroot: ostree::Sysroot,
+}
+
+impl Locked {
+    /// Opens and loads an initialized sysroot for changes and takes its lock (waiting for
+    /// another kiln or ostree process that holds it).
+    pub(crate) fn open(path: &Path) -> Result<Locked> {
+        ensure_initialized(path)?;
+        require_root(path, "this command")?;
+        safety::guard_host_filesystem(path);
+        let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(path)));
+        if is_booted_host(path) {
+            // /sysroot and /boot are read-only on a booted system: let libostree remount
+            // them writable in a private mount namespace.
+            sysroot
+                .initialize_with_mount_namespace(gio::Cancellable::NONE)
+                .context("setting up a mount namespace to write the booted sysroot")?;
+        }
+        let locked = Locked::lock(sysroot, path)?;
+        locked
+            .sysroot
+            .load(gio::Cancellable::NONE)
+            .with_context(|| format!("loading sysroot {}", path.display()))?;
+        Ok(locked)
+    }
+
+    fn lock(sysroot: ostree::Sysroot, path: &Path) -> Result<Locked> {
+        let got = sysroot
+            .try_lock()
+            .with_context(|| format!("locking sysroot {}", path.display()))?;
+        if !got {
+            eprintln!(
+                "kiln: waiting for another process (kiln or ostree) to release the lock on {}",
+                path.display()
+            );
+            sysroot
+                .lock()
+                .with_context(|| format!("locking sysroot {}", path.display()))?;
+        }
+        Ok(Locked { sysroot })
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        self.sysroot.unlock();
+    }
+}
+
+/// Loads a sysroot for reading (no lock, no root needed).
+pub(crate) fn load_readonly(path: &Path) -> Result<ostree::Sysroot> {
+    ensure_initialized(path)?;
+    let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(path)));
+    sysroot
+        .load(gio::Cancellable::NONE)
+        .with_context(|| format!("loading sysroot {}", path.display()))?;
+    Ok(sysroot)
+}

@@ -1,0 +1,142 @@
+//! Process-level safety for sysroot operations: keeping libostree from freezing the host's
+//! filesystem, and named fault points that crash tests use to kill kiln at known moments.
+
+use std::path::Path;
+use std::sync::Once;
+use std::time::Duration;
+
+/// Environment variable naming a fault point at which kiln announces itself on stderr and
+/// then sleeps (so a test can kill it exactly there). `*` matches every point.
+pub const FAULT_POINT_ENV: &str = "KILN_FAULT_POINT";
+/// Environment variable: milliseconds to sleep at *every* fault point. Stretches an
+/// operation so randomly timed kills land at many different moments.
+pub const FAULT_DELAY_ENV: &str = "KILN_FAULT_DELAY_MS";
+/// The line printed (to stderr) when the process stops at a fault point.
+pub const FAULT_MARK: &str = "kiln: fault point reached:";
+
+/// A named moment in a sysroot operation. With `KILN_FAULT_POINT=<name>` the process
+/// prints `kiln: fault point reached: <name>` and sleeps for a minute; with
+/// `KILN_FAULT_DELAY_MS=N` it sleeps N ms at every point. Without either it does nothing.
+pub fn point(name: &str) {
+    if let Ok(ms) = std::env::var(FAULT_DELAY_ENV) {
+        if let Ok(ms) = ms.trim().parse::<u64>() {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
+    if let Ok(want) = std::env::var(FAULT_POINT_ENV) {
+        if want == name || want == "*" {
+            eprintln!("{FAULT_MARK} {name}");
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
+}
+
+/// libostree flushes /boot with an FIFREEZE/FITHAW cycle on the filesystem that holds it.
+/// For a sysroot in a directory (image builds, tests) that is the *host's* filesystem,
+/// and a process killed between the two ioctls leaves the host frozen (libostree's
+/// watchdog only thaws on a timeout, not when its parent dies). So for any sysroot other
+/// than `/`, kiln installs a seccomp filter that makes FIFREEZE fail with EOPNOTSUPP;
+/// libostree then falls back to `syncfs()`, which is just as durable for our purpose.
+/// Idempotent; the filter lasts for the life of the process (and its children).
+pub fn guard_host_filesystem(sysroot: &Path) {
+    let is_host_root = sysroot
+        .canonicalize()
+        .map(|p| p == Path::new("/"))
+        .unwrap_or(false);
+    if is_host_root {
+        return;
+    }
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = install_fifreeze_filter() {
+            eprintln!("kiln: warning: could not block FIFREEZE for a directory sysroot: {e}");
+        }
+    });
+}
+
+/// True when this process runs with kiln's FIFREEZE filter (read from /proc).
+pub fn fifreeze_filter_active() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines().any(|l| {
+                l.starts_with("Seccomp_filters:")
+                    && l.split_whitespace().nth(1).unwrap_or("0") != "0"
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn install_fifreeze_filter() -> std::io::Result<()> {
+    // Classic BPF opcodes (linux/filter.h).
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xC000_003E;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xC000_00B7;
+    // _IOWR('X', 119, int)
+    const FIFREEZE: u32 = 0xC004_5877;
+    // struct seccomp_data: nr @0, arch @4, ip @8, args[6] @16 (u64 each, little endian).
+    const OFF_NR: u32 = 0;
+    const OFF_ARCH: u32 = 4;
+    const OFF_ARG1_LO: u32 = 16 + 8;
+
+    let ins = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let prog = [
+        ins(LD_W_ABS, 0, 0, OFF_ARCH),
+        ins(JEQ_K, 0, 5, AUDIT_ARCH),
+        ins(LD_W_ABS, 0, 0, OFF_NR),
+        ins(JEQ_K, 0, 3, libc::SYS_ioctl as u32),
+        ins(LD_W_ABS, 0, 0, OFF_ARG1_LO),
+        ins(JEQ_K, 0, 1, FIFREEZE),
+        ins(
+            RET_K,
+            0,
+            0,
+            libc::SECCOMP_RET_ERRNO | libc::EOPNOTSUPP as u32,
+        ),
+        ins(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    let install = || {
+        // SAFETY: fprog points at a valid filter array that outlives the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                libc::SECCOMP_FILTER_FLAG_TSYNC,
+                &fprog as *const libc::sock_fprog,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    match install() {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            // Without CAP_SYS_ADMIN a filter needs no_new_privs.
+            // SAFETY: plain prctl with integer arguments.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            install()
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn install_fifreeze_filter() -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "no FIFREEZE filter for this architecture",
+    ))
+}

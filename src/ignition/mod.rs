@@ -1,0 +1,207 @@
+//! Ignition configs: a friendly TOML source transpiled to Ignition spec 3.3.0 JSON, and a
+//! validator for Ignition 3.0–3.3 JSON with JSON paths and line:col.
+//!
+//! Library API: [`build_config`] (TOML -> JSON text) and [`validate_json`] (JSON text ->
+//! [`Report`]).
+
+pub mod json;
+pub mod source;
+pub mod transpile;
+pub mod validate;
+
+pub use validate::{validate_json, Diagnostic, Report, Severity};
+
+use crate::error::InputError;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum IgnitionCommand {
+    /// Transpile a TOML config (plus ordered fragments) to Ignition 3.3.0 JSON.
+    Build(BuildArgs),
+    /// Validate an Ignition 3.0–3.3 JSON config; exits 1 when it has errors.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// The TOML config.
+    pub config: PathBuf,
+    /// Directory that `local` references are relative to (default: the config's directory).
+    #[arg(long)]
+    pub files_dir: Option<PathBuf>,
+    /// Directory of NN-*.toml fragments merged over the config in name order.
+    #[arg(short = 'd', long = "fragments")]
+    pub fragments: Option<PathBuf>,
+    /// Where to write the JSON ("-" for stdout).
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// The Ignition JSON config ("-" for stdin).
+    pub file: PathBuf,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A built config: the JSON text and the validator's warnings about it.
+#[derive(Debug)]
+pub struct Built {
+    pub json: String,
+    pub warnings: Vec<String>,
+}
+
+/// Builds Ignition 3.3.0 JSON from a TOML config, its `local` files under `files_dir`
+/// (default: the config's directory) and optional `NN-*.toml` fragments. Source errors are
+/// [`InputError`]s naming the file, key path and line:col.
+pub fn build_config(
+    path: &Path,
+    files_dir: Option<&Path>,
+    fragments: Option<&Path>,
+) -> Result<String> {
+    build(path, files_dir, fragments).map(|b| b.json)
+}
+
+/// Like [`build_config`], also returning the warnings.
+pub fn build(path: &Path, files_dir: Option<&Path>, fragments: Option<&Path>) -> Result<Built> {
+    let loaded = source::load(path, fragments)?;
+    let default_dir = path
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let ctx = transpile::Ctx {
+        files_dir: files_dir.unwrap_or(&default_dir),
+    };
+    let cfg =
+        transpile::transpile(&ctx, &loaded.source).map_err(|e| loaded.error(&e.key, e.message))?;
+    let json = transpile::to_json(&cfg);
+    let report = validate_json(&json);
+    let mut errors = report
+        .errors()
+        .map(|d| loaded.error(&json_path_to_key(&d.path), d.message.clone()));
+    if let Some(mut first) = errors.next() {
+        // Every further error, located in the TOML too, on its own line.
+        for more in errors {
+            first.message.push_str(&format!("\n  and: {more}"));
+        }
+        return Err(first.into());
+    }
+    let warnings = report
+        .warnings()
+        .map(|d| {
+            let key = json_path_to_key(&d.path);
+            let e = loaded.error(&key, d.message.clone());
+            format!("warning: {e}")
+        })
+        .collect();
+    Ok(Built { json, warnings })
+}
+
+/// `$.storage.files.0.contents.source` -> `storage.files[0].contents.source`.
+fn json_path_to_key(p: &str) -> source::KeyPath {
+    let mut kp = source::KeyPath::default();
+    for seg in p
+        .trim_start_matches('$')
+        .split('.')
+        .filter(|s| !s.is_empty())
+    {
+        if let Ok(i) = seg.parse::<usize>() {
+            kp = kp.i(i);
+        } else {
+            let mut snake = String::new();
+            for (i, c) in seg.replace("MiB", "Mib").chars().enumerate() {
+                if c.is_ascii_uppercase() {
+                    if i > 0 {
+                        snake.push('_');
+                    }
+                    snake.push(c.to_ascii_lowercase());
+                } else {
+                    snake.push(c);
+                }
+            }
+            kp = kp.k(&snake);
+        }
+    }
+    kp
+}
+
+/// Writes `text` to `path` through a temporary file in the same directory and a rename.
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("syncing {}", tmp.path().display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("renaming the output into place at {}", path.display()))?;
+    Ok(())
+}
+
+pub fn cmd(c: IgnitionCommand) -> Result<()> {
+    match c {
+        IgnitionCommand::Build(a) => {
+            let b = build(&a.config, a.files_dir.as_deref(), a.fragments.as_deref())?;
+            for w in &b.warnings {
+                eprintln!("kiln: {w}");
+            }
+            if a.output.as_os_str() == "-" {
+                print!("{}", b.json);
+            } else {
+                write_atomic(&a.output, &b.json)?;
+            }
+            Ok(())
+        }
+        IgnitionCommand::Validate(a) => {
+            let text = if a.file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .context("reading the config from stdin")?;
+                s
+            } else {
+                let bytes = std::fs::read(&a.file)
+                    .with_context(|| format!("reading {}", a.file.display()))?;
+                String::from_utf8(bytes).map_err(|_| {
+                    InputError::new(a.file.display().to_string(), "not UTF-8 text, so not JSON")
+                })?
+            };
+            let report = validate_json(&text);
+            if a.json {
+                let out = serde_json::json!({
+                    "file": a.file.display().to_string(),
+                    "valid": !report.has_errors(),
+                    "version": report.version,
+                    "diagnostics": report.diagnostics,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                eprint!("{report}");
+            }
+            if report.has_errors() {
+                let n = report.errors().count();
+                return Err(InputError::new(
+                    a.file.display().to_string(),
+                    format!("invalid Ignition config: {n} error(s)"),
+                )
+                .into());
+            }
+            Ok(())
+        }
+    }
+}

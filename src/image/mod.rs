@@ -1,0 +1,947 @@
+//! Bootable disk images from a commit: GPT, an OSTree sysroot on `root`, /boot on its own
+//! partition, GRUB for BIOS and UEFI; raw and qcow2.
+//!
+//! The pipeline ([`build`]):
+//! 1. an OSTree sysroot in a temp directory, the commit deployed through [`crate::deploy`]
+//!    (the very code `kiln deploy` runs) with the commit's kernel arguments plus
+//!    `root=LABEL=root rw` and a serial console;
+//! 2. the sysroot's `boot/` becomes the boot partition's content (plus the static
+//!    `grub/grub.cfg`, see [`bootloader`]), the rest the root partition's;
+//! 3. ext4 filesystems built from those directories, the ESP with mtools, a GPT on a
+//!    sparse file, GRUB written for the chosen firmware ([`disk`], [`bootloader`]);
+//! 4. conversion to the output format ([`formats`]), checked by the real tools, rename into
+//!    place, and the artifact recorded in `manifest.json` ([`manifest`]).
+//!
+//! The platform ([`platform`], one table) picks Ignition's `ignition.platform.id`, the
+//! console and the formats; [`template`] refuses a tree with machine-specific state
+//! baked in, so that every machine made from the image is its own.
+
+pub mod bootloader;
+pub mod cpio;
+pub mod disk;
+pub mod firstboot;
+pub mod formats;
+pub mod iso;
+pub mod live;
+pub mod manifest;
+pub mod platform;
+pub mod template;
+
+pub use bootloader::Firmware;
+pub use firstboot::Platform;
+pub use formats::Format;
+pub use live::LiveFs;
+pub use platform::{PlatformSpec, PLATFORMS};
+
+use crate::progress::Progress;
+use anyhow::{anyhow, bail, Context, Result};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Kernel arguments every kiln image adds to the commit's own.
+pub const IMAGE_KARGS: &[&str] = &["root=LABEL=root", "rw"];
+/// Console arguments of the `qemu` platform (every platform's are in [`PLATFORMS`]): the
+/// last `console=` is /dev/console, so the serial port gets the boot messages and
+/// systemd's status output.
+pub const CONSOLE_KARGS: &[&str] = &["console=tty0", "console=ttyS0,115200n8"];
+/// The stateroot name images use unless told otherwise.
+pub const DEFAULT_OS: &str = "kiln";
+
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    /// OSTree repository holding the commit.
+    #[arg(long, default_value = "build/repo")]
+    pub repo: PathBuf,
+    /// Ref or commit checksum to put in the image.
+    #[arg(long = "ref")]
+    pub ref_: String,
+    /// Output format (default: from the output's extension, else the platform's first
+    /// format, else qcow2). docs/cloud.md lists which formats each platform takes.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Disk size (K, M, G, T suffixes).
+    #[arg(long, default_value = "4G")]
+    pub size: String,
+    /// Boot on BIOS only.
+    #[arg(long, conflicts_with_all = ["uefi", "hybrid"])]
+    pub bios: bool,
+    /// Boot on UEFI only.
+    #[arg(long, conflicts_with_all = ["bios", "hybrid"])]
+    pub uefi: bool,
+    /// Boot on both BIOS and UEFI (the default).
+    #[arg(long, conflicts_with_all = ["bios", "uefi"])]
+    pub hybrid: bool,
+    /// Where to write the image; `manifest.json` is updated beside it. A directory (an
+    /// existing one, or a path ending in `/`) gets `<name>-<platform>.<extension>`, where
+    /// name is the ref's last component (`base` for `kiln/bookworm/x86_64/base`).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Stateroot (OS name) of the deployment.
+    #[arg(long, default_value = DEFAULT_OS)]
+    pub os: String,
+    /// Extra kernel argument for the image's deployment (repeatable).
+    #[arg(long = "karg")]
+    pub kargs: Vec<String>,
+    /// Ignition config to embed as /boot/ignition/config.ign (bare-metal provisioning;
+    /// platform `metal`).
+    #[arg(long)]
+    pub ignition: Option<PathBuf>,
+    /// Platform the image is for: sets `ignition.platform.id` (where Ignition finds the
+    /// machine's config: fw_cfg for `qemu`, the cloud's metadata for `aws`, `gcp`,
+    /// `azure`, `openstack`, guestinfo for `vmware`, /boot/ignition/config.ign or
+    /// `ignition.config.url=` for `metal`), the console arguments, and the default format
+    /// (docs/cloud.md). Default: `metal` with --ignition, else `qemu`.
+    #[arg(long, value_enum)]
+    pub platform: Option<Platform>,
+    /// Update server the machine follows, as NAME=URL: the image's repo gets the remote and
+    /// the deployment's origin becomes NAME:REF, so `kiln upgrade` and automatic updates
+    /// pull from it out of the box. Needs --ref to name a ref, not a checksum.
+    #[arg(long, value_name = "NAME=URL")]
+    pub remote: Option<String>,
+    /// GPG public key (armored or binary) trusted for --remote's commits (repeatable).
+    #[arg(long, value_name = "FILE", requires = "remote")]
+    pub remote_gpg_key: Vec<PathBuf>,
+    /// Do not verify --remote's signatures (default: verify, with --remote-gpg-key's keys
+    /// and those in the image's /usr/share/ostree/trusted.gpg.d).
+    #[arg(long, requires = "remote", conflicts_with = "remote_gpg_key")]
+    pub remote_no_gpg_verify: bool,
+    /// Root image filesystem of a live ISO or PXE system.
+    #[arg(long, value_enum, default_value_t = LiveFs::Squashfs)]
+    pub live_fs: LiveFs,
+    /// Print one JSON object with the result on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Everything [`build`] needs.
+#[derive(Debug, Clone)]
+pub struct ImageOptions {
+    pub repo: PathBuf,
+    pub rev: String,
+    pub format: Format,
+    pub firmware: Firmware,
+    /// Disk size in bytes.
+    pub size: u64,
+    pub output: PathBuf,
+    pub os: String,
+    pub extra_kargs: Vec<String>,
+    pub ignition: Option<PathBuf>,
+    /// Ignition platform; `None`: [`Platform::default_for`].
+    pub platform: Option<Platform>,
+    /// Filesystem timestamps; default `SOURCE_DATE_EPOCH` or the commit's timestamp.
+    pub epoch: Option<u64>,
+    /// The update server the machine follows.
+    pub remote: Option<ImageRemote>,
+    /// Root image filesystem of live media (`iso`, `pxe`).
+    pub live_fs: LiveFs,
+}
+
+/// An update server configured in the image (`kiln image --remote NAME=URL`).
+#[derive(Debug, Clone)]
+pub struct ImageRemote {
+    pub name: String,
+    pub url: String,
+    /// Keys trusted for this remote only.
+    pub gpg_keys: Vec<PathBuf>,
+    pub gpg_verify: bool,
+}
+
+impl ImageRemote {
+    /// Parses `NAME=URL`.
+    pub fn parse(spec: &str) -> Result<ImageRemote> {
+        let (name, url) = spec.split_once('=').ok_or_else(|| {
+            crate::error::InputError::new(
+                "command line",
+                format!("--remote {spec:?}: expected NAME=URL, e.g. origin=https://updates.example.com/repo"),
+            )
+            .key("--remote")
+        })?;
+        crate::remote::validate_name(name)?;
+        crate::remote::validate_url(url)?;
+        Ok(ImageRemote {
+            name: name.to_string(),
+            url: url.to_string(),
+            gpg_keys: Vec::new(),
+            gpg_verify: true,
+        })
+    }
+}
+
+impl ImageOptions {
+    /// Defaults: qcow2, hybrid, 4 GiB, stateroot `kiln`.
+    pub fn new(
+        repo: impl Into<PathBuf>,
+        rev: impl Into<String>,
+        output: impl Into<PathBuf>,
+    ) -> Self {
+        ImageOptions {
+            repo: repo.into(),
+            rev: rev.into(),
+            format: Format::Qcow2,
+            firmware: Firmware::Hybrid,
+            size: 4096 * disk::MIB,
+            output: output.into(),
+            os: DEFAULT_OS.into(),
+            extra_kargs: Vec::new(),
+            ignition: None,
+            platform: None,
+            epoch: None,
+            remote: None,
+            live_fs: LiveFs::Squashfs,
+        }
+    }
+}
+
+/// What [`build`] made.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageResult {
+    pub output: PathBuf,
+    pub format: Format,
+    pub platform: Platform,
+    pub firmware: Firmware,
+    pub commit: String,
+    pub version: Option<String>,
+    pub sha256: String,
+    pub size: u64,
+    pub virtual_size: u64,
+    pub kargs: Vec<String>,
+    pub manifest: PathBuf,
+    pub layout: disk::Layout,
+    pub timings: serde_json::Value,
+}
+
+/// The kernel arguments of the image's deployment: the commit's (`kiln.kargs`) with any
+/// `root=` replaced, then kiln's, the `qemu` console, and the caller's extras; duplicates
+/// dropped.
+pub fn image_kargs(commit_kargs: &[String], extra: &[String]) -> Vec<String> {
+    image_kargs_with_console(commit_kargs, CONSOLE_KARGS, extra)
+}
+
+/// [`image_kargs`] with a platform's console arguments ([`PlatformSpec::console`]).
+pub fn image_kargs_with_console(
+    commit_kargs: &[String],
+    console: &[&str],
+    extra: &[String],
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |k: &str| {
+        if !k.is_empty() && !out.iter().any(|x| x == k) {
+            out.push(k.to_string());
+        }
+    };
+    for k in commit_kargs {
+        if !k.starts_with("root=") {
+            push(k);
+        }
+    }
+    for k in IMAGE_KARGS.iter().chain(console) {
+        push(k);
+    }
+    for k in extra {
+        push(k);
+    }
+    out
+}
+
+/// Removes the immutable bit libostree sets on deployment directories, so a temp sysroot
+/// can be deleted.
+pub(crate) struct SysrootCleanup(pub(crate) PathBuf);
+
+impl Drop for SysrootCleanup {
+    fn drop(&mut self) {
+        let deploy = self.0.join("ostree/deploy");
+        let Ok(oses) = std::fs::read_dir(&deploy) else {
+            return;
+        };
+        for os in oses.flatten() {
+            if let Ok(ds) = std::fs::read_dir(os.path().join("deploy")) {
+                for d in ds.flatten() {
+                    if d.path().is_dir() {
+                        let _ = crate::cmd::Cmd::new("chattr").arg("-i").arg(d.path()).run();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The deployment directory of `commit` in a sysroot.
+pub(crate) fn deployment_dir(sysroot: &Path, os: &str, commit: &str) -> Result<PathBuf> {
+    let dir = sysroot.join("ostree/deploy").join(os).join("deploy");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{commit}.")))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .ok_or_else(|| anyhow!("deploy left no deployment of {commit} in {}", dir.display()))
+}
+
+/// Deploys the commit `info` of `opts` into a fresh sysroot at `sysroot` through
+/// [`crate::deploy`] (the very code `kiln deploy` runs); returns the deployment directory.
+pub(crate) fn deploy_into(
+    sysroot: &Path,
+    opts: &ImageOptions,
+    info: &crate::repo::CommitInfo,
+    kargs: &[String],
+) -> Result<PathBuf> {
+    // Sets up libostree's syslinux backend that the static grub.cfg reads.
+    crate::deploy::init_sysroot(sysroot, &opts.os)?;
+    let outcome = crate::deploy::deploy(&crate::deploy::DeployRequest {
+        sysroot: sysroot.to_path_buf(),
+        os: opts.os.clone(),
+        source: crate::deploy::Source::LocalRepo(opts.repo.clone()),
+        rev: opts.rev.clone(),
+        kargs: Some(kargs.to_vec()),
+    })
+    .with_context(|| format!("deploying {} into the image's sysroot", info.checksum))?;
+    if outcome.commit != info.checksum {
+        bail!(
+            "deploy put {} in the image, but {:?} is {}",
+            outcome.commit,
+            opts.rev,
+            info.checksum
+        );
+    }
+    if let Some(r) = &opts.remote {
+        crate::remote::add(
+            sysroot,
+            &opts.os,
+            &r.name,
+            &r.url,
+            &r.gpg_keys,
+            r.gpg_verify,
+            false,
+        )?;
+        let n = crate::deploy::follow_remote(sysroot, &opts.os, &opts.rev, &r.name)?;
+        if n != 1 {
+            bail!(
+                "expected the image's one deployment to follow {:?}, changed {n}",
+                opts.rev
+            );
+        }
+    }
+    deployment_dir(sysroot, &opts.os, &info.checksum)
+}
+
+/// Builds the image described by `opts`.
+pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<ImageResult> {
+    if opts.format.is_live() {
+        bail!(
+            "{} is a live medium: build it with image::live::build",
+            opts.format.name()
+        );
+    }
+    preflight(opts)?;
+    let repo = crate::repo::open(&opts.repo)?;
+    let info = crate::repo::read_commit(&repo, &opts.rev)
+        .with_context(|| format!("looking up {:?} in {}", opts.rev, opts.repo.display()))?;
+    drop(repo);
+    let layout = disk::Layout::for_size(opts.size)?;
+    let platform = opts
+        .platform
+        .unwrap_or_else(|| Platform::default_for(opts.ignition.is_some()));
+    let spec = platform.spec();
+    let mut extra = firstboot::kargs(platform);
+    extra.extend(opts.extra_kargs.iter().cloned());
+    let kargs = image_kargs_with_console(
+        &info.meta_list(crate::repo::keys::KARGS),
+        spec.console,
+        &extra,
+    );
+    let epoch = opts
+        .epoch
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
+        .unwrap_or(info.timestamp);
+
+    let out_dir = opts
+        .output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("creating output directory {}", out_dir.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".kiln-image-")
+        .tempdir_in(&out_dir)
+        .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
+    let log = work.path().join("image.log");
+    let sysroot = work.path().join("sysroot");
+    std::fs::create_dir_all(&sysroot).context("creating the sysroot directory")?;
+    let _cleanup = SysrootCleanup(sysroot.clone());
+
+    // 1. Deploy.
+    let s = p.stage("deploy");
+    let deployment = deploy_into(&sysroot, opts, &info, &kargs)?;
+    s.done();
+
+    // Nothing machine-specific may ship: every machine made from the image is its own.
+    let s = p.stage("template-check");
+    template::check_sysroot(&sysroot, &opts.os, &deployment)?;
+    s.done();
+
+    // 2. Split /boot from the root.
+    let s = p.stage("boot-loader");
+    let bootdir = work.path().join("bootfs");
+    std::fs::rename(sysroot.join("boot"), &bootdir).context("moving the sysroot's boot/ aside")?;
+    std::fs::create_dir(sysroot.join("boot")).context("recreating the boot/ mount point")?;
+    let grubdir = bootdir.join("grub");
+    std::fs::create_dir_all(&grubdir).context("creating boot/grub")?;
+    std::fs::write(
+        grubdir.join("grub.cfg"),
+        bootloader::grub_cfg_for(spec.grub_serial),
+    )
+    .context("writing grub.cfg")?;
+    // Every fresh image provisions itself with Ignition on its first boot.
+    firstboot::write_stamp(&bootdir)?;
+    if let Some(ign) = &opts.ignition {
+        embed_ignition(ign, &bootdir)?;
+    }
+    let bios = if opts.firmware.bios() {
+        Some(bootloader::build_bios_core(&deployment, work.path())?)
+    } else {
+        None
+    };
+    let efi = if opts.firmware.uefi() {
+        Some(bootloader::build_efi(&deployment, work.path())?)
+    } else {
+        None
+    };
+    s.done();
+
+    // 3. Filesystems and the disk.
+    let s = p.stage("filesystems");
+    let ids = disk::Ids::for_commit(&info.checksum);
+    // mkfs.ext4 -d copies entries in readdir order and copies file times: give it trees
+    // whose order depends on names only, with every time at the epoch
+    // (docs/reproducible.md).
+    let sorted_boot = work.path().join("bootfs.sorted");
+    crate::reproducible::sorted_link_tree(&bootdir, &sorted_boot)?;
+    crate::reproducible::clamp_times(&sorted_boot, epoch)?;
+    let sorted_root = work.path().join("sysroot.sorted");
+    crate::reproducible::sorted_link_tree(&sysroot, &sorted_root)?;
+    crate::reproducible::clamp_times(&sorted_root, epoch)?;
+    let boot_fs = work.path().join("boot.ext4");
+    disk::mkfs_ext4(
+        &sorted_boot,
+        &boot_fs,
+        layout.boot.size,
+        "boot",
+        &ids.boot_fs_uuid,
+        Some(epoch),
+        &log,
+    )?;
+    crate::reproducible::clamp_ext4_ctimes(&boot_fs, epoch, &log)?;
+    let root_fs = work.path().join("root.ext4");
+    disk::mkfs_ext4(
+        &sorted_root,
+        &root_fs,
+        layout.root.size,
+        "root",
+        &ids.root_fs_uuid,
+        Some(epoch),
+        &log,
+    )?;
+    crate::reproducible::clamp_ext4_ctimes(&root_fs, epoch, &log)?;
+    let esp = work.path().join("esp.vfat");
+    let efi_files: Vec<(&str, &Path)> = match &efi {
+        Some(e) => vec![("EFI/BOOT/BOOTX64.EFI", e.as_path())],
+        None => vec![],
+    };
+    disk::mkfs_esp(
+        &esp,
+        layout.esp.size,
+        &efi_files,
+        &ids.esp_volume_id,
+        epoch,
+        &log,
+    )?;
+    s.done();
+
+    let s = p.stage("disk");
+    let raw = work.path().join("disk.raw");
+    disk::partition(&raw, &layout, &ids, &log)?;
+    disk::write_at(&raw, &esp, &layout.esp)?;
+    disk::write_at(&raw, &boot_fs, &layout.boot)?;
+    disk::write_at(&raw, &root_fs, &layout.root)?;
+    for f in [&esp, &boot_fs, &root_fs] {
+        let _ = std::fs::remove_file(f);
+    }
+    if let Some((core, boot_img)) = &bios {
+        bootloader::install_bios(&raw, &layout, core, boot_img)?;
+    }
+    s.done();
+
+    // 4. Output.
+    let s = p.stage(opts.format.name());
+    // The final file name: an OVA names its members after it.
+    let staged = work.path().join(
+        opts.output
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| format!("out.{}", opts.format.extension()).into()),
+    );
+    formats::convert(&raw, opts.format, &staged, &log)?;
+    let checked = formats::check(&staged, opts.format, layout.disk_size)?;
+    let sha256 = manifest::sha256_file(&staged)?;
+    let size = std::fs::metadata(&staged)
+        .with_context(|| format!("reading {}", staged.display()))?
+        .len();
+    std::fs::rename(&staged, &opts.output)
+        .with_context(|| format!("moving the image to {}", opts.output.display()))?;
+    let mpath = manifest::record(
+        &opts.output,
+        manifest::Artifact {
+            sha256: sha256.clone(),
+            size,
+            format: opts.format.name().into(),
+            commit: info.checksum.clone(),
+            version: info.version.clone(),
+            ref_: Some(opts.rev.clone()).filter(|r| *r != info.checksum),
+            firmware: Some(format!("{:?}", opts.firmware).to_lowercase()),
+            platform: Some(platform.id().to_string()),
+            virtual_size: Some(checked.virtual_size),
+        },
+    )?;
+    s.done();
+
+    Ok(ImageResult {
+        output: opts.output.clone(),
+        format: opts.format,
+        platform,
+        firmware: opts.firmware,
+        commit: info.checksum,
+        version: info.version,
+        sha256,
+        size,
+        virtual_size: checked.virtual_size,
+        kargs,
+        manifest: mpath,
+        layout,
+        timings: p.timings_json(),
+    })
+}
+
+/// Checks the host tools before any work starts.
+fn preflight(opts: &ImageOptions) -> Result<()> {
+    let mut need = vec![
+        ("mkfs.ext4", "e2fsprogs"),
+        ("sgdisk", "gdisk"),
+        ("mkfs.vfat", "dosfstools"),
+        ("mcopy", "mtools"),
+        ("mmd", "mtools"),
+        ("grub-mkimage", "grub-common"),
+        ("chattr", "e2fsprogs"),
+    ];
+    need.extend(opts.format.tools().iter().copied());
+    let missing: Vec<String> = need
+        .iter()
+        .filter(|(p, _)| !crate::cmd::have(p))
+        .map(|(p, pkg)| format!("{p} (package {pkg})"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing host tools: {} (run `make deps`)",
+            missing.join(", ")
+        );
+    }
+    if let Some(ign) = &opts.ignition {
+        if !ign.is_file() {
+            return Err(crate::error::InputError::new(
+                ign.display().to_string(),
+                "Ignition config not found",
+            )
+            .into());
+        }
+    }
+    if let Some(r) = &opts.remote {
+        if crate::deploy::is_checksum(&opts.rev) {
+            return Err(crate::error::InputError::new(
+                "command line",
+                format!(
+                    "--remote needs --ref to name a ref the machine follows, not the commit {}",
+                    opts.rev
+                ),
+            )
+            .key("--ref")
+            .into());
+        }
+        for k in &r.gpg_keys {
+            if !k.is_file() {
+                return Err(crate::error::InputError::new(
+                    k.display().to_string(),
+                    "--remote-gpg-key: no such key file",
+                )
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the Ignition config as `ignition/config.ign` (0600) on the boot partition (the
+/// first-boot stamp is written for every image).
+fn embed_ignition(src: &Path, bootdir: &Path) -> Result<()> {
+    let text = read_ignition_config(src)?;
+    write_ignition_config(&text, bootdir)?;
+    Ok(())
+}
+
+/// Reads an Ignition config file and refuses one Ignition would reject
+/// ([`check_ignition_config`]). Returns the text.
+pub fn read_ignition_config(src: &Path) -> Result<String> {
+    if !src.is_file() {
+        return Err(crate::error::InputError::new(
+            src.display().to_string(),
+            "Ignition config not found",
+        )
+        .into());
+    }
+    let text =
+        std::fs::read_to_string(src).with_context(|| format!("reading {}", src.display()))?;
+    check_ignition_config(&text, &src.display().to_string())?;
+    Ok(text)
+}
+
+/// Checks an Ignition config the way `kiln ignition validate` does: a config Ignition would
+/// reject at first boot is refused now, not discovered on a machine's console. `source`
+/// names the config in the [`crate::error::InputError`] (a file name or URL).
+pub fn check_ignition_config(text: &str, source: &str) -> Result<()> {
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
+        return Err(
+            crate::error::InputError::new(source, format!("not JSON: {e}"))
+                .at(e.line(), e.column())
+                .into(),
+        );
+    }
+    let report = crate::ignition::validate_json(text);
+    if let Some(d) = report.errors().next() {
+        let more = report.errors().count() - 1;
+        let extra = if more > 0 {
+            format!(" (and {more} more error(s); see `kiln ignition validate`)")
+        } else {
+            String::new()
+        };
+        return Err(crate::error::InputError::new(
+            source,
+            format!("{}: {}{extra}", d.path, d.message),
+        )
+        .at(d.line, d.col)
+        .into());
+    }
+    Ok(())
+}
+
+/// Where the first-boot glue reads the Ignition config, relative to the boot partition
+/// (coreos-installer's contract; docs/firstboot.md).
+pub const IGNITION_CONFIG: &str = "ignition/config.ign";
+
+/// Writes an (already checked) Ignition config as [`IGNITION_CONFIG`] on a boot
+/// partition's directory: directory 0700, file 0600, written to a temp name and renamed
+/// into place. Returns the file's path.
+pub fn write_ignition_config(text: &str, bootdir: &Path) -> Result<PathBuf> {
+    let dir = bootdir.join("ignition");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod {}", dir.display()))?;
+    let dst = bootdir.join(IGNITION_CONFIG);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".config.ign.")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(&dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    // The umask may have narrowed the mode at creation, never widened it; set it exactly.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", tmp.path().display()))?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("syncing {}", tmp.path().display()))?;
+    tmp.persist(&dst)
+        .with_context(|| format!("writing {}", dst.display()))?;
+    Ok(dst)
+}
+
+/// The output format: `--format`, else the output's extension, else the platform's
+/// default, else qcow2. A platform given on the command line must take the format.
+pub fn resolve_format(
+    asked: Option<Format>,
+    platform: Option<Platform>,
+    output: &Path,
+) -> Result<Format> {
+    let format = asked
+        .or_else(|| Format::from_path(output))
+        .or_else(|| platform.map(Platform::default_format))
+        .unwrap_or(Format::Qcow2);
+    if let Some(p) = platform {
+        if !p.accepts(format) {
+            let takes: Vec<&str> = p.spec().formats.iter().map(|f| f.name()).collect();
+            let key = if asked.is_some() {
+                "--format"
+            } else {
+                "--output"
+            };
+            return Err(crate::error::InputError::new(
+                "command line",
+                format!(
+                    "platform {} does not take {} images (it takes: {}); see docs/cloud.md",
+                    p.id(),
+                    format.name(),
+                    takes.join(", ")
+                ),
+            )
+            .key(key)
+            .into());
+        }
+    }
+    Ok(format)
+}
+
+/// The artifact's path: `output` itself, or for a directory (existing, or written with a
+/// trailing `/`) `<dir>/<name>-<platform>.<extension>` with name the ref's last component.
+pub fn artifact_path(
+    output: &Path,
+    rev: &str,
+    format: Option<Format>,
+    platform: Option<Platform>,
+    embedded_config: bool,
+) -> PathBuf {
+    let is_dir = output.is_dir() || output.as_os_str().to_string_lossy().ends_with('/');
+    if !is_dir {
+        return output.to_path_buf();
+    }
+    let platform = platform.unwrap_or_else(|| Platform::default_for(embedded_config));
+    let format = format.unwrap_or_else(|| platform.default_format());
+    let name = rev
+        .rsplit(['/', ':'])
+        .find(|s| !s.is_empty())
+        .unwrap_or("kiln");
+    output.join(format!("{name}-{}.{}", platform.id(), format.extension()))
+}
+
+/// `kiln image`.
+pub fn cmd_image(a: ImageArgs) -> Result<()> {
+    let firmware = if a.bios {
+        Firmware::Bios
+    } else if a.uefi {
+        Firmware::Uefi
+    } else {
+        Firmware::Hybrid
+    };
+    let size = disk::parse_size(&a.size).map_err(|e| {
+        crate::error::InputError::new("command line", format!("{e:#}")).key("--size")
+    })?;
+    let output = artifact_path(
+        &a.output,
+        &a.ref_,
+        a.format,
+        a.platform,
+        a.ignition.is_some(),
+    );
+    let format = resolve_format(a.format, a.platform, &output)?;
+    let opts = ImageOptions {
+        repo: a.repo,
+        rev: a.ref_,
+        format,
+        firmware,
+        size,
+        output,
+        os: a.os,
+        extra_kargs: a.kargs,
+        ignition: a.ignition,
+        platform: a.platform,
+        epoch: None,
+        remote: match &a.remote {
+            Some(spec) => {
+                let mut r = ImageRemote::parse(spec)?;
+                r.gpg_keys = a.remote_gpg_key;
+                r.gpg_verify = !a.remote_no_gpg_verify;
+                Some(r)
+            }
+            None => None,
+        },
+        live_fs: a.live_fs,
+    };
+    let mut p = Progress::new(false);
+    if format.is_live() {
+        let r = live::build(&opts, &mut p)?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&r).context("encoding JSON")?
+            );
+        } else {
+            eprintln!(
+                "kiln: wrote {} ({}, root image {} {} bytes) with commit {}{}",
+                r.output.display(),
+                r.format.name(),
+                r.root_fs.name(),
+                r.root_image_size,
+                r.commit,
+                r.version
+                    .as_deref()
+                    .map(|v| format!(" (version {v})"))
+                    .unwrap_or_default()
+            );
+        }
+        return Ok(());
+    }
+    let r = build(&opts, &mut p)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).context("encoding JSON")?
+        );
+    } else {
+        eprintln!(
+            "kiln: wrote {} ({} for {}, {}, {} bytes, sha256 {}) with commit {}{}",
+            r.output.display(),
+            r.format.name(),
+            r.platform.id(),
+            format!("{:?}", r.firmware).to_lowercase(),
+            r.size,
+            r.sha256,
+            r.commit,
+            r.version
+                .as_deref()
+                .map(|v| format!(" (version {v})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kargs_merge() {
+        let k = image_kargs(
+            &["quiet".into(), "root=/dev/sda".into(), "rw".into()],
+            &["kiln.autologin".into(), "quiet".into()],
+        );
+        assert_eq!(
+            k,
+            vec![
+                "quiet",
+                "rw",
+                "root=LABEL=root",
+                "console=tty0",
+                "console=ttyS0,115200n8",
+                "kiln.autologin"
+            ]
+        );
+    }
+
+    #[test]
+    fn platforms_pick_formats_and_names() {
+        let td = tempfile::tempdir().unwrap();
+        let dir = td.path();
+        let p = artifact_path(
+            dir,
+            "kiln/bookworm/x86_64/base",
+            None,
+            Some(Platform::Gcp),
+            false,
+        );
+        assert_eq!(p, dir.join("base-gcp.tar.gz"));
+        let p = artifact_path(
+            dir,
+            "kiln/base",
+            Some(Format::Raw),
+            Some(Platform::Aws),
+            false,
+        );
+        assert_eq!(p, dir.join("base-aws.raw"));
+        let p = artifact_path(Path::new("new/dir/"), "remote:x/base", None, None, true);
+        assert_eq!(p, Path::new("new/dir/base-metal.raw"));
+        let p = artifact_path(Path::new("out/a.qcow2"), "r", None, None, false);
+        assert_eq!(p, Path::new("out/a.qcow2"));
+
+        assert_eq!(
+            resolve_format(None, Some(Platform::Azure), Path::new("x")).unwrap(),
+            Format::Vhd
+        );
+        assert_eq!(
+            resolve_format(None, None, Path::new("x.ova")).unwrap(),
+            Format::Ova
+        );
+        assert_eq!(
+            resolve_format(None, None, Path::new("x")).unwrap(),
+            Format::Qcow2
+        );
+        let err =
+            resolve_format(Some(Format::Qcow2), Some(Platform::Gcp), Path::new("x")).unwrap_err();
+        let ie = err.downcast_ref::<crate::error::InputError>().unwrap();
+        let msg = ie.to_string();
+        assert!(msg.contains("--format") && msg.contains("gce"), "{msg}");
+        assert!(resolve_format(None, Some(Platform::Azure), Path::new("x.raw")).is_err());
+    }
+
+    #[test]
+    fn platform_console_replaces_the_default() {
+        let k = image_kargs_with_console(
+            &["console=ttyS0,115200".into()],
+            Platform::Vmware.spec().console,
+            &[],
+        );
+        assert_eq!(
+            k,
+            vec![
+                "console=ttyS0,115200",
+                "root=LABEL=root",
+                "rw",
+                "console=ttyS0,115200n8",
+                "console=tty0"
+            ]
+        );
+        assert!(!bootloader::grub_cfg_for(false).contains("terminal_output serial"));
+        assert!(bootloader::grub_cfg_for(true).contains("terminal_output serial"));
+        assert!(bootloader::grub_cfg_for(false).contains("syslinux_source"));
+    }
+
+    #[test]
+    fn ignition_is_embedded_private() {
+        let td = tempfile::tempdir().unwrap();
+        let cfg = td.path().join("c.ign");
+        std::fs::write(&cfg, r#"{"ignition":{"version":"3.3.0"}}"#).unwrap();
+        let boot = td.path().join("boot");
+        std::fs::create_dir(&boot).unwrap();
+        embed_ignition(&cfg, &boot).unwrap();
+        let dst = boot.join("ignition/config.ign");
+        assert_eq!(
+            std::fs::read_to_string(&dst).unwrap(),
+            r#"{"ignition":{"version":"3.3.0"}}"#
+        );
+        let mode = std::fs::metadata(&dst).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        std::fs::write(&cfg, "{not json").unwrap();
+        let err = embed_ignition(&cfg, &boot).unwrap_err();
+        assert!(
+            err.downcast_ref::<crate::error::InputError>().is_some(),
+            "{err:#}"
+        );
+
+        std::fs::write(
+            &cfg,
+            r#"{"ignition":{"version":"3.3.0"},"storage":{"files":[{"path":"rel"}]}}"#,
+        )
+        .unwrap();
+        let err = embed_ignition(&cfg, &boot).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("$.storage.files.0.path"), "{msg}");
+    }
+}

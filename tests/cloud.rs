@@ -1,0 +1,455 @@
+//! Cloud and VM templates (docs/cloud.md), from the composed `recipes/base.toml`:
+//!
+//! - every platform's artifact, built by `kiln image --platform`, checked by the real
+//!   tools and not by kiln's own code: `qemu-img info`/`check` (format, virtual size,
+//!   streamOptimized), the VHD footer (fixed, MiB-aligned, checksum), the Compute Engine
+//!   tarball (exactly `disk.raw`, GNU header, read by Python's tarfile), the OVA (member
+//!   order, the OVF's file reference, size and disk capacity, the `.mf` SHA256s, the vmdk
+//!   inside passing `qemu-img check`), `manifest.json` against `sha256sum`; the kernel
+//!   arguments carry each platform's id and console;
+//! - clones: two VMs made from one template (each booted from its own copy, one after the
+//!   other, one of them on a bigger disk) end with different machine-ids, SSH host keys,
+//!   filesystem UUIDs and disk GUIDs, the same commit, and a root grown to the disk.
+//!
+//! Console logs of failed boots land in `build/test-artifacts/`. Boot timeouts scale with
+//! `KILN_E2E_BOOT_TIMEOUT` (seconds, default 900).
+
+mod common;
+
+use kiln::cmd::Cmd;
+use kiln::image::{self, Platform};
+use kiln::qemu::{Vm, VmOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const GIB4: u64 = 4096 * 1024 * 1024;
+const MIB: u64 = 1024 * 1024;
+const CMD: Duration = Duration::from_secs(300);
+
+fn boot_timeout() -> Duration {
+    Duration::from_secs(
+        std::env::var("KILN_E2E_BOOT_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(900),
+    )
+}
+
+fn workdir(prefix: &str) -> tempfile::TempDir {
+    let base = common::fixture_dir();
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(base)
+        .unwrap()
+}
+
+fn qemu_info(path: &Path, fmt: &str) -> serde_json::Value {
+    let out = Cmd::new("qemu-img")
+        .args(["info", "--output=json", "-f", fmt])
+        .arg(path)
+        .read()
+        .unwrap();
+    serde_json::from_str(&out).unwrap()
+}
+
+fn qemu_check(path: &Path, fmt: &str) {
+    Cmd::new("qemu-img")
+        .args(["check", "-f", fmt])
+        .arg(path)
+        .run()
+        .unwrap_or_else(|e| panic!("qemu-img check {}: {e:#}", path.display()));
+}
+
+fn python(script: &str, args: &[&Path]) -> String {
+    let mut c = Cmd::new("python3").args(["-c", script]);
+    for a in args {
+        c = c.arg(a);
+    }
+    c.read().unwrap()
+}
+
+/// Builds one platform's image with the CLI into `dir/`; returns (path, --json output).
+fn build(
+    f: &common::Composed,
+    dir: &Path,
+    p: &str,
+    format: Option<&str>,
+) -> (PathBuf, serde_json::Value) {
+    let mut args = vec![
+        "image",
+        "--repo",
+        f.repo.to_str().unwrap(),
+        "--ref",
+        &f.ref_,
+        "--platform",
+        p,
+        "--json",
+    ];
+    if let Some(fmt) = format {
+        args.extend(["--format", fmt]);
+    }
+    let out = format!("{}/", dir.display());
+    args.extend(["--output", &out]);
+    let t = std::time::Instant::now();
+    let v: serde_json::Value = serde_json::from_str(&common::kiln_ok(&args)).unwrap();
+    eprintln!("{p} {format:?}: {:.1} s", t.elapsed().as_secs_f64());
+    (PathBuf::from(v["output"].as_str().unwrap()), v)
+}
+
+fn kargs(v: &serde_json::Value) -> Vec<String> {
+    v["kargs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_platform_artifact_passes_the_real_tools() {
+    let f = common::base_commit();
+    let work = workdir("cloud-artifacts-");
+    let dir = work.path();
+
+    // A format the platform does not take: refused before any work, nothing written.
+    let (code, _, err) = common::kiln(&[
+        "image",
+        "--repo",
+        f.repo.to_str().unwrap(),
+        "--ref",
+        &f.ref_,
+        "--platform",
+        "gcp",
+        "--format",
+        "qcow2",
+        "--output",
+        &format!("{}/", dir.display()),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--format") && err.contains("gce"), "{err}");
+    assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
+
+    let mut built = Vec::new();
+    // One build per format (openstack's qcow2 and aws's raw are the same conversions as
+    // qemu's and metal's; their kernel arguments and formats are unit-tested).
+    for (p, fmt) in [
+        ("qemu", None),
+        ("metal", None),
+        ("aws", None),
+        ("gcp", None),
+        ("azure", None),
+        ("vmware", Some("ova")),
+    ] {
+        let (path, v) = build(&f, dir, p, fmt);
+        assert_eq!(v["commit"], f.commit.as_str());
+        assert_eq!(v["virtual_size"].as_u64(), Some(GIB4), "{p}");
+        // Each platform's id and its console, in the table's order, after the recipe's.
+        let k = kargs(&v);
+        assert!(
+            k.contains(&format!("ignition.platform.id={p}")),
+            "{p}: {k:?}"
+        );
+        let console = Platform::from_id(p).unwrap().spec().console;
+        let at: Vec<usize> = console
+            .iter()
+            .map(|c| {
+                k.iter()
+                    .rposition(|x| x == c)
+                    .unwrap_or_else(|| panic!("{p}: {c} not in {k:?}"))
+            })
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{p}: {k:?}");
+        built.push((p, fmt, path));
+    }
+    let names: Vec<String> = built
+        .iter()
+        .map(|(_, _, p)| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "base-qemu.qcow2",
+            "base-metal.raw",
+            "base-aws.vmdk",
+            "base-gcp.tar.gz",
+            "base-azure.vhd",
+            "base-vmware.ova",
+        ]
+    );
+
+    for (p, _, path) in &built {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        match name.rsplit_once('.').unwrap().1 {
+            "qcow2" => {
+                qemu_check(path, "qcow2");
+                let i = qemu_info(path, "qcow2");
+                assert_eq!(i["format"], "qcow2", "{p}");
+                assert_eq!(i["virtual-size"].as_u64(), Some(GIB4), "{p}");
+            }
+            "raw" => {
+                let i = qemu_info(path, "raw");
+                assert_eq!(i["virtual-size"].as_u64(), Some(GIB4), "{p}");
+                // The GPT is intact and holds the four partitions.
+                let gpt = Cmd::new("sgdisk").arg("-p").arg(path).read().unwrap();
+                assert!(gpt.contains("root") && gpt.contains("EFI-SYSTEM"), "{gpt}");
+            }
+            "vmdk" => {
+                qemu_check(path, "vmdk");
+                let i = qemu_info(path, "vmdk");
+                assert_eq!(i["format"], "vmdk");
+                assert_eq!(i["virtual-size"].as_u64(), Some(GIB4));
+                assert_eq!(
+                    i["format-specific"]["data"]["create-type"], "streamOptimized",
+                    "{i}"
+                );
+            }
+            "vhd" => {
+                let i = qemu_info(path, "vpc");
+                assert_eq!(i["format"], "vpc");
+                assert_eq!(i["virtual-size"].as_u64(), Some(GIB4), "{i}");
+                // The footer, read here byte by byte (VHD spec: big-endian fields).
+                let len = std::fs::metadata(path).unwrap().len();
+                let foot = image::disk::read_bytes(path, len - 512, 512).unwrap();
+                assert_eq!(&foot[..8], b"conectix");
+                let disk_type = u32::from_be_bytes(foot[60..64].try_into().unwrap());
+                assert_eq!(disk_type, 2, "disk type must be fixed");
+                let size = u64::from_be_bytes(foot[48..56].try_into().unwrap());
+                assert_eq!(size % MIB, 0, "size {size} is not MiB-aligned");
+                assert_eq!(size, GIB4);
+                assert_eq!(len, size + 512, "a fixed VHD is the disk plus the footer");
+                let sum: u32 = foot
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !(64..68).contains(i))
+                    .map(|(_, &b)| u32::from(b))
+                    .sum();
+                assert_eq!(!sum, u32::from_be_bytes(foot[64..68].try_into().unwrap()));
+            }
+            "gz" => {
+                let out = python(
+                    r#"
+import gzip, sys, tarfile
+with gzip.open(sys.argv[1]) as g:
+    head = g.read(512)
+assert head[257:265] == b"ustar  \0", head[257:265]
+t = tarfile.open(sys.argv[1], "r:gz")
+print("\n".join(f"{m.name} {m.size} {m.isfile() or m.issparse()}" for m in t.getmembers()))
+"#,
+                    &[path],
+                );
+                assert_eq!(out.trim(), format!("disk.raw {GIB4} True"), "{out}");
+                let listing = Cmd::new("tar").arg("-tzf").arg(path).read().unwrap();
+                assert_eq!(listing.trim(), "disk.raw");
+            }
+            "ova" => {
+                let x = dir.join("ova-x");
+                std::fs::create_dir_all(&x).unwrap();
+                let out = python(
+                    r#"
+import hashlib, sys, tarfile, xml.etree.ElementTree as ET
+t = tarfile.open(sys.argv[1])
+ms = t.getmembers()
+print("members", " ".join(m.name for m in ms))
+for m in ms:
+    t.fileobj.seek(m.offset)
+    assert t.fileobj.read(512)[257:263] == b"ustar\0", m.name
+ovf = ET.fromstring(t.extractfile(ms[0]).read())
+ns = {"o": "http://schemas.dmtf.org/ovf/envelope/1"}
+f = ovf.find("o:References/o:File", ns)
+d = ovf.find("o:DiskSection/o:Disk", ns)
+a = lambda e, k: e.get("{http://schemas.dmtf.org/ovf/envelope/1}" + k)
+print("file", a(f, "href"), a(f, "size"))
+print("disk", a(d, "capacity"), a(d, "fileRef") == a(f, "id"), a(d, "format"))
+sizes = {m.name: m.size for m in ms}
+print("vmdk-size", sizes[a(f, "href")])
+mf = dict(l.split("= ") for l in t.extractfile(ms[1]).read().decode().splitlines())
+for m in (ms[0], ms[2]):
+    h = hashlib.sha256(t.extractfile(m).read()).hexdigest()
+    assert mf["SHA256(%s)" % m.name] == h, m.name
+print("mf ok")
+t.extract(ms[2], sys.argv[2])
+"#,
+                    &[path, &x],
+                );
+                let line = |k: &str| -> Vec<String> {
+                    out.lines()
+                        .find(|l| l.starts_with(k))
+                        .unwrap_or_else(|| panic!("{k} missing in {out}"))
+                        .split_whitespace()
+                        .skip(1)
+                        .map(str::to_string)
+                        .collect()
+                };
+                assert_eq!(
+                    line("members"),
+                    ["base-vmware.ovf", "base-vmware.mf", "base-vmware.vmdk"]
+                );
+                let file = line("file");
+                assert_eq!(file[0], "base-vmware.vmdk");
+                assert_eq!(file[1], line("vmdk-size")[0], "OVF size vs the member's");
+                let disk = line("disk");
+                assert_eq!(disk[0], GIB4.to_string());
+                assert_eq!(disk[1], "True");
+                assert!(disk[2].ends_with("#streamOptimized"), "{out}");
+                assert!(out.contains("mf ok"), "{out}");
+                let vmdk = x.join("base-vmware.vmdk");
+                qemu_check(&vmdk, "vmdk");
+                let i = qemu_info(&vmdk, "vmdk");
+                assert_eq!(i["virtual-size"].as_u64(), Some(GIB4));
+                assert_eq!(
+                    i["format-specific"]["data"]["create-type"],
+                    "streamOptimized"
+                );
+                std::fs::remove_dir_all(&x).unwrap();
+            }
+            other => panic!("unexpected artifact {name} ({other})"),
+        }
+    }
+
+    // The manifest against sha256sum and the files' sizes.
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let arts = m["artifacts"].as_object().unwrap();
+    assert_eq!(arts.len(), built.len(), "{m}");
+    for (p, _, path) in &built {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let a = &arts[name];
+        let sum = Cmd::new("sha256sum").arg(path).read().unwrap();
+        assert_eq!(
+            a["sha256"],
+            sum.split_whitespace().next().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            a["size"].as_u64(),
+            Some(std::fs::metadata(path).unwrap().len())
+        );
+        assert_eq!(a["platform"], *p);
+        assert_eq!(a["virtual_size"].as_u64(), Some(GIB4));
+        assert_eq!(a["commit"], f.commit.as_str());
+    }
+}
+
+/// What one booted clone says about itself.
+#[derive(Debug)]
+struct Identity {
+    machine_id: String,
+    host_keys: String,
+    boot_uuid: String,
+    root_uuid: String,
+    disk_guid: String,
+    commit: String,
+    root_bytes: u64,
+}
+
+fn boot_and_inspect(image: &Path, name: &str) -> Identity {
+    let mut o = VmOptions::new(image, name);
+    o.artifacts = common::project_root().join("build/test-artifacts");
+    o.network = true;
+    let mut vm = Vm::start(o).unwrap();
+    let line = vm.wait_for("KILN-BOOTED", boot_timeout()).unwrap();
+    eprintln!("{name} booted after {:?}: {line}", vm.elapsed());
+    let commit = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("commit="))
+        .unwrap()
+        .to_string();
+    vm.login(boot_timeout()).unwrap();
+    let state = vm
+        .run_ok(
+            "systemctl is-system-running --wait; systemctl --no-pager --failed --no-legend",
+            CMD,
+        )
+        .unwrap();
+    assert!(state.starts_with("running"), "{name}: {state}");
+    let q = |vm: &mut Vm, c: &str| vm.run_ok(c, CMD).unwrap().trim().to_string();
+    let journal = q(
+        &mut vm,
+        "journalctl -b -o cat -u kiln-template-disk.service | grep kiln-template || true",
+    );
+    eprintln!("{name}: {journal}");
+    let id = Identity {
+        machine_id: q(&mut vm, "cat /etc/machine-id"),
+        host_keys: q(
+            &mut vm,
+            "for k in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf $k; done",
+        ),
+        boot_uuid: q(&mut vm, "blkid -s UUID -o value /dev/disk/by-label/boot"),
+        root_uuid: q(&mut vm, "blkid -s UUID -o value /dev/disk/by-label/root"),
+        disk_guid: q(&mut vm, "lsblk -ndo PTUUID /dev/disk/by-label/root"),
+        commit,
+        root_bytes: q(&mut vm, "df -B1 --output=size /sysroot | tail -1")
+            .parse()
+            .unwrap(),
+    };
+    // Nothing failed, and the new UUIDs are what the kernel mounted.
+    let mounted = q(&mut vm, "findmnt -no UUID /sysroot");
+    assert_eq!(mounted, id.root_uuid, "{name}");
+    vm.send("systemctl poweroff\n").unwrap();
+    vm.wait_exit(Duration::from_secs(300)).unwrap();
+    eprintln!("{name}: {id:?}");
+    id
+}
+
+#[test]
+fn clones_of_one_template_are_each_their_own_machine() {
+    let f = common::base_commit();
+    let work = workdir("cloud-clones-");
+    let template = work.path().join("template.qcow2");
+    let mut o = image::ImageOptions::new(&f.repo, &f.ref_, &template);
+    o.platform = Some(Platform::Qemu);
+    o.extra_kargs = vec!["kiln.autologin".into()];
+    let mut p = kiln::progress::Progress::new(false);
+    let r = image::build(&o, &mut p).expect("kiln image");
+    let fixed = image::disk::Ids::for_commit(&r.commit);
+
+    // Two copies of the template; the first on a 6 GiB disk.
+    let a = work.path().join("clone-a.qcow2");
+    let b = work.path().join("clone-b.qcow2");
+    std::fs::copy(&template, &a).unwrap();
+    std::fs::copy(&template, &b).unwrap();
+    Cmd::new("qemu-img")
+        .args(["resize", "-f", "qcow2"])
+        .arg(&a)
+        .arg("6G")
+        .run()
+        .unwrap();
+
+    // One VM at a time.
+    let ia = boot_and_inspect(&a, "cloud-clone-a");
+    let ib = boot_and_inspect(&b, "cloud-clone-b");
+
+    assert_eq!(ia.commit, f.commit);
+    assert_eq!(ib.commit, f.commit);
+    for id in [&ia, &ib] {
+        assert_eq!(id.machine_id.len(), 32, "{id:?}");
+        assert!(id.host_keys.contains("ED25519"), "{id:?}");
+        assert_ne!(id.boot_uuid, fixed.boot_fs_uuid, "boot UUID not renewed");
+        assert_ne!(id.root_uuid, fixed.root_fs_uuid, "root UUID not renewed");
+        assert_ne!(
+            id.disk_guid.to_lowercase(),
+            fixed.disk_guid.to_lowercase(),
+            "disk GUID not renewed"
+        );
+    }
+    assert_ne!(ia.machine_id, ib.machine_id);
+    assert_ne!(ia.host_keys, ib.host_keys);
+    assert_ne!(ia.boot_uuid, ib.boot_uuid);
+    assert_ne!(ia.root_uuid, ib.root_uuid);
+    assert_ne!(ia.disk_guid, ib.disk_guid);
+    // Root grown to the disk: clone A's root partition ends at 6 GiB, B's stays.
+    let layout = image::disk::Layout::for_size(GIB4).unwrap();
+    let grown = 6 * 1024 * MIB - layout.root.offset;
+    assert!(
+        ia.root_bytes > grown - 200 * MIB && ia.root_bytes <= grown,
+        "clone A's root is {} bytes, expected about {grown}",
+        ia.root_bytes
+    );
+    assert!(
+        ib.root_bytes <= layout.root.size && ib.root_bytes > layout.root.size - 200 * MIB,
+        "clone B's root is {} bytes, expected about {}",
+        ib.root_bytes,
+        layout.root.size
+    );
+}

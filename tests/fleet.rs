@@ -1,0 +1,973 @@
+//! Fleet updates end to end on this machine (run as root): `kiln publish` into archive
+//! repos served by a real nginx bound to 127.0.0.1, a temp sysroot following that server
+//! with `kiln remote add` / `kiln upgrade`, static deltas, GPG signatures, refusals and an
+//! interrupted pull. No address but 127.0.0.1 is ever contacted.
+
+mod common;
+
+use common::{check_default_entry, kiln, kiln_ok, unlock_deployments, KVER, OS, REF};
+use kiln::cmd::Cmd;
+use kiln::repo::{self, keys, CommitOptions, MetaValue};
+use ostree::prelude::*;
+use serde_json::Value;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Deterministic incompressible bytes (xorshift), so the delta ratio means something.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A bootable synthetic OS: 400 unchanged files of 16 KiB (6.4 MiB, incompressible) and
+/// one "package" (`tool`, 8 files of 4 KiB) that changes with every version.
+fn commit_version(build: &Path, work: &Path, v: u32) -> String {
+    let t = work.join(format!("tree-{v}"));
+    let _ = std::fs::remove_dir_all(&t);
+    let m = t.join("usr/lib/modules").join(KVER);
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::create_dir_all(t.join("usr/etc")).unwrap();
+    std::fs::create_dir_all(t.join("usr/share/bulk")).unwrap();
+    std::fs::create_dir_all(t.join("usr/lib/tool")).unwrap();
+    std::fs::write(m.join("vmlinuz"), "kernel\n").unwrap();
+    std::fs::write(m.join("initramfs.img"), "initramfs\n").unwrap();
+    std::fs::write(
+        t.join("usr/lib/os-release"),
+        format!("ID=kiln\nVERSION_ID={v}\n"),
+    )
+    .unwrap();
+    std::fs::write(t.join("usr/etc/hostname"), "kiln\n").unwrap();
+    for i in 0..400u64 {
+        std::fs::write(
+            t.join(format!("usr/share/bulk/{i:03}.bin")),
+            noise(i + 1, 16384),
+        )
+        .unwrap();
+    }
+    for i in 0..8u64 {
+        std::fs::write(
+            t.join(format!("usr/lib/tool/part{i}")),
+            noise(1000 * u64::from(v) + i, 4096),
+        )
+        .unwrap();
+    }
+    let r = repo::open(build).unwrap();
+    let res = repo::commit_dir(
+        &r,
+        &t,
+        &CommitOptions {
+            ref_: REF.into(),
+            timestamp: 1_700_000_000 + u64::from(v) * 86400,
+            subject: Some(format!("v{v}")),
+            metadata: vec![
+                (keys::VERSION.into(), MetaValue::Str(format!("{v}.0"))),
+                (
+                    keys::PACKAGES.into(),
+                    MetaValue::StrList(vec!["base-files=12.4".into(), format!("tool=1.{v}")]),
+                ),
+                (
+                    keys::KARGS.into(),
+                    MetaValue::StrList(vec!["root=LABEL=root".into(), "rw".into()]),
+                ),
+            ],
+            bootable: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&t).unwrap();
+    res.checksum
+}
+
+/// A throwaway GPG key in its own GNUPGHOME; the agent is stopped on drop.
+struct Gpg {
+    home: PathBuf,
+    fpr: String,
+    public: PathBuf,
+}
+
+impl Gpg {
+    fn new(dir: &Path, name: &str) -> Gpg {
+        let home = dir.join(format!("gnupg-{name}"));
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let gpg = |args: &[&str]| {
+            Cmd::new("gpg")
+                .arg("--homedir")
+                .arg(&home)
+                .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+                .args(args)
+                .read()
+                .unwrap()
+        };
+        gpg(&[
+            "--quick-gen-key",
+            &format!("kiln test {name} <{name}@kiln.invalid>"),
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        let listing = gpg(&["--with-colons", "--list-secret-keys"]);
+        let fpr = listing
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .map(|l| l.trim_matches(':').to_string())
+            .unwrap();
+        let public = dir.join(format!("{name}.asc"));
+        let armored = gpg(&["--armor", "--export", &fpr]);
+        std::fs::write(&public, armored).unwrap();
+        Gpg { home, fpr, public }
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Cmd::new("gpgconf")
+            .arg("--homedir")
+            .arg(&self.home)
+            .args(["--kill", "gpg-agent"])
+            .run();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "server on 127.0.0.1:{port} did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// nginx from Debian serving `root` on 127.0.0.1:port with an access log of bytes sent.
+struct Nginx {
+    handle: duct::Handle,
+    port: u16,
+    access_log: PathBuf,
+}
+
+impl Nginx {
+    fn start(dir: &Path, root: &Path) -> Nginx {
+        let port = free_port();
+        let prefix = dir.join("nginx");
+        std::fs::create_dir_all(prefix.join("tmp")).unwrap();
+        let access_log = prefix.join("access.log");
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root;\nmaster_process off;\ndaemon off;\nworker_processes 1;\n\
+                 pid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{\n  log_format bytes '$request_uri $status $bytes_sent';\n\
+                   access_log {log} bytes;\n  client_body_temp_path {p}/tmp;\n\
+                   proxy_temp_path {p}/tmp;\n  fastcgi_temp_path {p}/tmp;\n\
+                   uwsgi_temp_path {p}/tmp;\n  scgi_temp_path {p}/tmp;\n\
+                   default_type application/octet-stream;\n\
+                   server {{\n    listen 127.0.0.1:{port};\n    root {root};\n  }}\n}}\n",
+                p = prefix.display(),
+                log = access_log.display(),
+                root = root.display(),
+            ),
+        )
+        .unwrap();
+        let handle = Cmd::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&prefix)
+            .spawn_logged(&prefix.join("stdout.log"))
+            .unwrap();
+        wait_port(port);
+        Nginx {
+            handle,
+            port,
+            access_log,
+        }
+    }
+
+    fn url(&self, sub: &str) -> String {
+        format!("http://127.0.0.1:{}/{sub}", self.port)
+    }
+
+    /// (requests, bytes sent) logged since the last call; the log is then emptied.
+    fn take_log(&self) -> (Vec<String>, u64) {
+        let text = std::fs::read_to_string(&self.access_log).unwrap_or_default();
+        std::fs::write(&self.access_log, "").unwrap();
+        let mut bytes = 0;
+        let mut reqs = Vec::new();
+        for l in text.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            bytes += f[2].parse::<u64>().unwrap();
+            reqs.push(format!("{} {}", f[0], f[1]));
+        }
+        (reqs, bytes)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.handle.kill();
+    }
+}
+
+/// A tiny HTTP/1.0 file server on 127.0.0.1 that logs `DONE path` for every file sent
+/// completely and, when `cut_after` is Some(n), serves n objects or delta parts, sends
+/// half of the next one, drops the connection and exits — a server dying mid-pull.
+fn python_server(root: &Path, port: u16, cut_after: Option<u32>, log: &Path) -> duct::Handle {
+    let script = r#"
+import http.server, os, sys, threading
+root, port, cut = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+lock = threading.Lock()
+served = [0]
+class H(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        p = os.path.join(root, self.path.lstrip("/").split("?")[0])
+        if not os.path.isfile(p):
+            self.send_error(404); return
+        data = open(p, "rb").read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        big = self.path.startswith("/deltas/") or self.path.startswith("/objects/")
+        with lock:
+            n = served[0]
+            if big: served[0] += 1
+        if cut >= 0 and big and n >= cut:
+            self.wfile.write(data[: len(data) // 2]); self.wfile.flush()
+            sys.stderr.write("CUT %s\n" % self.path); sys.stderr.flush()
+            os._exit(0)
+        self.wfile.write(data); self.wfile.flush()
+        sys.stderr.write("DONE %s\n" % self.path); sys.stderr.flush()
+http.server.ThreadingHTTPServer.allow_reuse_address = True
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+    let h = Cmd::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(root)
+        .arg(port.to_string())
+        .arg(
+            cut_after
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-1".into()),
+        )
+        .spawn_logged(log)
+        .unwrap();
+    wait_port(port);
+    h
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    build: PathBuf,
+    sysroot: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-fleet-test")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let build = dir.path().join("build");
+        repo::open_or_create(&build, repo::RepoMode::BareUser).unwrap();
+        let sysroot = dir.path().join("sysroot");
+        Env {
+            dir,
+            build,
+            sysroot,
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn publish(&self, to: &str, extra: &[&str]) -> Value {
+        let to = self.path(to);
+        let mut args = vec![
+            "publish",
+            "--repo",
+            s(&self.build),
+            "--to",
+            s(&to),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&kiln_ok(&args)).unwrap()
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&kiln_ok(&[
+            "status",
+            "--sysroot",
+            s(&self.sysroot),
+            "--json",
+        ]))
+        .unwrap()
+    }
+
+    /// What must not change when an upgrade is refused: deployments, boot entries.
+    fn snapshot(&self) -> (Value, PathBuf, Vec<String>) {
+        let st = self.status()["status"]["deployments"].clone();
+        let loader = std::fs::read_link(self.sysroot.join("boot/loader")).unwrap();
+        let mut dirs: Vec<String> =
+            std::fs::read_dir(self.sysroot.join("ostree/deploy").join(OS).join("deploy"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+        dirs.sort();
+        (st, loader, dirs)
+    }
+
+    fn remote(&self, url: &str, key: Option<&Path>) {
+        let mut args = vec![
+            "remote",
+            "add",
+            "origin",
+            url,
+            "--sysroot",
+            s(&self.sysroot),
+            "--force",
+        ];
+        match key {
+            Some(k) => args.extend_from_slice(&["--gpg-import", s(k)]),
+            None => args.push("--no-gpg-verify"),
+        }
+        kiln_ok(&args);
+    }
+
+    fn upgrade(&self) -> (i32, String, String) {
+        kiln(&["upgrade", "--sysroot", s(&self.sysroot), "--json"])
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        unlock_deployments(&self.sysroot);
+    }
+}
+
+/// Size in the archive repo of every object of `commit`: what a full pull downloads.
+fn full_commit_bytes(repo_dir: &Path, commit: &str) -> u64 {
+    let r = repo::open(repo_dir).unwrap();
+    let objs = r
+        .traverse_commit(commit, 0, ostree::gio::Cancellable::NONE)
+        .unwrap();
+    let mut total = 0;
+    for o in objs {
+        let (csum, kind) = (o.checksum(), o.object_type());
+        let ext = match kind {
+            ostree::ObjectType::File => "filez",
+            ostree::ObjectType::DirTree => "dirtree",
+            ostree::ObjectType::DirMeta => "dirmeta",
+            ostree::ObjectType::Commit => "commit",
+            _ => continue,
+        };
+        let p = repo_dir
+            .join("objects")
+            .join(&csum[..2])
+            .join(format!("{}.{ext}", &csum[2..]));
+        total += std::fs::metadata(&p).unwrap().len();
+    }
+    total
+}
+
+fn default_checksum(st: &Value) -> String {
+    st["status"]["default"]["checksum"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn publish_serve_upgrade_through_delta_refusals_and_interruption() {
+    let env = Env::new();
+    let work = env.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let key = Gpg::new(env.dir.path(), "release");
+    let other = Gpg::new(env.dir.path(), "stranger");
+    let srv = env.path("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let sign = [
+        "--gpg-sign",
+        key.fpr.as_str(),
+        "--gpg-homedir",
+        s(&key.home),
+    ];
+    let with_deltas = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = sign.iter().map(|x| x.to_string()).collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+
+    // v1 published, signed.
+    let c1 = commit_version(&env.build, &work, 1);
+    let a: Vec<String> = with_deltas(&["--deltas-from-previous", "2"]);
+    let av: Vec<&str> = a.iter().map(String::as_str).collect();
+    let p1 = env.publish("srv/good", &av);
+    assert_eq!(p1["refs"][0]["to"], c1.as_str());
+    assert_eq!(p1["signed"][0], c1.as_str());
+    assert_eq!(p1["summarySigned"], true);
+    let good = srv.join("good");
+    assert!(good.join("summary.sig").is_file());
+
+    let nginx = Nginx::start(env.dir.path(), &srv);
+    env.remote(&nginx.url("good"), Some(&key.public));
+    let remotes: Value = serde_json::from_str(&kiln_ok(&[
+        "remote",
+        "list",
+        "--sysroot",
+        s(&env.sysroot),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(remotes[0]["name"], "origin");
+    assert_eq!(remotes[0]["gpgVerify"], true);
+    assert_eq!(remotes[0]["hasKeys"], true);
+    kiln_ok(&[
+        "deploy",
+        "--sysroot",
+        s(&env.sysroot),
+        "--remote",
+        "origin",
+        REF,
+    ]);
+    assert_eq!(check_default_entry(&env.sysroot), c1);
+    nginx.take_log();
+
+    // v2: one package changed; published with a delta from v1.
+    let c2 = commit_version(&env.build, &work, 2);
+    let p2 = env.publish("srv/good", &av);
+    assert_eq!(p2["refs"][0]["from"], c1.as_str());
+    assert_eq!(p2["deltasAdded"][0]["name"], format!("{c1}-{c2}"));
+    assert!(
+        p2["objectsAdded"].as_u64().unwrap() < 40,
+        "only the changed package's objects are new: {p2}"
+    );
+
+    // --check reports without deploying.
+    let before = env.snapshot();
+    let (code, out, err) = kiln(&["upgrade", "--check", "--sysroot", s(&env.sysroot), "--json"]);
+    assert_eq!(code, 77, "{out}\n{err}");
+    let chk: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(chk["result"], "available");
+    assert_eq!(chk["to"], c2.as_str());
+    assert_eq!(env.snapshot(), before);
+    nginx.take_log();
+
+    // The upgrade goes through the delta: a few percent of the full commit.
+    let (code, out, err) = env.upgrade();
+    assert_eq!(code, 0, "{out}\n{err}");
+    let up: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(up["result"], "deployed");
+    assert_eq!(up["outcome"]["commit"], c2.as_str());
+    assert_eq!(up["pull"]["deltaUsed"], true, "{up}");
+    assert_eq!(check_default_entry(&env.sysroot), c2);
+    let (reqs, served) = nginx.take_log();
+    let full = full_commit_bytes(&good, &c2);
+    eprintln!(
+        "upgrade v1 -> v2: {served} bytes served, full commit {full} bytes ({:.2}%), {} requests; libostree counted {}",
+        served as f64 * 100.0 / full as f64,
+        reqs.len(),
+        up["pull"]["bytesTransferred"]
+    );
+    assert!(
+        reqs.iter()
+            .any(|r| r.contains("/deltas/") && r.ends_with(" 200")),
+        "{reqs:?}"
+    );
+    assert!(
+        served * 100 <= full * 5,
+        "served {served} bytes > 5% of the full commit ({full}): {reqs:?}"
+    );
+
+    // Rollback returns to v1; v1 is the default again.
+    kiln_ok(&["rollback", "--sysroot", s(&env.sysroot)]);
+    assert_eq!(check_default_entry(&env.sysroot), c1);
+    assert_eq!(default_checksum(&env.status()), c1);
+
+    // v3 for the refusal scenarios, each published to its own directory.
+    let c3 = commit_version(&env.build, &work, 3);
+    let stranger = [
+        "--gpg-sign",
+        other.fpr.as_str(),
+        "--gpg-homedir",
+        s(&other.home),
+    ];
+    env.publish("srv/stranger", &stranger);
+    env.publish("srv/unsigned", &[]);
+    // Summary signed by the trusted key, commits by a stranger or by nobody.
+    env.publish("srv/stranger-commit", &stranger);
+    env.publish("srv/unsigned-commit", &[]);
+    for d in ["stranger-commit", "unsigned-commit"] {
+        Cmd::new("ostree")
+            .arg(format!("--repo={}", srv.join(d).display()))
+            .args(["summary", "--update"])
+            .arg(format!("--gpg-sign={}", key.fpr))
+            .arg(format!("--gpg-homedir={}", key.home.display()))
+            .run()
+            .unwrap();
+    }
+    env.publish("srv/tampered", &av);
+    env.publish("srv/missing", &av);
+    // Tampered: every object of the changed package altered, and (with deltas) every
+    // delta part.
+    let no_deltas = with_deltas(&["--deltas-from-previous", "0"]);
+    let no_deltas: Vec<&str> = no_deltas.iter().map(String::as_str).collect();
+    env.publish("srv/tampered-objects", &no_deltas);
+    tamper(&srv.join("tampered"), &c3);
+    tamper(&srv.join("tampered-objects"), &c3);
+    // Missing: the summary names v3, whose commit object is gone from the server (and
+    // the deltas to it, which carry the commit object too).
+    let missing = srv.join("missing");
+    std::fs::remove_dir_all(missing.join("deltas")).unwrap();
+    std::fs::remove_file(
+        missing
+            .join("objects")
+            .join(&c3[..2])
+            .join(format!("{}.commit", &c3[2..])),
+    )
+    .unwrap();
+
+    // "missing" first: a commit object that an earlier (refused) pull left in the
+    // sysroot's repo would legitimately make the server's copy unnecessary.
+    let refusals: [(&str, Option<&Path>, &[&str]); 7] = [
+        ("missing", Some(&key.public), &["does not have"]),
+        ("stranger", Some(&key.public), &["trusted", "key"]),
+        ("stranger-commit", Some(&key.public), &["trusted", "key"]),
+        ("unsigned", Some(&key.public), &["not signed"]),
+        ("unsigned-commit", Some(&key.public), &["not signed"]),
+        ("tampered", Some(&key.public), &["tampered"]),
+        ("tampered-objects", Some(&key.public), &["tampered"]),
+    ];
+    for (dir, k, words) in refusals {
+        env.remote(&nginx.url(dir), k);
+        let before = env.snapshot();
+        let (code, out, err) = env.upgrade();
+        eprintln!("{dir}: {err}");
+        assert_ne!(code, 0, "{dir}: upgrade must be refused:\n{out}\n{err}");
+        assert!(
+            err.contains(&c3),
+            "{dir}: the message names the commit:\n{err}"
+        );
+        for w in words {
+            assert!(err.contains(w), "{dir}: the message says why ({w}):\n{err}");
+        }
+        assert_eq!(env.snapshot(), before, "{dir}: the sysroot changed");
+        assert_eq!(check_default_entry(&env.sysroot), c1);
+    }
+
+    // Interruption: v3 served object by object (no deltas) by a server that dies after
+    // a few objects, mid-transfer of the next.
+    env.publish("srv/good", &av);
+    env.publish("srv/plain", &no_deltas);
+    let plain = srv.join("plain");
+    let port = free_port();
+    env.remote(&format!("http://127.0.0.1:{port}/"), Some(&key.public));
+    let log1 = env.path("py1.log");
+    let h = python_server(&plain, port, Some(6), &log1);
+    let before = env.snapshot();
+    let (code, out, err) = env.upgrade();
+    let _ = h.kill();
+    let _ = h.wait();
+    let served1 = std::fs::read_to_string(&log1).unwrap();
+    assert!(
+        served1.contains("CUT "),
+        "the server did not cut:\n{served1}"
+    );
+    assert_ne!(
+        code, 0,
+        "pull through a dying server succeeded:\n{out}\n{err}"
+    );
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "a deployment was made from a partial pull"
+    );
+    let log2 = env.path("py2.log");
+    let h2 = python_server(&plain, port, None, &log2);
+    let (code, out, err) = env.upgrade();
+    let _ = h2.kill();
+    assert_eq!(code, 0, "{out}\n{err}");
+    // Resumed: objects received completely before the cut are not downloaded again.
+    let done = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter_map(|l| l.strip_prefix("DONE /objects/"))
+            .filter(|p| p.ends_with(".filez") || p.ends_with(".dirtree"))
+            .map(String::from)
+            .collect()
+    };
+    let first = done(&served1);
+    let second = done(&std::fs::read_to_string(&log2).unwrap());
+    eprintln!("before the cut: {first:?}\nafter: {second:?}");
+    assert!(!first.is_empty() && !second.is_empty());
+    for o in &first {
+        assert!(
+            !second.contains(o),
+            "{o} was downloaded again after the interruption"
+        );
+    }
+    let up: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(up["outcome"]["commit"], c3.as_str());
+    assert_eq!(check_default_entry(&env.sysroot), c3);
+    Cmd::new("ostree")
+        .arg(format!(
+            "--repo={}",
+            env.sysroot.join("ostree/repo").display()
+        ))
+        .arg("fsck")
+        .run()
+        .unwrap();
+
+    // Retention on the server: keep 2 drops v1 and its deltas.
+    let mut keep = av.clone();
+    keep.extend_from_slice(&["--keep", "2"]);
+    let pk = env.publish("srv/good", &keep);
+    assert_eq!(pk["commitsPruned"][0], c1.as_str(), "{pk}");
+    assert!(pk["deltasPruned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d.as_str().unwrap().starts_with(&c1)));
+    drop(nginx);
+    std::io::stderr().flush().unwrap();
+}
+
+/// Flips a byte in every object of `usr/lib/tool` of `commit` and in every delta part.
+fn tamper(repo_dir: &Path, commit: &str) {
+    let dest = repo::open(repo_dir).unwrap();
+    let (tree, _) = dest
+        .read_commit(commit, ostree::gio::Cancellable::NONE)
+        .unwrap();
+    let tool = tree.resolve_relative_path("usr/lib/tool");
+    let en = tool
+        .enumerate_children(
+            "standard::name",
+            ostree::gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+            ostree::gio::Cancellable::NONE,
+        )
+        .unwrap();
+    let mut n = 0;
+    while let Some(info) = en.next_file(ostree::gio::Cancellable::NONE).unwrap() {
+        let f = tool
+            .child(info.name())
+            .downcast::<ostree::RepoFile>()
+            .unwrap();
+        f.ensure_resolved().unwrap();
+        let csum = f.checksum().to_string();
+        flip(
+            &repo_dir
+                .join("objects")
+                .join(&csum[..2])
+                .join(format!("{}.filez", &csum[2..])),
+        );
+        n += 1;
+    }
+    assert_eq!(n, 8);
+    for e in walkdir(&repo_dir.join("deltas")) {
+        if e.file_name().unwrap() != "superblock" {
+            flip(&e);
+        }
+    }
+}
+
+fn flip(p: &Path) {
+    let mut data = std::fs::read(p).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(p, data).unwrap();
+}
+
+fn walkdir(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                out.extend(walkdir(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// A small bootable commit carrying an update policy, as compose writes it.
+fn commit_with_policy(
+    build: &Path,
+    work: &Path,
+    v: u32,
+    policy: &kiln::updates::Updates,
+) -> String {
+    let t = work.join(format!("small-{v}"));
+    let _ = std::fs::remove_dir_all(&t);
+    let m = t.join("usr/lib/modules").join(KVER);
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::create_dir_all(t.join("usr/etc")).unwrap();
+    std::fs::write(m.join("vmlinuz"), "kernel\n").unwrap();
+    std::fs::write(m.join("initramfs.img"), "initramfs\n").unwrap();
+    std::fs::write(
+        t.join("usr/lib/os-release"),
+        format!("ID=kiln\nVERSION_ID={v}\n"),
+    )
+    .unwrap();
+    kiln::updates::write_to_tree(policy, &t).unwrap();
+    let r = repo::open(build).unwrap();
+    let c = repo::commit_dir(
+        &r,
+        &t,
+        &CommitOptions {
+            ref_: REF.into(),
+            timestamp: 1_700_000_000 + u64::from(v) * 86400,
+            metadata: vec![(keys::VERSION.into(), MetaValue::Str(format!("{v}.0")))],
+            bootable: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .checksum;
+    std::fs::remove_dir_all(&t).unwrap();
+    c
+}
+
+#[test]
+fn automatic_updates_follow_the_policy_and_report_in_status() {
+    use kiln::updates::{Mode, Reboot, Updates, Window};
+    let env = Env::new();
+    let work = env.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let check = Updates {
+        mode: Mode::Check,
+        random_delay: 600,
+        ..Default::default()
+    };
+    let c1 = commit_with_policy(&env.build, &work, 1, &check);
+    env.publish("pub", &[]);
+    let url = format!("file://{}", env.path("pub").display());
+    env.remote(&url, None);
+    kiln_ok(&[
+        "deploy",
+        "--sysroot",
+        s(&env.sysroot),
+        "--remote",
+        "origin",
+        REF,
+    ]);
+    let auto = || {
+        let (code, out, err) = kiln(&["upgrade", "--auto", "--sysroot", s(&env.sysroot), "--json"]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let r = auto();
+    assert_eq!(
+        (r["mode"].as_str(), r["result"].as_str()),
+        (Some("check"), Some("upToDate"))
+    );
+
+    let c2 = commit_with_policy(&env.build, &work, 2, &check);
+    env.publish("pub", &[]);
+    let before = env.snapshot();
+    let r = auto();
+    assert_eq!(r["result"], "available");
+    assert_eq!(r["to"], c2.as_str());
+    assert_eq!(env.snapshot(), before, "mode check changed the sysroot");
+    let st = env.status();
+    assert_eq!(
+        st["status"]["lastUpdateCheck"]["result"], "available",
+        "{st}"
+    );
+    let text = kiln_ok(&["status", "--sysroot", s(&env.sysroot)]);
+    assert!(text.contains("Last automatic update check"), "{text}");
+
+    // An administrator's override in the deployment's /etc: apply, reboot in a window
+    // that is not now.
+    let dep = env
+        .sysroot
+        .join(st["status"]["default"]["path"].as_str().unwrap());
+    std::fs::create_dir_all(dep.join("etc/kiln")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let not_today = kiln::updates::DAYS[(((now / 86400) + 3 + 3) % 7) as usize];
+    let apply = Updates {
+        mode: Mode::Apply,
+        reboot: Reboot::Window,
+        window: Some(Window {
+            days: vec![not_today.into()],
+            start: "00:00".into(),
+            length: 3600,
+        }),
+        random_delay: 0,
+    };
+    std::fs::write(
+        dep.join("etc/kiln/updates.toml"),
+        toml::to_string(&apply).unwrap(),
+    )
+    .unwrap();
+    let r = auto();
+    assert_eq!(r["result"], "deployed", "{r}");
+    assert_eq!(r["reboot"], "waitingForWindow", "{r}");
+    assert_eq!(check_default_entry(&env.sysroot), c2);
+    assert_eq!(env.status()["status"]["lastUpdateCheck"]["to"], c2.as_str());
+    let _ = c1;
+}
+
+/// e2e under QEMU (TCG): the base image built to follow the fleet's server
+/// (`kiln image --remote`, the release key trusted), provisioned by Ignition with
+/// `mode = "stage"`, boots v1; the automatic update finds v2 on nginx (127.0.0.1, reached
+/// only through QEMU's restricted user network and one guestfwd), pulls and stages it;
+/// after a reboot the VM runs v2; `kiln rollback` + reboot returns to v1.
+#[test]
+fn vm_follows_the_server_stages_v2_and_rolls_back() {
+    use common::{vm_login, wait_booted, VM_CMD};
+    use kiln::qemu::{Vm, VmOptions};
+    let f = common::base_commit();
+    let env = Env::new();
+    let work = common::fixture_workdir("fleet-e2e-");
+    let key = Gpg::new(env.dir.path(), "release");
+
+    // v2 of the base image, published signed as the server's newest commit of the ref.
+    let v2 = common::base_v2(&f, work.path());
+    Cmd::new("ostree")
+        .arg(format!("--repo={}", s(&env.build)))
+        .args(["pull-local", s(&f.repo), &v2])
+        .run()
+        .unwrap();
+    Cmd::new("ostree")
+        .arg(format!("--repo={}", s(&env.build)))
+        .args(["refs", &format!("--create={}", f.ref_), &v2])
+        .run()
+        .unwrap();
+    let p = env.publish(
+        "srv",
+        &["--gpg-sign", &key.fpr, "--gpg-homedir", s(&key.home)],
+    );
+    assert_eq!(p["refs"][0]["to"], v2.as_str(), "{p}");
+    let nginx = Nginx::start(env.dir.path(), &env.path("srv"));
+
+    // The image follows origin=http://10.0.2.100/ (the guestfwd address).
+    let image = work.path().join("fleet.qcow2");
+    let mut o = kiln::image::ImageOptions::new(&f.repo, &f.ref_, &image);
+    o.extra_kargs = vec!["kiln.autologin".into()];
+    o.remote = Some(kiln::image::ImageRemote {
+        name: "origin".into(),
+        url: "http://10.0.2.100/".into(),
+        gpg_keys: vec![key.public.clone()],
+        gpg_verify: true,
+    });
+    let mut progress = kiln::progress::Progress::new(false);
+    kiln::image::build(&o, &mut progress).expect("kiln image --remote");
+
+    // Ignition (fw_cfg) sets the machine's update policy.
+    let ign = work.path().join("stage.ign");
+    std::fs::write(
+        &ign,
+        serde_json::json!({
+            "ignition": {"version": "3.3.0"},
+            "storage": {"files": [{
+                "path": "/etc/kiln/updates.toml",
+                "mode": 420,
+                "contents": {"source": "data:,mode%20%3D%20%22stage%22%0A"}
+            }]}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut vo = VmOptions::new(&image, "fleet-e2e");
+    vo.artifacts = common::vm_artifacts();
+    vo.network = true;
+    vo.guestfwd = vec![("10.0.2.100:80".into(), nginx.port)];
+    vo.fw_cfg = vec![("opt/com.coreos/config".into(), ign)];
+    let mut vm = Vm::start(vo).unwrap();
+
+    assert_eq!(wait_booted(&mut vm, "boot 1"), f.commit);
+    vm_login(&mut vm);
+    let st = common::vm_status_json(&mut vm);
+    let refspec = st["status"]["deployments"][0]["refspec"].clone();
+    assert_eq!(refspec, format!("origin:{}", f.ref_).as_str(), "{st}");
+    // The server answers through the guestfwd (and nothing else is reachable).
+    vm.run_ok(
+        "curl -sS -m 60 -o /dev/null http://10.0.2.100/config",
+        VM_CMD,
+    )
+    .unwrap_or_else(|e| panic!("the VM cannot reach the server: {e}"));
+    // What kiln-upgrade.timer starts (hourly); started now rather than waited for.
+    let (st, out) = vm
+        .run(
+            "timeout 1200 systemctl start kiln-upgrade.service; r=$?; \
+             journalctl -b --no-pager -u kiln-upgrade.service | tail -n 40; (exit $r)",
+            std::time::Duration::from_secs(1300),
+        )
+        .unwrap();
+    assert_eq!(st, 0, "kiln-upgrade.service failed:\n{out}");
+    let last: Value = serde_json::from_str(
+        &vm.run_ok("cat /var/lib/kiln/last-check.json", VM_CMD)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["mode"], "stage", "{last}");
+    assert_eq!(last["result"], "staged", "{last}");
+    assert_eq!(last["to"], v2.as_str(), "{last}");
+    let (reqs, bytes) = nginx.take_log();
+    assert!(
+        reqs.iter().any(|r| r.contains("/summary")),
+        "the VM did not ask the server: {reqs:?}"
+    );
+    eprintln!("the VM pulled {} requests, {bytes} bytes", reqs.len());
+
+    vm.send("systemctl reboot\n").unwrap();
+    assert_eq!(
+        wait_booted(&mut vm, "boot 2"),
+        v2,
+        "the staged update did not boot"
+    );
+    vm_login(&mut vm);
+    assert_eq!(
+        vm.run_ok("cat /usr/share/kiln-e2e-v2", VM_CMD).unwrap(),
+        "v2"
+    );
+    assert_eq!(
+        vm.run_ok("cat /etc/kiln/updates.toml", VM_CMD).unwrap(),
+        "mode = \"stage\""
+    );
+
+    vm.run_ok("kiln rollback", VM_CMD).unwrap();
+    vm.send("systemctl reboot\n").unwrap();
+    assert_eq!(
+        wait_booted(&mut vm, "boot 3"),
+        f.commit,
+        "rollback did not boot v1"
+    );
+}

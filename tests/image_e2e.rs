@@ -1,0 +1,208 @@
+//! End to end: `recipes/base.toml` → commit → disk image → real QEMU (TCG) boots.
+//!
+//! - BIOS (SeaBIOS), qcow2, hybrid image: boots to multi-user, the boot-marker unit names
+//!   the booted commit, /usr is read-only, /etc writable, `kiln status` lists the booted
+//!   deployment; then `kiln upgrade` from an update repo on a second disk, reboot into v2
+//!   (/var survived), `kiln rollback`, reboot into v1.
+//! - UEFI (OVMF), raw, UEFI-only image: boots to multi-user.
+//! - The qcow2 passes `qemu-img check`; `manifest.json` matches the files.
+//!
+//! Console logs of failed boots land in `build/test-artifacts/`. Boot timeouts scale with
+//! `KILN_E2E_BOOT_TIMEOUT` (seconds, default 900: TCG on a busy 2-core CI runner is slow).
+
+mod common;
+
+use common::VM_CMD;
+use kiln::cmd::Cmd;
+use kiln::image::{self, Firmware, Format, ImageOptions};
+use kiln::qemu::{Disk, Vm, VmOptions};
+use std::path::{Path, PathBuf};
+
+fn build(f: &common::Composed, out: &Path, format: Format, fw: Firmware) -> image::ImageResult {
+    let mut o = ImageOptions::new(&f.repo, &f.ref_, out);
+    o.format = format;
+    o.firmware = fw;
+    o.extra_kargs = vec!["kiln.autologin".into()];
+    let mut p = kiln::progress::Progress::new(false);
+    image::build(&o, &mut p).expect("kiln image")
+}
+
+/// Makes v2 of the base commit (v1's tree plus one file, parent v1, same kernel
+/// arguments) and an ext4 disk image holding an archive repo with v2 on the base ref.
+fn update_disk(f: &common::Composed, work: &Path) -> (PathBuf, String) {
+    let v2 = common::base_v2(f, work);
+    let updates = work.join("updates");
+    let repo = updates.join("repo");
+    let ostree = |args: &[&str]| {
+        Cmd::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(args)
+            .run()
+            .unwrap()
+    };
+    std::fs::create_dir_all(&repo).unwrap();
+    ostree(&["init", "--mode=archive"]);
+    ostree(&["pull-local", "--depth=0", f.repo.to_str().unwrap(), &v2]);
+    ostree(&["refs", &format!("--create={}", f.ref_), &v2]);
+    let disk = work.join("updates.ext4");
+    let log = work.join("mkfs.log");
+    kiln::image::disk::mkfs_ext4(
+        &updates,
+        &disk,
+        3 * 1024 * 1024 * 1024,
+        "updates",
+        "00000000-4b49-4c4e-8000-0000000000c0",
+        None,
+        &log,
+    )
+    .unwrap();
+    (disk, v2)
+}
+
+#[test]
+fn bios_qcow2_boots_upgrades_and_rolls_back() {
+    let f = common::base_commit();
+    let work = common::fixture_workdir("image-e2e-bios-");
+    let out = work.path().join("base.qcow2");
+    let r = build(&f, &out, Format::Qcow2, Firmware::Hybrid);
+    assert_eq!(r.commit, f.commit);
+
+    // The artifact: qemu-img check, manifest checksum.
+    Cmd::new("qemu-img")
+        .args(["check", "-q"])
+        .arg(&out)
+        .run()
+        .expect("qemu-img check");
+    let info = Cmd::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&out)
+        .read()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"].as_u64(), Some(4096 * 1024 * 1024));
+    let m = image::manifest::load(&work.path().join("manifest.json")).unwrap();
+    let a = &m.artifacts["base.qcow2"];
+    assert_eq!(a.sha256, image::manifest::sha256_file(&out).unwrap());
+    assert_eq!(a.size, std::fs::metadata(&out).unwrap().len());
+    assert_eq!(a.commit, f.commit);
+    image::manifest::verify(&work.path().join("manifest.json")).unwrap();
+
+    let (updates, v2) = update_disk(&f, work.path());
+
+    let mut o = VmOptions::new(&out, "image-e2e-bios");
+    o.artifacts = common::vm_artifacts();
+    // Restricted user networking: DHCP from QEMU (networkd-wait-online needs a link),
+    // nothing reachable beyond the VM.
+    o.network = true;
+    o.disks.push(Disk {
+        path: updates,
+        read_only: true,
+        serial: Some("updates".into()),
+    });
+    let mut vm = Vm::start(o).unwrap();
+
+    // Boot 1: v1.
+    assert_eq!(common::wait_booted(&mut vm, "boot 1"), f.commit);
+    common::vm_login(&mut vm);
+    let state = vm
+        .run_ok(
+            "systemctl is-system-running --wait; systemctl --no-pager --failed --no-legend",
+            VM_CMD,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(state.starts_with("running"), "system state: {state}");
+    assert!(
+        vm.run("touch /usr/kiln-e2e", VM_CMD).unwrap().0 != 0,
+        "/usr is writable"
+    );
+    let usr = vm.run_ok("findmnt -no OPTIONS /usr", VM_CMD).unwrap();
+    assert!(usr.split(',').any(|o| o == "ro"), "/usr options: {usr}");
+    vm.run_ok("echo hello > /etc/kiln-e2e && cat /etc/kiln-e2e", VM_CMD)
+        .unwrap();
+    vm.run_ok("echo persisted > /var/kiln-e2e", VM_CMD).unwrap();
+    let boot = vm
+        .run_ok("findmnt -no SOURCE,FSTYPE /boot", VM_CMD)
+        .unwrap();
+    assert!(boot.contains("ext4"), "/boot: {boot}");
+    let st = common::vm_status_json(&mut vm);
+    assert_eq!(common::booted_in_status(&st), f.commit);
+    let text = vm.run_ok("kiln status", VM_CMD).unwrap();
+    assert!(
+        text.contains("booted") && text.contains(&f.commit),
+        "{text}"
+    );
+
+    // Upgrade to v2 from the second disk, reboot.
+    vm.run_ok(
+        "mkdir -p /run/updates && mount -o ro /dev/disk/by-id/virtio-updates /run/updates",
+        VM_CMD,
+    )
+    .unwrap();
+    let up = vm
+        .run_ok("kiln upgrade --repo /run/updates/repo", VM_CMD)
+        .unwrap();
+    eprintln!("upgrade: {up}");
+    vm.send("systemctl reboot\n").unwrap();
+    assert_eq!(
+        common::wait_booted(&mut vm, "boot 2"),
+        v2,
+        "did not boot the upgrade"
+    );
+    common::vm_login(&mut vm);
+    assert_eq!(
+        vm.run_ok("cat /usr/share/kiln-e2e-v2", VM_CMD).unwrap(),
+        "v2"
+    );
+    assert_eq!(vm.run_ok("cat /var/kiln-e2e", VM_CMD).unwrap(), "persisted");
+    assert_eq!(vm.run_ok("cat /etc/kiln-e2e", VM_CMD).unwrap(), "hello");
+    assert_eq!(
+        common::booted_in_status(&common::vm_status_json(&mut vm)),
+        v2
+    );
+
+    // Roll back, reboot into v1.
+    let rb = vm.run_ok("kiln rollback", VM_CMD).unwrap();
+    eprintln!("rollback: {rb}");
+    vm.send("systemctl reboot\n").unwrap();
+    assert_eq!(
+        common::wait_booted(&mut vm, "boot 3"),
+        f.commit,
+        "rollback did not boot v1"
+    );
+    common::vm_login(&mut vm);
+    assert_eq!(vm.run_ok("cat /var/kiln-e2e", VM_CMD).unwrap(), "persisted");
+    assert!(vm.run("test -e /usr/share/kiln-e2e-v2", VM_CMD).unwrap().0 != 0);
+}
+
+#[test]
+fn uefi_raw_boots() {
+    let f = common::base_commit();
+    let work = common::fixture_workdir("image-e2e-uefi-");
+    let out = work.path().join("base-uefi.raw");
+    let r = build(&f, &out, Format::Raw, Firmware::Uefi);
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), r.virtual_size);
+    image::manifest::verify(&work.path().join("manifest.json")).unwrap();
+    // UEFI-only: no GRUB boot code in the MBR.
+    let mbr = image::disk::read_bytes(&out, 0, 512).unwrap();
+    assert!(mbr[..0x1b8].iter().all(|&b| b == 0), "MBR has boot code");
+
+    let mut o = VmOptions::new(&out, "image-e2e-uefi");
+    o.artifacts = common::vm_artifacts();
+    // Restricted user networking: DHCP from QEMU, nothing reachable beyond the VM.
+    o.network = true;
+    o.uefi = true;
+    let mut vm = Vm::start(o).unwrap();
+    let line = vm.wait_for("KILN-BOOTED", common::boot_timeout()).unwrap();
+    eprintln!("UEFI boot after {:?}: {line}", vm.elapsed());
+    assert_eq!(common::booted_commit(&line), f.commit);
+    common::vm_login(&mut vm);
+    vm.run_ok("test -d /sys/firmware/efi", VM_CMD).unwrap();
+    let state = vm
+        .run_ok(
+            "systemctl is-system-running --wait; systemctl --no-pager --failed --no-legend",
+            VM_CMD,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(state.starts_with("running"), "system state: {state}");
+}
