@@ -455,8 +455,10 @@ impl Vm {
                 self.keep = true;
                 let status = self.exit_status();
                 bail!(
-                    "QEMU exited ({status}) before {what} appeared on the console (log: {})",
-                    self.artifact_path().display()
+                    "QEMU exited ({status}) before {what} appeared on the console (log: {}); \
+                     the console ended with:\n{}",
+                    self.artifact_path().display(),
+                    console_tail(&self.console(), 40)
                 );
             }
             let now = Instant::now();
@@ -464,9 +466,11 @@ impl Vm {
                 drop(g);
                 self.keep = true;
                 bail!(
-                    "timed out after {:?} waiting for {what} on the console (log: {})",
+                    "timed out after {:?} waiting for {what} on the console (log: {}); \
+                     the console ended with:\n{}",
                     timeout,
-                    self.artifact_path().display()
+                    self.artifact_path().display(),
+                    console_tail(&self.console(), 40)
                 );
             }
             g = self
@@ -647,6 +651,18 @@ pub fn strip_kernel_messages(s: &str) -> String {
     out
 }
 
+/// The last `lines` lines of a console log, without escape sequences, indented: what a
+/// failed wait shows so a CI log explains itself without the artifact.
+pub fn console_tail(console: &str, lines: usize) -> String {
+    let text = strip_ansi(console);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut it = s.chars().peekable();
@@ -726,6 +742,14 @@ mod tests {
     fn ansi_is_stripped() {
         assert_eq!(strip_ansi("\u{1b}[0;32m  OK  \u{1b}[0m] x"), "  OK  ] x");
         assert_eq!(strip_ansi("a\u{1b}cb"), "ab");
+    }
+
+    #[test]
+    fn console_tail_keeps_the_last_lines_without_escapes() {
+        let log = "one\ntwo\n\u{1b}[0;31mthree\u{1b}[0m\nfour\n";
+        assert_eq!(console_tail(log, 2), "  | three\n  | four");
+        assert_eq!(console_tail("x", 5), "  | x");
+        assert_eq!(console_tail("", 5), "");
     }
 
     #[test]
