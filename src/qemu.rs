@@ -502,6 +502,32 @@ impl Vm {
         Ok(strip_ansi(text[start..].trim_end()))
     }
 
+    /// Waits until every marker in `markers` has appeared, in any order (units ordered
+    /// only after the same target print in any order), and returns their lines in the
+    /// order of `markers`.
+    pub fn wait_for_all(&mut self, markers: &[&str], timeout: Duration) -> Result<Vec<String>> {
+        let ms: Vec<String> = markers.iter().map(|m| m.to_string()).collect();
+        let what = format!("all of {markers:?}");
+        let text = self.wait_until(&what, timeout, |t| {
+            let mut end = 0;
+            for m in &ms {
+                let i = t.find(m.as_str())?;
+                let eol = t[i..].find('\n')?;
+                end = end.max(i + eol + 1);
+            }
+            Some(end)
+        })?;
+        Ok(ms
+            .iter()
+            .map(|m| {
+                let i = text.find(m.as_str()).unwrap_or(0);
+                let start = text[..i].rfind('\n').map(|x| x + 1).unwrap_or(0);
+                let end = text[i..].find('\n').map(|e| i + e).unwrap_or(text.len());
+                strip_ansi(text[start..end].trim_end())
+            })
+            .collect())
+    }
+
     /// Sends raw text to the console.
     pub fn send(&mut self, text: &str) -> Result<()> {
         self.writer

@@ -19,8 +19,10 @@ NET
 fi
 
 kiln_say "Ignition needs the network; starting systemd-networkd"
-systemctl start systemd-networkd.service
-networkctl reload 2>/dev/null || true
+# dracut's networkd module may already have started networkd (at network-pre.target),
+# before the file above existed; `networkctl reload` needs D-Bus, which the initramfs
+# does not run. A restart makes networkd read its .network files again.
+systemctl restart systemd-networkd.service
 if ! /usr/lib/systemd/systemd-networkd-wait-online --any --timeout=120; then
     kiln_say "no network link came up within 120 s"
     networkctl list --no-pager >&2 || true
