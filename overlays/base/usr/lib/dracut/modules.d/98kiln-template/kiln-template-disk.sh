@@ -19,9 +19,10 @@ say() {
     echo "<5>kiln-template: $*" > /dev/kmsg 2>/dev/null || true
 }
 
+# Up to 90 s, like systemd's device timeout.
 wait_dev() {
     local i
-    for i in $(seq 1 300); do
+    for i in $(seq 1 900); do
         [[ -b "$1" ]] && return 0
         sleep 0.1
     done
