@@ -361,7 +361,6 @@ fn pxe_boots_over_tftp_and_fetches_ignition_config_url() {
 }
 
 #[test]
-#[ignore = "not yet run end to end; run with `cargo test --release --test iso_e2e -- --ignored --test-threads=1`"]
 fn unattended_install_from_the_iso() {
     let f = common::base_commit();
     // The image the live system installs, served over HTTP with its manifest.
