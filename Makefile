@@ -52,7 +52,7 @@ image: compose
 reproduce: build
 	$(KILN) verify-reproducible $(RECIPE) --format raw,qcow2
 
-# The VM tests and the rest run as two groups at once (tests/suite.sh says why).
+# The VM tests (in two groups) and the rest run at the same time (tests/suite.sh says why).
 test: build
 	CARGO=$(CARGO) tests/suite.sh
 

@@ -1,3 +1,4 @@
+// suite-minutes: 9 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
 //! Cloud and VM templates (docs/cloud.md), from the composed `recipes/base.toml`:
 //!
 //! - every platform's artifact, built by `kiln image --platform`, checked by the real

@@ -1,3 +1,4 @@
+// suite-minutes: 15 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
 //! End to end: first boot of a kiln image provisioned by the real Ignition (QEMU TCG).
 //!
 //! - fw_cfg (`kiln run --ignition`, platform `qemu`): a config that writes files in /etc

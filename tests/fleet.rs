@@ -1,3 +1,4 @@
+// suite-minutes: 4 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
 //! Fleet updates end to end on this machine (run as root): `kiln publish` into archive
 //! repos served by a real nginx bound to 127.0.0.1, a temp sysroot following that server
 //! with `kiln remote add` / `kiln upgrade`, static deltas, GPG signatures, refusals and an

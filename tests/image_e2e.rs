@@ -1,3 +1,4 @@
+// suite-minutes: 7 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
 //! End to end: `recipes/base.toml` → commit → disk image → real QEMU (TCG) boots.
 //!
 //! - BIOS (SeaBIOS), qcow2, hybrid image: boots to multi-user, the boot-marker unit names

@@ -1,3 +1,4 @@
+// suite-minutes: 3 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
 //! `kiln install` with real images of the composed base commit: to a sparse file, to a loop
 //! device, from a URL served on 127.0.0.1, from a commit; and its refusals (mounted target,
 //! too-small target, bad sha256, missing image). Results are checked on the disk itself:

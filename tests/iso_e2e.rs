@@ -1,3 +1,4 @@
+// suite-minutes: 22 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
 //! End to end: install media under QEMU TCG.
 //!
 //! - Live ISO (`kiln image --format iso`), booted from a CD drive (`-cdrom`) with SeaBIOS

@@ -1,31 +1,58 @@
 #!/usr/bin/env bash
-# The whole test suite (`make test`), as two groups that run at the same time:
-#   vm:    the test files that boot QEMU (CPU-bound under TCG), one test at a time;
+# The whole test suite (`make test`), as three groups that run at the same time:
+#   vm-a, vm-b: the test files that boot QEMU, one test at a time in each group. A TCG
+#          guest keeps about one host core busy, so two of them fit a 2-core machine;
 #   other: unit tests, composes, sysroots, publish, reproducibility (mostly mmdebstrap,
 #          dpkg and disk I/O), one test at a time.
-# Shared fixtures (the base compose, the apt cache) are guarded by file locks, so the
-# groups only wait for each other where they share work. A test file belongs to the vm
-# group when it calls `Vm::start`. Output lines carry the group's name; the failures of
-# both groups are listed again at the end. Exit status: 0 when both groups passed.
+# A test file belongs to the VM groups when it calls `Vm::start`; its first line
+# `// suite-minutes: N` says how long it runs, and the files are dealt out longest first
+# to the group with less work so far (a file without the line counts 5). Shared fixtures
+# (the base compose, the apt cache) are guarded by file locks, so the groups only wait
+# for each other where they share work. Output lines carry the group's name; the failures
+# are listed again at the end. Exit status: 0 when every group passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 
-vm=()
 other=()
+weighted=()
 for f in tests/*.rs; do
     name=$(basename "$f" .rs)
     if grep -q 'Vm::start' "$f"; then
-        vm+=(--test "$name")
+        m=$(sed -n '1s|^// suite-minutes: \([0-9][0-9]*\).*|\1|p' "$f")
+        weighted+=("${m:-5} $name")
     else
         other+=(--test "$name")
     fi
 done
+vm_a=()
+vm_b=()
+load_a=0
+load_b=0
+while read -r m name; do
+    [[ -n "$name" ]] || continue
+    if ((load_a <= load_b)); then
+        vm_a+=(--test "$name")
+        load_a=$((load_a + m))
+    else
+        vm_b+=(--test "$name")
+        load_b=$((load_b + m))
+    fi
+done < <(printf '%s\n' "${weighted[@]}" | sort -rn)
+names() {
+    local x out=()
+    for x in "$@"; do
+        [[ "$x" == --test ]] || out+=("$x")
+    done
+    echo "${out[*]}"
+}
+echo "suite: vm-a (~${load_a} min): $(names "${vm_a[@]}")"
+echo "suite: vm-b (~${load_b} min): $(names "${vm_b[@]}")"
+echo "suite: other: $(names "${other[@]}") + unit and doc tests"
 
 # Build everything once, before the groups start (they would wait on cargo's lock).
-$CARGO test --release --no-run --all-targets || exit 1
+$CARGO test --release --no-run --lib --bins --tests || exit 1
 
-mkdir -p build
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
@@ -39,14 +66,22 @@ run_group() {
     echo "$rc" > "$logs/$group.rc"
 }
 
+groups=(other)
 t0=$SECONDS
-run_group vm $CARGO test --release --no-fail-fast "${vm[@]}" -- --test-threads=1 &
 run_group other bash -c '"$0" test --release --no-fail-fast --lib --bins "$@" -- --test-threads=1 \
     && "$0" test --release --doc' "$CARGO" "${other[@]}" &
+if ((${#vm_a[@]})); then
+    groups+=(vm-a)
+    run_group vm-a $CARGO test --release --no-fail-fast "${vm_a[@]}" -- --test-threads=1 &
+fi
+if ((${#vm_b[@]})); then
+    groups+=(vm-b)
+    run_group vm-b $CARGO test --release --no-fail-fast "${vm_b[@]}" -- --test-threads=1 &
+fi
 wait
 
 status=0
-for group in vm other; do
+for group in "${groups[@]}"; do
     rc=$(cat "$logs/$group.rc" 2>/dev/null || echo 1)
     if [[ "$rc" != 0 ]]; then
         status=1
