@@ -508,15 +508,7 @@ impl Vm {
     pub fn wait_for_all(&mut self, markers: &[&str], timeout: Duration) -> Result<Vec<String>> {
         let ms: Vec<String> = markers.iter().map(|m| m.to_string()).collect();
         let what = format!("all of {markers:?}");
-        let text = self.wait_until(&what, timeout, |t| {
-            let mut end = 0;
-            for m in &ms {
-                let i = t.find(m.as_str())?;
-                let eol = t[i..].find('\n')?;
-                end = end.max(i + eol + 1);
-            }
-            Some(end)
-        })?;
+        let text = self.wait_until(&what, timeout, |t| end_of_all(t, &ms))?;
         Ok(ms
             .iter()
             .map(|m| {
@@ -677,6 +669,18 @@ pub fn strip_kernel_messages(s: &str) -> String {
     out
 }
 
+/// The offset just past the end of the line of the last marker to appear, once every one
+/// of `markers` has appeared on a complete line of `text`.
+fn end_of_all(text: &str, markers: &[String]) -> Option<usize> {
+    let mut end = 0;
+    for m in markers {
+        let i = text.find(m.as_str())?;
+        let eol = text[i..].find('\n')?;
+        end = end.max(i + eol + 1);
+    }
+    Some(end)
+}
+
 /// The last `lines` lines of a console log, without escape sequences, indented: what a
 /// failed wait shows so a CI log explains itself without the artifact.
 pub fn console_tail(console: &str, lines: usize) -> String {
@@ -768,6 +772,16 @@ mod tests {
     fn ansi_is_stripped() {
         assert_eq!(strip_ansi("\u{1b}[0;32m  OK  \u{1b}[0m] x"), "  OK  ] x");
         assert_eq!(strip_ansi("a\u{1b}cb"), "ab");
+    }
+
+    #[test]
+    fn all_markers_in_any_order() {
+        let ms = vec!["B".to_string(), "A".to_string()];
+        assert_eq!(end_of_all("x A\ny B\nz", &ms), Some(8));
+        assert_eq!(end_of_all("x B\ny A\nz", &ms), Some(8));
+        // A marker on an unfinished line does not count yet.
+        assert_eq!(end_of_all("x A\ny B", &ms), None);
+        assert_eq!(end_of_all("x A\n", &ms), None);
     }
 
     #[test]
