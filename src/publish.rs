@@ -541,12 +541,14 @@ fn pull_local(dest: &ostree::Repo, src: &Path, r: &str, tip: &str, depth: usize)
     pull.insert_value("depth", &(depth.min(i32::MAX as usize) as i32).to_variant());
     pull.insert_value("gpg-verify", &false.to_variant());
     pull.insert_value("gpg-verify-summary", &false.to_variant());
-    dest.pull_with_options(
-        &format!("file://{}", src.display()),
-        &pull.end(),
-        None,
-        gio::Cancellable::NONE,
-    )
+    crate::repo::on_own_main_context(|| {
+        dest.pull_with_options(
+            &format!("file://{}", src.display()),
+            &pull.end(),
+            None,
+            gio::Cancellable::NONE,
+        )
+    })?
     .with_context(|| format!("copying {r} ({tip}) from {}", src.display()))
 }
 

@@ -472,40 +472,46 @@ pub fn pull(
             &(ostree::RepoPullFlags::COMMIT_ONLY.bits() as i32).to_variant(),
         );
     }
-    let progress = ostree::AsyncProgress::new();
-    let start = Instant::now();
-    let last = Rc::new(Cell::new(0u64));
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    if !quiet {
-        let last = last.clone();
-        progress.connect_changed(move |p| {
-            let secs = start.elapsed().as_secs();
-            if secs < last.get() + 2 {
-                return;
-            }
-            last.set(secs);
-            let line = progress_line(p);
-            if tty {
-                eprint!("\r\x1b[Kkiln: {line}");
-            } else {
-                eprintln!("kiln: {line}");
-            }
-        });
-    }
-    let res = repo.pull_with_options(remote, &opts.end(), Some(&progress), gio::Cancellable::NONE);
-    progress.finish();
-    if !quiet && tty && last.get() > 0 {
-        eprintln!();
-    }
-    let stats = PullStats {
-        bytes_transferred: progress.uint64("bytes-transferred"),
-        objects_fetched: u64::from(progress.uint("fetched")),
-        metadata_objects_fetched: u64::from(progress.uint("metadata-fetched")),
-        delta_used: progress.uint("total-delta-parts") > 0,
-        delta_parts: u64::from(progress.uint("fetched-delta-parts")),
-        delta_bytes: progress.uint64("fetched-delta-part-size"),
-        seconds: (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-    };
+    // The progress object binds to the thread-default main context, so it is made on
+    // the pull's own context.
+    let (res, stats) = crate::repo::on_own_main_context(|| {
+        let progress = ostree::AsyncProgress::new();
+        let start = Instant::now();
+        let last = Rc::new(Cell::new(0u64));
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        if !quiet {
+            let last = last.clone();
+            progress.connect_changed(move |p| {
+                let secs = start.elapsed().as_secs();
+                if secs < last.get() + 2 {
+                    return;
+                }
+                last.set(secs);
+                let line = progress_line(p);
+                if tty {
+                    eprint!("\r\x1b[Kkiln: {line}");
+                } else {
+                    eprintln!("kiln: {line}");
+                }
+            });
+        }
+        let res =
+            repo.pull_with_options(remote, &opts.end(), Some(&progress), gio::Cancellable::NONE);
+        progress.finish();
+        if !quiet && tty && last.get() > 0 {
+            eprintln!();
+        }
+        let stats = PullStats {
+            bytes_transferred: progress.uint64("bytes-transferred"),
+            objects_fetched: u64::from(progress.uint("fetched")),
+            metadata_objects_fetched: u64::from(progress.uint("metadata-fetched")),
+            delta_used: progress.uint("total-delta-parts") > 0,
+            delta_parts: u64::from(progress.uint("fetched-delta-parts")),
+            delta_bytes: progress.uint64("fetched-delta-part-size"),
+            seconds: (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        };
+        (res, stats)
+    })?;
     if let Err(e) = res {
         let expected = summary_commit(repo, remote, ref_);
         let what = match &expected {

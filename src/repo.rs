@@ -51,6 +51,21 @@ impl MetaValue {
 }
 
 /// Opens an existing repository.
+/// Runs `f` (a libostree pull, with any `AsyncProgress` it reports to) on a main context
+/// of its own, pushed as the thread default.
+///
+/// libostree's pull iterates the calling thread's default main context. With none pushed
+/// that is the process-global one, and two pulls on two threads (parallel tests, a caller
+/// with worker threads) then wait in `poll` for wakeups the other thread consumed: both
+/// hang for good. A fresh context per pull keeps its sources to itself. An
+/// `AsyncProgress` binds to the thread-default context when it is created, so create it
+/// inside `f`.
+pub fn on_own_main_context<T>(f: impl FnOnce() -> T) -> Result<T> {
+    let ctx = glib::MainContext::new();
+    ctx.with_thread_default(f)
+        .map_err(|e| anyhow!("acquiring a main context for libostree: {e}"))
+}
+
 pub fn open(path: &Path) -> Result<ostree::Repo> {
     let repo = ostree::Repo::new_for_path(path);
     repo.open(gio::Cancellable::NONE)

@@ -650,3 +650,31 @@ fn stateroots_are_kept_apart() {
     assert!(f.sysroot.join("ostree/deploy/a/var").is_dir());
     assert_eq!(check_default_entry(&f.sysroot), c2);
 }
+
+/// libostree's pull runs on the thread-default main context; deploys on several threads of
+/// one process (parallel tests, a caller with worker threads) must not share one and hang.
+#[test]
+fn concurrent_deploys_in_one_process_finish() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    const THREADS: usize = 4;
+    for t in 0..THREADS {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(|| {
+                let f = Fixture::new();
+                for v in 1..=3 {
+                    let c = f.commit(v);
+                    let out = deploy::deploy(&req(&f, REF)).unwrap();
+                    assert_eq!(out.commit, c, "thread {t}, version {v}");
+                }
+            });
+            tx.send((t, r.is_ok())).unwrap();
+        });
+    }
+    for _ in 0..THREADS {
+        let (t, ok) = rx
+            .recv_timeout(std::time::Duration::from_secs(300))
+            .expect("a deploy thread neither finished nor failed within 300 s (hung in a pull?)");
+        assert!(ok, "deploy thread {t} failed");
+    }
+}

@@ -369,8 +369,10 @@ pub(crate) fn pull(repo: &ostree::Repo, source: &Source, rev: &str) -> Result<St
             opts.insert_value("depth", &0i32.to_variant());
             opts.insert_value("gpg-verify", &false.to_variant());
             opts.insert_value("gpg-verify-summary", &false.to_variant());
-            repo.pull_with_options(&url, &opts.end(), None, cancel)
-                .with_context(|| format!("pulling {rev:?} from {}", dir.display()))?;
+            crate::repo::on_own_main_context(|| {
+                repo.pull_with_options(&url, &opts.end(), None, cancel)
+            })?
+            .with_context(|| format!("pulling {rev:?} from {}", dir.display()))?;
             resolve_in(repo, rev)
         }
         Source::Remote(name) => {
@@ -381,8 +383,10 @@ pub(crate) fn pull(repo: &ostree::Repo, source: &Source, rev: &str) -> Result<St
                 let opts = glib::VariantDict::new(None);
                 opts.insert_value("refs", &vec![rev.to_string()].to_variant());
                 opts.insert_value("depth", &0i32.to_variant());
-                repo.pull_with_options(name, &opts.end(), None, cancel)
-                    .with_context(|| format!("pulling {rev:?} from remote {name:?}"))?;
+                crate::repo::on_own_main_context(|| {
+                    repo.pull_with_options(name, &opts.end(), None, cancel)
+                })?
+                .with_context(|| format!("pulling {rev:?} from remote {name:?}"))?;
                 resolve_in(repo, rev)
             } else {
                 let (c, _stats) =
