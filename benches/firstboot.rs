@@ -4,7 +4,7 @@
 //! same with a kernel argument (one extra reboot), and a plain second boot for comparison.
 //! The commit comes from composing `recipes/base.toml` (or `KILN_BENCH_RECIPE`) into
 //! `build/repo`; an unchanged recipe makes that a no-change skip. Goals are printed, never
-//! asserted.
+//! asserted. Console logs are kept in `build/test-artifacts/bench-firstboot*.log`.
 
 use kiln::qemu::{Vm, VmOptions};
 use serde_json::json;
@@ -61,6 +61,8 @@ fn boot(image: &Path, cfg: &Path, name: &str, second: bool) -> Option<(f64, Opti
     o.artifacts = root().join("build/test-artifacts");
     let t = Instant::now();
     let mut vm = Vm::start(o).expect("starting QEMU");
+    // The console log (kernel timestamps) shows where the seconds went.
+    vm.keep_log();
     if let Err(e) = vm.wait_for(MARKER, Duration::from_secs(1800)) {
         println!("firstboot: {name}: no marker: {e:#}");
         return None;
