@@ -155,7 +155,7 @@ fn main() {
     let cleanup = secs(t);
 
     // The same rollback with a 1 MiB kernel + 1 MiB initramfs: libostree re-reads and
-    // re-hashes every deployment's kernel and initramfs (GLib SHA-256) whenever it writes
+    // re-hashes every deployment's kernel and initramfs whenever it writes
     // a new boot version, so rollback time grows with their size.
     let small = td.path().join("small");
     let small_repo = small.join("repo");
