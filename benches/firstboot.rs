@@ -57,6 +57,8 @@ fn config(dir: &Path, name: &str, kargs: bool) -> PathBuf {
 /// after a reboot when `second` is set.
 fn boot(image: &Path, cfg: &Path, name: &str, second: bool) -> Option<(f64, Option<f64>)> {
     let mut o = VmOptions::new(image, name);
+    // One VM on an idle host: each vCPU gets a core (kiln::qemu::default_cpus).
+    o.cpus = 2;
     o.fw_cfg = vec![("opt/com.coreos/config".into(), cfg.to_path_buf())];
     o.artifacts = root().join("build/test-artifacts");
     let t = Instant::now();

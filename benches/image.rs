@@ -79,6 +79,8 @@ fn main() {
             if uefi { "bench-uefi" } else { "bench-bios" },
         );
         o.uefi = uefi;
+        // One VM on an idle host: each vCPU gets a core (kiln::qemu::default_cpus).
+        o.cpus = 2;
         o.artifacts = root().join("build/test-artifacts");
         let t = Instant::now();
         let mut vm = Vm::start(o).expect("starting QEMU");

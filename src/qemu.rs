@@ -41,9 +41,9 @@ pub struct RunArgs {
     /// Memory in MiB.
     #[arg(long, default_value = "2048")]
     pub memory: String,
-    /// Virtual CPUs.
-    #[arg(long, default_value_t = 2)]
-    pub cpus: u32,
+    /// Virtual CPUs [default: 2 with KVM, 1 under TCG (see `default_cpus`)].
+    #[arg(long)]
+    pub cpus: Option<u32>,
     /// Extra disk image attached as a virtio disk (repeatable).
     #[arg(long = "disk")]
     pub disks: Vec<PathBuf>,
@@ -52,6 +52,20 @@ pub struct RunArgs {
 /// Where the OVMF firmware lives (Debian's `ovmf` package).
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// The vCPUs a guest gets unless told otherwise: 2 with KVM, 1 under TCG. Each TCG vCPU
+/// is a host thread that spins while the guest waits on another vCPU (IPIs, spinlocks, RCU);
+/// when the host cannot give every vCPU its own core (two test VMs and a compose on two
+/// cores), a 2-vCPU guest stalls itself: seen here as RCU stalls and 43 s soft lockups in
+/// udev, boots of 110–180 s, and once a first boot that never finished in 900 s. One vCPU
+/// cannot wait on a descheduled sibling: the same load gave 107–131 s and no stall. On an idle host 2 vCPUs boot faster (40 s vs
+/// 53 s), so the benchmarks ask for 2 and `kiln run --cpus` chooses.
+pub fn default_cpus() -> u32 {
+    match accel() {
+        Accel::Kvm => 2,
+        Accel::Tcg => 1,
+    }
+}
 
 /// The accelerator QEMU is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +186,7 @@ impl VmOptions {
             name: name.into(),
             uefi: false,
             memory_mb: 2048,
-            cpus: 2,
+            cpus: default_cpus(),
             snapshot: true,
             disks: Vec::new(),
             fw_cfg: Vec::new(),
@@ -733,7 +747,9 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
     opts.uefi = a.uefi;
     opts.snapshot = a.snapshot;
     opts.memory_mb = memory_mb;
-    opts.cpus = a.cpus;
+    if let Some(n) = a.cpus {
+        opts.cpus = n;
+    }
     opts.disks = a
         .disks
         .iter()
