@@ -42,7 +42,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "2048")]
     pub memory: String,
     /// Virtual CPUs [default: 2 with KVM, 1 under TCG (see `default_cpus`)].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=255))]
     pub cpus: Option<u32>,
     /// Extra disk image attached as a virtio disk (repeatable).
     #[arg(long = "disk")]
@@ -58,8 +58,9 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// when the host cannot give every vCPU its own core (two test VMs and a compose on two
 /// cores), a 2-vCPU guest stalls itself: seen here as RCU stalls and 43 s soft lockups in
 /// udev, boots of 110–180 s, and once a first boot that never finished in 900 s. One vCPU
-/// cannot wait on a descheduled sibling: the same load gave 107–131 s and no stall. On an idle host 2 vCPUs boot faster (40 s vs
-/// 53 s), so the benchmarks ask for 2 and `kiln run --cpus` chooses.
+/// cannot wait on a descheduled sibling: the same load gave 107–131 s and no stall. On an
+/// idle host 2 vCPUs boot faster (40 s vs 53 s), so the benchmarks ask for 2 and
+/// `kiln run --cpus` chooses.
 pub fn default_cpus() -> u32 {
     match accel() {
         Accel::Kvm => 2,
