@@ -455,17 +455,11 @@ pub fn parse_sha256(s: &str) -> Result<String> {
     Ok(t)
 }
 
-/// Checks `--karg` values: one argument each, no spaces.
+/// Checks `--karg` values with the shared kernel-argument rule.
 pub fn check_kargs(kargs: &[String]) -> Result<()> {
     for k in kargs {
-        if k.trim().is_empty() || k.contains(char::is_whitespace) {
-            return Err(InputError::new(
-                "command line",
-                format!("{k:?}: one kernel argument per --karg, without spaces"),
-            )
-            .key("--karg")
-            .into());
-        }
+        crate::validate::user_kernel_arg(k)
+            .map_err(|m| InputError::new("command line", m).key("--karg"))?;
     }
     Ok(())
 }

@@ -19,3 +19,4 @@ pub mod remote;
 pub mod repo;
 pub mod reproducible;
 pub mod updates;
+pub mod validate;

@@ -162,14 +162,9 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 }
 
 pub(crate) fn validate_url(url: &str) -> Result<()> {
-    if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("file:///")) {
-        return Err(crate::error::InputError::new(
-            "command line",
-            format!("remote URL {url:?}: expected http://, https:// or file:///"),
-        )
-        .into());
-    }
-    Ok(())
+    crate::validate::url(url, crate::validate::Schemes::HttpOrFile).map_err(|m| {
+        crate::error::InputError::new("command line", format!("remote URL: {m}")).into()
+    })
 }
 
 fn sysroot_repo(sysroot: &Path) -> Result<ostree::Repo> {

@@ -148,25 +148,10 @@ impl Layout {
     }
 }
 
-/// Parses a size such as `4G`, `4096M`, `512MiB`, `8GB` or a plain byte count.
+/// Parses a size such as `4G`, `4096M`, `512MiB`, `8GB` or a plain byte count (the shared
+/// size rule, [`crate::validate::size`]).
 pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits_end);
-    if num.is_empty() {
-        bail!("invalid size {s:?}: expected a number with an optional unit (K, M, G, T), e.g. 4G");
-    }
-    let n: u64 = num.parse().with_context(|| format!("invalid size {s:?}"))?;
-    let mult = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1024,
-        "M" | "MB" | "MIB" => MIB,
-        "G" | "GB" | "GIB" => 1024 * MIB,
-        "T" | "TB" | "TIB" => 1024 * 1024 * MIB,
-        other => bail!("invalid size {s:?}: unknown unit {other:?} (use K, M, G or T)"),
-    };
-    n.checked_mul(mult)
-        .with_context(|| format!("size {s:?} is too large"))
+    crate::validate::size(s).map_err(anyhow::Error::msg)
 }
 
 /// Environment for e2fsprogs so that filesystem timestamps follow the build epoch.

@@ -243,22 +243,10 @@ pub fn ignition_remove(iso: &Path) -> Result<bool> {
     Ok(had)
 }
 
-/// A kernel argument the kargs area can carry (GRUB single-quoted string, one line).
+/// A kernel argument the kargs area can carry: the shared kernel-argument rule.
 pub fn check_karg(k: &str) -> Result<()> {
-    if k.is_empty()
-        || k.chars()
-            .any(|c| c == '\'' || c == '\\' || c.is_control() || c == ' ')
-    {
-        return Err(InputError::new(
-            "command line",
-            format!(
-                "kernel argument {k:?}: must be one non-empty word without quotes, backslashes \
-                 or control characters"
-            ),
-        )
-        .into());
-    }
-    Ok(())
+    crate::validate::kernel_arg(k)
+        .map_err(|m| InputError::new("command line", m).key("--karg").into())
 }
 
 /// The content of a kargs area of `len` bytes holding `kargs`.

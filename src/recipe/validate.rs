@@ -122,57 +122,9 @@ pub fn archive_name(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `mirror`: an `http://`, `https://` or `file:///` URL without spaces or quotes.
+/// `mirror`: an `http://`, `https://` or `file:///` URL (the shared URL rule).
 pub fn mirror_url(s: &str) -> Result<(), String> {
-    let Some((scheme, rest)) = s.split_once("://") else {
-        return Err(format!(
-            "{s:?} is not a URL; expected http://HOST/PATH, https://HOST/PATH or file:///PATH"
-        ));
-    };
-    if let Some(c) = s
-        .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || "\"'<>\\`".contains(*c))
-    {
-        return Err(format!(
-            "{s:?} contains {c:?}, which a mirror URL cannot contain"
-        ));
-    }
-    match scheme {
-        "http" | "https" => {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-            let hostport = authority.rsplit('@').next().unwrap_or("");
-            let (host, port) = match hostport.strip_prefix('[') {
-                Some(v6) => match v6.split_once(']') {
-                    Some((h, p)) => (h, p.strip_prefix(':')),
-                    None => return Err(format!("{s:?}: '[' without a closing ']' in the host")),
-                },
-                None => match hostport.split_once(':') {
-                    Some((h, p)) => (h, Some(p)),
-                    None => (hostport, None),
-                },
-            };
-            if host.is_empty() {
-                return Err(format!("{s:?} has no host name"));
-            }
-            if let Some(port) = port {
-                if port.parse::<u16>().is_err() {
-                    return Err(format!("{s:?} has an invalid port {port:?}"));
-                }
-            }
-            Ok(())
-        }
-        "file" => {
-            if !rest.starts_with('/') {
-                return Err(format!(
-                    "{s:?}: a file URL needs an absolute path (file:///srv/mirror)"
-                ));
-            }
-            Ok(())
-        }
-        other => Err(format!(
-            "{s:?}: scheme {other:?} is not supported; use http, https or file"
-        )),
-    }
+    crate::validate::url(s, crate::validate::Schemes::HttpOrFile)
 }
 
 /// `packages`, `exclude-packages`: Debian package names per Debian policy 5.6.1: at least
@@ -330,26 +282,7 @@ pub fn unit_name(s: &str) -> Result<(), String> {
 
 /// `kernel-args`: one argument per entry, no whitespace, no quotes.
 pub fn kernel_arg(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("empty kernel argument".into());
-    }
-    if s.chars().any(char::is_whitespace) {
-        return Err(format!(
-            "{s:?} contains whitespace; write one kernel argument per list entry"
-        ));
-    }
-    if let Some(c) = s
-        .chars()
-        .find(|c| c.is_control() || *c == '"' || *c == '\'')
-    {
-        return Err(format!(
-            "{s:?} contains {c:?}, which a kernel argument cannot contain"
-        ));
-    }
-    if s.starts_with('=') {
-        return Err(format!("{s:?} has no name before '='"));
-    }
-    Ok(())
+    crate::validate::user_kernel_arg(s)
 }
 
 /// `dracut-modules`: dracut module names (`network`, `ignition`).
