@@ -1,55 +1,24 @@
 //! Property-based fuzzing of the Ignition JSON and TOML parsers: no input makes them panic,
 //! and the JSON parser accepts exactly what serde_json accepts.
 //!
-//! In the suite each target runs a few cases. For a long run:
-//! `KILN_FUZZ_SECS=120 PROPTEST_CASES=2000 cargo test --release --test ignition_fuzz -- --nocapture --test-threads=1`
-//! (each target repeats batches of PROPTEST_CASES random cases until KILN_FUZZ_SECS pass).
+//! The harness is tests/fuzz_common: in the suite each target runs a few cases, `make fuzz`
+//! runs many; failing seeds are kept in tests/fuzz-regressions/ and replayed first.
 
 use kiln::ignition::{build_config, json, source, validate_json};
 use proptest::prelude::*;
-use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod fuzz_common;
+use fuzz_common::{apply_edits, edits, root, token_text};
 
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Runs `test` over `strat` in batches until the time budget is spent (at least once).
+/// The harness with this file's default of a few cases per target.
 fn fuzz<S: Strategy>(name: &str, strat: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
 where
     S::Value: std::fmt::Debug,
 {
-    let cases = env_num("PROPTEST_CASES", 24) as u32;
-    let budget = Duration::from_secs(env_num("KILN_FUZZ_SECS", 0));
-    let start = Instant::now();
-    let mut total = 0u64;
-    loop {
-        let mut runner = TestRunner::new(PtConfig {
-            cases,
-            failure_persistence: None,
-            ..PtConfig::default()
-        });
-        if let Err(e) = runner.run(&strat, &test) {
-            panic!("{name}: {e}");
-        }
-        total += cases as u64;
-        if start.elapsed() >= budget {
-            break;
-        }
-    }
-    eprintln!(
-        "fuzz {name}: {total} cases in {:.1} s, no failure",
-        start.elapsed().as_secs_f64()
-    );
+    fuzz_common::fuzz(name, 24, strat, test)
 }
 
 fn seeds_json() -> Vec<String> {
@@ -91,40 +60,6 @@ fn seeds_toml() -> Vec<String> {
     .collect()
 }
 
-/// Byte-level edits: (position, op, byte).
-fn edits() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
-    proptest::collection::vec((any::<usize>(), 0u8..4, any::<u8>()), 1..8)
-}
-
-fn apply_edits(text: &str, edits: &[(usize, u8, u8)]) -> String {
-    let mut b = text.as_bytes().to_vec();
-    for &(pos, op, byte) in edits {
-        let at = if b.is_empty() { 0 } else { pos % (b.len() + 1) };
-        let interesting = b"{}[]\",:0-\\/.\n ";
-        let c = if byte < 128 {
-            interesting[byte as usize % interesting.len()]
-        } else {
-            byte
-        };
-        match op {
-            0 => b.insert(at, c),
-            1 if at < b.len() => {
-                b.remove(at);
-            }
-            2 if at < b.len() => b[at] = c,
-            _ => {
-                // Duplicate a slice: repeats keys and list entries.
-                let end = (at + (byte as usize % 40)).min(b.len());
-                let slice = b[at..end].to_vec();
-                for (i, x) in slice.into_iter().enumerate() {
-                    b.insert(end + i, x);
-                }
-            }
-        }
-    }
-    String::from_utf8_lossy(&b).into_owned()
-}
-
 const JSON_TOKENS: &[&str] = &[
     "{",
     "}",
@@ -162,12 +97,6 @@ const JSON_TOKENS: &[&str] = &[
     "0",
 ];
 
-fn token_text(tokens: &[&'static str]) -> impl Strategy<Value = String> {
-    let tokens = tokens.to_vec();
-    proptest::collection::vec(0..tokens.len(), 0..60)
-        .prop_map(move |ix| ix.into_iter().map(|i| tokens[i]).collect::<String>())
-}
-
 fn check_json(text: &str) -> Result<(), TestCaseError> {
     let r = validate_json(text);
     // Every diagnostic has a position inside the text.
@@ -195,19 +124,23 @@ fn check_json(text: &str) -> Result<(), TestCaseError> {
 
 #[test]
 fn json_arbitrary_strings() {
-    fuzz("json-arbitrary", any::<String>(), |s| check_json(&s));
+    fuzz("ignition-json-arbitrary", any::<String>(), |s| {
+        check_json(&s)
+    });
 }
 
 #[test]
 fn json_token_soup() {
-    fuzz("json-tokens", token_text(JSON_TOKENS), |s| check_json(&s));
+    fuzz("ignition-json-tokens", token_text(JSON_TOKENS), |s| {
+        check_json(&s)
+    });
 }
 
 #[test]
 fn json_mutated_configs() {
     let seeds = seeds_json();
     let n = seeds.len();
-    fuzz("json-mutated", (0..n, edits()), |(i, e)| {
+    fuzz("ignition-json-mutated", (0..n, edits()), |(i, e)| {
         check_json(&apply_edits(&seeds[i], &e))
     });
 }
@@ -319,7 +252,7 @@ fn json_structured_mutations() {
         .collect();
     let n = seeds.len();
     fuzz(
-        "json-structured",
+        "ignition-json-structured",
         (
             0..n,
             proptest::collection::vec(
@@ -406,7 +339,7 @@ fn check_toml(dir: &Path, text: &str) -> Result<(), TestCaseError> {
 #[test]
 fn toml_token_soup() {
     let dir = tempfile::tempdir().unwrap();
-    fuzz("toml-tokens", token_text(TOML_TOKENS), |s| {
+    fuzz("ignition-toml-tokens", token_text(TOML_TOKENS), |s| {
         check_toml(dir.path(), &s)
     });
 }
@@ -416,7 +349,7 @@ fn toml_mutated_configs() {
     let dir = tempfile::tempdir().unwrap();
     let seeds = seeds_toml();
     let n = seeds.len();
-    fuzz("toml-mutated", (0..n, edits()), |(i, e)| {
+    fuzz("ignition-toml-mutated", (0..n, edits()), |(i, e)| {
         check_toml(dir.path(), &apply_edits(&seeds[i], &e))
     });
 }
@@ -424,7 +357,7 @@ fn toml_mutated_configs() {
 #[test]
 fn toml_arbitrary_strings() {
     let dir = tempfile::tempdir().unwrap();
-    fuzz("toml-arbitrary", any::<String>(), |s| {
+    fuzz("ignition-toml-arbitrary", any::<String>(), |s| {
         check_toml(dir.path(), &s)
     });
 }
@@ -442,7 +375,7 @@ fn agrees_with_ignition_validate_on_mutated_configs() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("m.ign");
     fuzz(
-        "differential",
+        "ignition-differential",
         (
             0..n,
             0usize..4,
