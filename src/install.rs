@@ -1042,8 +1042,22 @@ pub fn partitions(disk: &Path) -> Result<Vec<Partition>> {
     if !(128..=4096).contains(&entry_size) || count > 1024 {
         bail!("{name}: implausible GPT (entry size {entry_size}, {count} entries)");
     }
-    let mut table = vec![0u8; entry_size * count as usize];
-    f.read_exact_at(&mut table, entries_lba * disk::SECTOR)
+    // A hostile header can put the table beyond any disk: no wrapping offset.
+    let Some(table_at) = entries_lba.checked_mul(disk::SECTOR) else {
+        bail!("{name}: implausible GPT (entries at LBA {entries_lba})");
+    };
+    // Read only a table the disk holds (seeking to the end sizes block devices too).
+    let disk_len = std::io::Seek::seek(&mut &f, std::io::SeekFrom::End(0))
+        .with_context(|| format!("sizing {name}"))?;
+    let table_len = (entry_size * count as usize) as u64;
+    if table_at
+        .checked_add(table_len)
+        .is_none_or(|end| end > disk_len)
+    {
+        bail!("{name}: implausible GPT (entries at LBA {entries_lba} lie beyond the disk's end)");
+    }
+    let mut table = vec![0u8; table_len as usize];
+    f.read_exact_at(&mut table, table_at)
         .with_context(|| format!("reading the GPT entries of {name}"))?;
     let mut out = Vec::new();
     for (i, e) in table.chunks(entry_size).enumerate() {
@@ -1054,6 +1068,10 @@ pub fn partitions(disk: &Path) -> Result<Vec<Partition>> {
         if last < first {
             bail!("{name}: GPT entry {} ends before it starts", i + 1);
         }
+        let bytes = |lba: u64| lba.checked_mul(disk::SECTOR);
+        let (Some(offset), Some(end)) = (bytes(first), last.checked_add(1).and_then(bytes)) else {
+            bail!("{name}: GPT entry {} lies beyond any disk", i + 1);
+        };
         let utf16: Vec<u16> = e[56..128]
             .chunks(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
@@ -1062,8 +1080,8 @@ pub fn partitions(disk: &Path) -> Result<Vec<Partition>> {
         out.push(Partition {
             number: i as u32 + 1,
             name: String::from_utf16_lossy(&utf16),
-            offset: first * disk::SECTOR,
-            size: (last - first + 1) * disk::SECTOR,
+            offset,
+            size: end - offset,
         });
     }
     Ok(out)
