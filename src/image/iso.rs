@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 pub const IGNITION_AREA: u64 = 256 * 1024;
 /// Size of the kernel-arguments area (`boot/grub/kargs.cfg`).
 pub const KARGS_AREA: u64 = 4096;
+/// The largest area a header may claim: what `kiln iso` reads into memory.
+const MAX_AREA: u64 = 16 * 1024 * 1024;
 /// Where the header lives: the last 64 bytes of the ISO's system area.
 pub const HEADER_OFFSET: u64 = 32768 - 64;
 pub const MAGIC: &[u8; 8] = b"KILNISO1";
@@ -138,6 +140,14 @@ fn areas_of(f: &mut std::fs::File, iso: &Path) -> Result<Areas> {
             bail!(
                 "{}: the kiln header's {name} area ({l} bytes at {off}) lies outside the file; \
                  the ISO is damaged or truncated",
+                iso.display()
+            );
+        }
+        // The areas kiln writes are KiB; reading a larger claim would allocate it whole.
+        if l > MAX_AREA {
+            bail!(
+                "{}: the kiln header's {name} area claims {l} bytes (at most {MAX_AREA}); \
+                 the ISO is damaged",
                 iso.display()
             );
         }
