@@ -26,37 +26,32 @@ pub struct Ctx<'a> {
     pub files_dir: &'a Path,
 }
 
-impl Ctx<'_> {
-    /// Resolves a `local` reference: relative, inside files_dir.
-    fn local_path(&self, rel: &str, key: &KeyPath) -> R<PathBuf> {
-        let p = Path::new(rel);
-        if rel.is_empty()
-            || p.is_absolute()
-            || p.components().any(|c| matches!(c, Component::ParentDir))
-        {
-            return Err(terr(
-                key,
-                format!(
-                    "local path {rel:?} must be relative to the files directory ({}) and stay inside it",
-                    self.files_dir.display()
-                ),
-            ));
-        }
-        Ok(self.files_dir.join(p))
-    }
+/// The largest local file a config embeds: the whole config must fit in memory, in an
+/// ISO's Ignition area or a cloud's user-data.
+pub const LOCAL_MAX: u64 = 64 * 1024 * 1024;
 
-    fn read_local(&self, rel: &str, key: &KeyPath) -> R<Vec<u8>> {
-        let p = self.local_path(rel, key)?;
-        std::fs::read(&p).map_err(|e| {
+impl Ctx<'_> {
+    /// Resolves a `local` reference to a host path inside files_dir after every symlink is
+    /// followed ([`crate::validate::path_in_dir`]): a link out of the files directory
+    /// (`key -> /etc/shadow`) is refused, never read.
+    fn local_path(&self, rel: &str, key: &KeyPath) -> R<PathBuf> {
+        crate::validate::path_in_dir(self.files_dir, rel).map_err(|m| {
             terr(
                 key,
                 format!(
-                    "cannot read local file {} (files directory {}; set it with --files-dir): {e}",
-                    p.display(),
-                    self.files_dir.display()
+                    "local path {rel:?}: {m} (a local path must name a file inside the files \
+                     directory and stay inside it; set the directory with --files-dir)"
                 ),
             )
         })
+    }
+
+    /// Reads a `local` file: inside files_dir, a regular file (a FIFO, socket or device is
+    /// refused without blocking on it), at most [`LOCAL_MAX`] bytes.
+    fn read_local(&self, rel: &str, key: &KeyPath) -> R<Vec<u8>> {
+        let p = self.local_path(rel, key)?;
+        crate::validate::read_regular_file(&p, LOCAL_MAX)
+            .map_err(|m| terr(key, format!("cannot read local file {rel:?}: {m}")))
     }
 
     fn read_local_text(&self, rel: &str, key: &KeyPath) -> R<String> {
@@ -282,6 +277,41 @@ fn mount_unit(fs: &FilesystemSrc, key: &KeyPath) -> R<ign::Unit> {
     })
 }
 
+/// Where a tree's symlink `link` (relative to the tree root) with target `target` points,
+/// relative to the tree root, or `None` when it leaves the tree (absolute, or more `..`
+/// than it is deep).
+fn link_in_tree(link: &Path, target: &Path) -> Option<PathBuf> {
+    if target.is_absolute() {
+        return None;
+    }
+    let mut parts: Vec<std::ffi::OsString> = link
+        .parent()
+        .map(|d| {
+            d.components()
+                .map(|c| c.as_os_str().to_os_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    for c in target.components() {
+        match c {
+            Component::Normal(n) => parts.push(n.to_os_string()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts.iter().collect())
+}
+
+/// A local directory copied in. The walk never follows a symlink: the root must lie inside
+/// the files directory ([`crate::validate::path_in_dir`]); a symlink inside the tree
+/// becomes an Ignition link with the same target, and must point inside the tree (a
+/// relative target that stays within it), since a link out of the tree would name a host
+/// path outside the files directory (use `[[storage.links]]` for a link to an absolute
+/// path on the target). Regular files are read without blocking; FIFOs, sockets and
+/// devices are refused.
 fn tree(
     ctx: &Ctx,
     t: &TreeSrc,
@@ -289,7 +319,8 @@ fn tree(
     files: &mut Vec<ign::File>,
     links: &mut Vec<ign::Link>,
 ) -> R<()> {
-    let root = ctx.local_path(&t.local, &key.k("local"))?;
+    let kl = key.k("local");
+    let root = ctx.local_path(&t.local, &kl)?;
     let dest = t.path.clone().unwrap_or_else(|| "/".into());
     if !dest.starts_with('/') {
         return Err(terr(
@@ -297,30 +328,27 @@ fn tree(
             format!("path {dest:?} must be absolute"),
         ));
     }
-    let meta = std::fs::metadata(&root).map_err(|e| {
+    let meta = std::fs::symlink_metadata(&root).map_err(|e| {
         terr(
-            &key.k("local"),
+            &kl,
             format!("cannot read local tree {}: {e}", root.display()),
         )
     })?;
     if !meta.is_dir() {
-        return Err(terr(
-            &key.k("local"),
-            format!("{} is not a directory", root.display()),
-        ));
+        return Err(terr(&kl, format!("{} is not a directory", root.display())));
     }
     let mut stack = vec![root.clone()];
     let mut entries = Vec::new();
     while let Some(dir) = stack.pop() {
         let rd = std::fs::read_dir(&dir)
-            .map_err(|e| terr(&key.k("local"), format!("reading {}: {e}", dir.display())))?;
+            .map_err(|e| terr(&kl, format!("reading {}: {e}", dir.display())))?;
         for e in rd {
-            let e =
-                e.map_err(|e| terr(&key.k("local"), format!("reading {}: {e}", dir.display())))?;
+            let e = e.map_err(|e| terr(&kl, format!("reading {}: {e}", dir.display())))?;
             let p = e.path();
+            // DirEntry::file_type does not follow symlinks.
             let ft = e
                 .file_type()
-                .map_err(|er| terr(&key.k("local"), format!("{}: {er}", p.display())))?;
+                .map_err(|er| terr(&kl, format!("{}: {er}", p.display())))?;
             if ft.is_dir() {
                 stack.push(p);
             } else {
@@ -331,18 +359,32 @@ fn tree(
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     for (p, ft) in entries {
         let rel = p.strip_prefix(&root).unwrap_or(&p);
-        let rel_s = rel.to_str().ok_or_else(|| {
-            terr(
-                &key.k("local"),
-                format!("{} is not a UTF-8 path", p.display()),
-            )
-        })?;
+        let rel_s = rel
+            .to_str()
+            .ok_or_else(|| terr(&kl, format!("{} is not a UTF-8 path", p.display())))?;
         let target_path = format!("{}/{}", dest.trim_end_matches('/'), rel_s);
         if ft.is_symlink() {
-            let target = std::fs::read_link(&p)
-                .map_err(|e| terr(&key.k("local"), format!("{}: {e}", p.display())))?;
+            let target =
+                std::fs::read_link(&p).map_err(|e| terr(&kl, format!("{}: {e}", p.display())))?;
+            if link_in_tree(rel, &target).is_none() {
+                return Err(terr(
+                    &kl,
+                    format!(
+                        "the symlink {rel_s} in the tree points to {}, outside the tree: a \
+                         tree's links must stay inside it (for a link to an absolute path on \
+                         the target, use [[storage.links]])",
+                        target.display()
+                    ),
+                ));
+            }
+            let target = target.to_str().ok_or_else(|| {
+                terr(
+                    &kl,
+                    format!("the target of the symlink {rel_s} is not UTF-8"),
+                )
+            })?;
             links.push(ign::Link {
-                target: Some(target.to_string_lossy().into_owned()),
+                target: Some(target.to_string()),
                 overwrite: t.overwrite,
                 user: owner_user(&t.user),
                 group: owner_group(&t.group),
@@ -350,11 +392,14 @@ fn tree(
             });
         } else if ft.is_file() {
             use std::os::unix::fs::PermissionsExt;
-            let data = std::fs::read(&p)
-                .map_err(|e| terr(&key.k("local"), format!("{}: {e}", p.display())))?;
-            let exec = std::fs::metadata(&p)
+            let f = crate::validate::open_regular(&p).map_err(|m| terr(&kl, m))?;
+            let exec = f
+                .metadata()
                 .map(|m| m.permissions().mode() & 0o111 != 0)
                 .unwrap_or(false);
+            drop(f);
+            let data =
+                crate::validate::read_regular_file(&p, LOCAL_MAX).map_err(|m| terr(&kl, m))?;
             let (url, comp) = data_url(&data, true);
             files.push(ign::File {
                 contents: Some(ign::Resource {
@@ -370,10 +415,11 @@ fn tree(
             });
         } else {
             return Err(terr(
-                &key.k("local"),
+                &kl,
                 format!(
-                    "{} is neither a file, a directory nor a symlink",
-                    p.display()
+                    "{rel_s} in the tree is {}: a tree holds only files, directories and \
+                     symlinks",
+                    crate::validate::file_kind(ft)
                 ),
             ));
         }
