@@ -291,14 +291,24 @@ fn toml_errors_name_file_key_and_line() {
     assert_eq!(e.pos, Some((3, 8)), "{e}");
     assert!(e.message.contains("decimal 420 is octal 0644"), "{e}");
 
-    // A rule found by validating the output is mapped back to the TOML key.
+    // A unit name is checked at the door with the recipe's unit-name rule (before issue 18
+    // the JSON validator found it: "invalid systemd unit extension").
     let e = build_err(
         "[[systemd.units]]\nname = \"ok.service\"\n\n[[systemd.units]]\nname = \"bad.servic\"\n",
         &[],
     );
     assert_eq!(e.key, "systemd.units[1].name");
     assert_eq!(e.pos, Some((5, 8)), "{e}");
-    assert!(e.message.contains("invalid systemd unit extension"), "{e}");
+    assert!(e.message.contains("unknown unit type .servic"), "{e}");
+
+    // A rule found by validating the output is mapped back to the TOML key.
+    let e = build_err(
+        "[[storage.filesystems]]\ndevice = \"/dev/sdb1\"\nformat = \"ext4\"\n\n[[storage.filesystems]]\ndevice = \"/dev/sdc1\"\nformat = \"vfat\"\nlabel = \"longer-than-11\"\n",
+        &[],
+    );
+    assert_eq!(e.key, "storage.filesystems[1].label");
+    assert_eq!(e.pos, Some((8, 9)), "{e}");
+    assert!(e.message.contains("cannot be longer than 11"), "{e}");
 
     let e = build_err("[[storage.files]]\npath = \"etc/relative\"\n", &[]);
     assert_eq!(
@@ -756,4 +766,45 @@ fn build_output_is_private_and_a_directory_output_is_refused_cleanly() {
         std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
         0o600
     );
+}
+
+/// Values Ignition's own validation accepts but that fail at first boot (or are not what
+/// was meant) are refused at build time, each at its file, key and line.
+#[test]
+fn values_are_checked_at_the_door_with_file_key_and_line() {
+    let u = "[[passwd.users]]\n";
+    let f = "[[storage.files]]\npath = \"/etc/x\"\n";
+    let cases: Vec<(String, &str, (usize, usize), &str)> = vec![
+        (format!("{u}name = \"bad name\"\n"), "passwd.users[0].name", (2, 8), "not a valid user or group name"),
+        (format!("{u}name = \"1x\"\n"), "passwd.users[0].name", (2, 8), "not a valid user or group name"),
+        (format!("{u}name = \"core\"\nuid = -1\n"), "passwd.users[0].uid", (3, 7), "not a valid user or group id"),
+        (format!("{u}name = \"core\"\nuid = 4294967296\n"), "passwd.users[0].uid", (3, 7), "not a valid user or group id"),
+        (format!("{u}name = \"core\"\ngroups = [\"wheel\", \"a:b\"]\n"), "passwd.users[0].groups[1]", (3, 20), "not a valid user or group name"),
+        (format!("{u}name = \"core\"\nprimary_group = \"\"\n"), "passwd.users[0].primary_group", (3, 17), "not a valid"),
+        (format!("{u}name = \"core\"\nhome_dir = \"home/core\"\n"), "passwd.users[0].home_dir", (3, 12), "not an absolute path"),
+        (format!("{u}name = \"core\"\nshell = \"/bin//bash\"\n"), "passwd.users[0].shell", (3, 9), "not normalized"),
+        ("[[passwd.groups]]\nname = \"g\"\ngid = 65535\n".into(), "passwd.groups[0].gid", (3, 7), "except 65535"),
+        (format!("{f}user.name = \"no body\"\n"), "storage.files[0].user.name", (3, 13), "not a valid user or group name"),
+        (format!("{f}group.id = -5\n"), "storage.files[0].group.id", (3, 12), "not a valid user or group id"),
+        (format!("{f}contents.source = \"https://h:99999/x\"\n"), "storage.files[0].contents.source", (3, 19), "invalid port"),
+        (format!("{f}contents.source = \"http:///x\"\n"), "storage.files[0].contents.source", (3, 19), "no host"),
+        ("[ignition.proxy]\nhttp_proxy = \"proxy:3128\"\n".into(), "ignition.proxy.http_proxy", (2, 14), "not a URL"),
+        ("[ignition.timeouts]\nhttp_total = -1\n".into(), "ignition.timeouts.http_total", (2, 14), "negative"),
+        ("[[storage.directories]]\npath = \"/var/x/\"\n".into(), "storage.directories[0].path", (2, 8), "not normalized"),
+        ("[[storage.trees]]\nlocal = \"t\"\npath = \"/opt/../etc\"\n".into(), "storage.trees[0].path", (3, 8), "not normalized"),
+        ("[[storage.disks]]\ndevice = \"/dev/vdb\"\npartitions = [{ number = 200 }]\n".into(), "storage.disks[0].partitions[0].number", (3, 26), "1-128"),
+        ("[[storage.disks]]\ndevice = \"/dev/vdb\"\npartitions = [{ number = 1, size_mib = -4 }]\n".into(), "storage.disks[0].partitions[0].size_mib", (3, 40), "negative"),
+        ("[[storage.disks]]\ndevice = \"/dev/vdb\"\npartitions = [{ label = \"a:b\" }]\n".into(), "storage.disks[0].partitions[0].label", (3, 25), "':'"),
+        ("[[storage.luks]]\nname = \"d\"\ndevice = \"/dev/vdb\"\nclevis.tang = [{ url = \"tang.example\", thumbprint = \"x\" }]\n".into(), "storage.luks[0].clevis.tang[0].url", (4, 24), "not a URL"),
+        ("[[systemd.units]]\nname = \"../../etc/evil.service\"\n".into(), "systemd.units[0].name", (2, 8), "not allowed"),
+        ("[[systemd.units]]\nname = \"a.service\"\n[[systemd.units.dropins]]\nname = \"../x.conf\"\ncontents = \"\"\n".into(), "systemd.units[0].dropins[0].name", (4, 8), "plain file name"),
+        ("[kernel_arguments]\nshould_exist = [\"ok\", \"ostree=/x\"]\n".into(), "kernel_arguments.should_exist[1]", (2, 23), "managed by kiln"),
+        ("[kernel_arguments]\nshould_not_exist = [\"a b\"]\n".into(), "kernel_arguments.should_not_exist[0]", (2, 21), "whitespace"),
+    ];
+    for (toml, key, pos, msg) in cases {
+        let e = build_err(&toml, &[]);
+        assert_eq!(e.key, key, "{toml}\n{e}");
+        assert_eq!(e.pos, Some(pos), "{toml}\n{e}");
+        assert!(e.message.contains(msg), "{toml}\n{e}");
+    }
 }

@@ -427,8 +427,257 @@ fn tree(
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------
+// Values checked at the door: each with the crate's one rule for its kind
+// (crate::validate, crate::recipe::validate::unit_name), so a config that Ignition's own
+// validation would accept but that fails at first boot (useradd refusing a name, a unit
+// written outside /etc/systemd/system, a uid of -1) is refused at build time, located.
+
+fn chk(key: &KeyPath, r: Result<(), String>) -> R<()> {
+    r.map_err(|m| terr(key, m))
+}
+
+fn chk_owner(o: &Option<OwnerSrc>, key: &KeyPath) -> R<()> {
+    if let Some(o) = o {
+        if let Some(n) = &o.name {
+            chk(&key.k("name"), crate::validate::account_name(n))?;
+        }
+        if let Some(id) = o.id {
+            chk(&key.k("id"), crate::validate::account_id(id))?;
+        }
+    }
+    Ok(())
+}
+
+/// An http(s) source or proxy URL goes through [`crate::validate::url`]; other schemes
+/// (data, tftp, s3, gs) are left to Ignition's rules in the validator.
+fn chk_url(u: &str, key: &KeyPath) -> R<()> {
+    let lower = u.get(..8).unwrap_or(u).to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        chk(key, crate::validate::url(u, crate::validate::Schemes::Http))?;
+    }
+    Ok(())
+}
+
+fn chk_resource(r: &ResourceSrc, key: &KeyPath) -> R<()> {
+    if let Some(src) = &r.source {
+        chk_url(src, &key.k("source"))?;
+    }
+    Ok(())
+}
+
+fn chk_mib(v: Option<i64>, key: &KeyPath) -> R<()> {
+    match v {
+        Some(n) if n < 0 => Err(terr(
+            key,
+            format!("{n} MiB: a size or offset cannot be negative"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks every value of the source with its kind's rule.
+pub fn check_values(s: &Source) -> R<()> {
+    use crate::validate::{abs_path, account_id, account_name, kernel_arg, user_kernel_arg};
+    let root = KeyPath::default();
+    let ki = root.k("ignition");
+    if let Some(c) = &s.ignition.config {
+        for (i, r) in c.merge.iter().enumerate() {
+            chk_resource(r, &ki.k("config").k("merge").i(i))?;
+        }
+        if let Some(r) = &c.replace {
+            chk_resource(r, &ki.k("config").k("replace"))?;
+        }
+    }
+    if let Some(t) = &s.ignition.timeouts {
+        for (v, k) in [
+            (t.http_response_headers, "http_response_headers"),
+            (t.http_total, "http_total"),
+        ] {
+            if v.is_some_and(|v| v < 0) {
+                return Err(terr(
+                    &ki.k("timeouts").k(k),
+                    "a timeout cannot be negative (0 means the default)",
+                ));
+            }
+        }
+    }
+    if let Some(tls) = s.ignition.security.as_ref().and_then(|x| x.tls.as_ref()) {
+        for (i, r) in tls.certificate_authorities.iter().enumerate() {
+            chk_resource(
+                r,
+                &ki.k("security").k("tls").k("certificate_authorities").i(i),
+            )?;
+        }
+    }
+    if let Some(p) = &s.ignition.proxy {
+        let kp = ki.k("proxy");
+        for (v, k) in [
+            (&p.http_proxy, "http_proxy"),
+            (&p.https_proxy, "https_proxy"),
+        ] {
+            if let Some(u) = v {
+                chk(
+                    &kp.k(k),
+                    crate::validate::url(u, crate::validate::Schemes::Http),
+                )?;
+            }
+        }
+    }
+
+    let kp = root.k("passwd");
+    for (i, u) in s.passwd.users.iter().enumerate() {
+        let ku = kp.k("users").i(i);
+        chk(&ku.k("name"), account_name(&u.name))?;
+        if let Some(id) = u.uid {
+            chk(&ku.k("uid"), account_id(id))?;
+        }
+        for (j, g) in u.groups.iter().enumerate() {
+            chk(&ku.k("groups").i(j), account_name(g))?;
+        }
+        if let Some(g) = &u.primary_group {
+            chk(&ku.k("primary_group"), account_name(g))?;
+        }
+        if let Some(h) = &u.home_dir {
+            chk(&ku.k("home_dir"), abs_path(h))?;
+        }
+        if let Some(sh) = &u.shell {
+            chk(&ku.k("shell"), abs_path(sh))?;
+        }
+    }
+    for (i, g) in s.passwd.groups.iter().enumerate() {
+        let kg = kp.k("groups").i(i);
+        chk(&kg.k("name"), account_name(&g.name))?;
+        if let Some(id) = g.gid {
+            chk(&kg.k("gid"), account_id(id))?;
+        }
+    }
+
+    let ks = root.k("storage");
+    let st = &s.storage;
+    for (i, f) in st.files.iter().enumerate() {
+        let kf = ks.k("files").i(i);
+        chk(&kf.k("path"), abs_path(&f.path))?;
+        chk_owner(&f.user, &kf.k("user"))?;
+        chk_owner(&f.group, &kf.k("group"))?;
+        if let Some(c) = &f.contents {
+            chk_resource(c, &kf.k("contents"))?;
+        }
+        for (j, a) in f.append.iter().enumerate() {
+            chk_resource(a, &kf.k("append").i(j))?;
+        }
+    }
+    for (i, d) in st.directories.iter().enumerate() {
+        let kd = ks.k("directories").i(i);
+        chk(&kd.k("path"), abs_path(&d.path))?;
+        chk_owner(&d.user, &kd.k("user"))?;
+        chk_owner(&d.group, &kd.k("group"))?;
+    }
+    for (i, l) in st.links.iter().enumerate() {
+        let kl = ks.k("links").i(i);
+        chk(&kl.k("path"), abs_path(&l.path))?;
+        if l.target.is_empty() || l.target.contains('\0') {
+            return Err(terr(
+                &kl.k("target"),
+                "a link needs a target (no NUL bytes)",
+            ));
+        }
+        chk_owner(&l.user, &kl.k("user"))?;
+        chk_owner(&l.group, &kl.k("group"))?;
+    }
+    for (i, t) in st.trees.iter().enumerate() {
+        let kt = ks.k("trees").i(i);
+        if let Some(p) = &t.path {
+            chk(&kt.k("path"), abs_path(p))?;
+        }
+        chk_owner(&t.user, &kt.k("user"))?;
+        chk_owner(&t.group, &kt.k("group"))?;
+    }
+    for (i, d) in st.disks.iter().enumerate() {
+        let kd = ks.k("disks").i(i);
+        chk(&kd.k("device"), abs_path(&d.device))?;
+        for (j, p) in d.partitions.iter().enumerate() {
+            let kp = kd.k("partitions").i(j);
+            if let Some(n) = p.number {
+                if !(0..=128).contains(&n) {
+                    return Err(terr(
+                        &kp.k("number"),
+                        format!("partition number {n}: GPT numbers partitions 1-128 (0: the next free one)"),
+                    ));
+                }
+            }
+            chk_mib(p.size_mib, &kp.k("size_mib"))?;
+            chk_mib(p.start_mib, &kp.k("start_mib"))?;
+            if let Some(l) = &p.label {
+                if l.contains(':') || l.chars().any(char::is_control) {
+                    return Err(terr(
+                        &kp.k("label"),
+                        format!("partition label {l:?} contains ':' or a control character, which sgdisk cannot set"),
+                    ));
+                }
+            }
+        }
+    }
+    for (i, f) in st.filesystems.iter().enumerate() {
+        let kf = ks.k("filesystems").i(i);
+        chk(&kf.k("device"), abs_path(&f.device))?;
+        if let Some(p) = &f.path {
+            chk(&kf.k("path"), abs_path(p))?;
+        }
+    }
+    for (i, l) in st.luks.iter().enumerate() {
+        let kl = ks.k("luks").i(i);
+        chk(&kl.k("device"), abs_path(&l.device))?;
+        if let Some(k) = &l.key_file {
+            chk_resource(k, &kl.k("key_file"))?;
+        }
+        if let Some(c) = &l.clevis {
+            for (j, t) in c.tang.iter().enumerate() {
+                chk(
+                    &kl.k("clevis").k("tang").i(j).k("url"),
+                    crate::validate::url(&t.url, crate::validate::Schemes::Http),
+                )?;
+            }
+        }
+    }
+    for (i, r) in st.raid.iter().enumerate() {
+        for (j, d) in r.devices.iter().enumerate() {
+            chk(&ks.k("raid").i(i).k("devices").i(j), abs_path(d))?;
+        }
+    }
+
+    let kd = root.k("systemd").k("units");
+    for (i, u) in s.systemd.units.iter().enumerate() {
+        let ku = kd.i(i);
+        chk(&ku.k("name"), crate::recipe::validate::unit_name(&u.name))?;
+        for (j, d) in u.dropins.iter().enumerate() {
+            let n = &d.name;
+            if n.is_empty()
+                || n.contains('/')
+                || n.starts_with('.')
+                || n.chars().any(char::is_control)
+            {
+                return Err(terr(
+                    &ku.k("dropins").i(j).k("name"),
+                    format!("drop-in name {n:?} must be a plain file name such as 10-env.conf"),
+                ));
+            }
+        }
+    }
+
+    let kk = root.k("kernel_arguments");
+    for (i, k) in s.kernel_arguments.should_exist.iter().enumerate() {
+        chk(&kk.k("should_exist").i(i), user_kernel_arg(k))?;
+    }
+    for (i, k) in s.kernel_arguments.should_not_exist.iter().enumerate() {
+        chk(&kk.k("should_not_exist").i(i), kernel_arg(k))?;
+    }
+    Ok(())
+}
+
 /// Builds the Ignition config from a merged source.
 pub fn transpile(ctx: &Ctx, s: &Source) -> R<ign::Config> {
+    check_values(s)?;
     let mut cfg = ign::Config::default();
     let root = KeyPath::default();
 
