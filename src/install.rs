@@ -78,6 +78,14 @@ pub struct InstallArgs {
     /// applied on first boot.
     #[arg(long, value_name = "FILE|URL")]
     pub ignition: Option<String>,
+    /// Expected hash of the Ignition config, `sha256-<hex>` or `sha512-<hex>`; the config is
+    /// refused unless it matches. Required for a plain http:// --ignition URL.
+    #[arg(long, value_name = "sha256-HEX", requires = "ignition")]
+    pub ignition_hash: Option<String>,
+    /// Accept a plain http:// --ignition URL without --ignition-hash (anyone on the network
+    /// path can then change the machine's configuration).
+    #[arg(long, requires = "ignition")]
+    pub insecure_ignition: bool,
     /// Kernel argument to append (repeatable).
     #[arg(long = "karg", value_name = "K=V")]
     pub kargs: Vec<String>,
@@ -136,6 +144,10 @@ pub struct InstallOptions {
     pub source: ImageSource,
     /// Ignition config: a file path or an http(s) URL.
     pub ignition: Option<String>,
+    /// Expected hash of the Ignition config (`sha256-<hex>` or `sha512-<hex>`).
+    pub ignition_hash: Option<String>,
+    /// Accept a plain http:// Ignition URL without a hash.
+    pub insecure_ignition: bool,
     /// Kernel arguments to append.
     pub kargs: Vec<String>,
     pub platform: Platform,
@@ -1254,8 +1266,83 @@ fn provision(
     Ok(Provisioned { kargs, ignition })
 }
 
+/// An expected hash of an Ignition config (`--ignition-hash`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IgnitionHash {
+    Sha256(String),
+    Sha512(String),
+}
+
+impl IgnitionHash {
+    /// Parses `sha256-<64 hex>` or `sha512-<128 hex>` (Ignition's own spelling).
+    pub fn parse(s: &str) -> std::result::Result<IgnitionHash, String> {
+        let bad = || {
+            format!(
+                "{s:?} is not an Ignition config hash: write sha256-<64 hex digits> or \
+                 sha512-<128 hex digits> (e.g. sha256-$(sha256sum config.ign | cut -d' ' -f1))"
+            )
+        };
+        let (func, hex) = s.split_once('-').ok_or_else(bad)?;
+        let hex = hex.to_ascii_lowercase();
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        match (func, hex.len()) {
+            ("sha256", 64) => Ok(IgnitionHash::Sha256(hex)),
+            ("sha512", 128) => Ok(IgnitionHash::Sha512(hex)),
+            _ => Err(bad()),
+        }
+    }
+
+    /// Checks `data` against the hash; the message names both sums.
+    pub fn verify(&self, data: &[u8]) -> std::result::Result<(), String> {
+        let (name, want, got) = match self {
+            IgnitionHash::Sha256(w) => ("sha256", w, hex::encode(Sha256::digest(data))),
+            IgnitionHash::Sha512(w) => ("sha512", w, hex::encode(sha2::Sha512::digest(data))),
+        };
+        if *want == got {
+            Ok(())
+        } else {
+            Err(format!(
+                "the Ignition config's {name} is {got}, not the expected {want}: refusing it"
+            ))
+        }
+    }
+}
+
+/// Decides whether an Ignition source may be used, before anything is fetched or written:
+/// a URL must be a valid http(s) URL ([`crate::validate::url`]); a plain `http://` URL
+/// needs a hash (anyone on the network path could otherwise hand the machine a config of
+/// their choosing, as coreos-installer also refuses) unless `insecure`. Returns the parsed
+/// hash. `hash_key`/`insecure_key` name the options in messages.
+pub fn ignition_policy(
+    src: &str,
+    hash: Option<&str>,
+    insecure: bool,
+) -> std::result::Result<Option<IgnitionHash>, (&'static str, String)> {
+    let hash = hash
+        .map(IgnitionHash::parse)
+        .transpose()
+        .map_err(|m| ("--ignition-hash", m))?;
+    if src.contains("://") {
+        crate::validate::url(src, crate::validate::Schemes::Http).map_err(|m| ("--ignition", m))?;
+        if crate::validate::is_plain_http(src) && hash.is_none() && !insecure {
+            return Err((
+                "--ignition",
+                format!(
+                    "{src} is plain http: anyone on the network path could change the config \
+                     and so own the machine. Give its hash with --ignition-hash \
+                     sha256-<hex>, serve it over https://, or accept the risk with \
+                     --insecure-ignition"
+                ),
+            ));
+        }
+    }
+    Ok(hash)
+}
+
 /// Reads the Ignition config from a file or URL and checks it.
-fn load_ignition(src: &str, work: &Path) -> Result<String> {
+fn load_ignition(src: &str, hash: Option<&IgnitionHash>, work: &Path) -> Result<String> {
     let bytes = if is_url(src) {
         fetch_small(src, MAX_IGNITION_BYTES, work)?.ok_or_else(|| {
             InputError::new(src, "Ignition config not found (HTTP 404)").key("--ignition")
@@ -1271,6 +1358,10 @@ fn load_ignition(src: &str, work: &Path) -> Result<String> {
             Err(e) => return Err(e).with_context(|| format!("reading {src}")),
         }
     };
+    if let Some(h) = hash {
+        h.verify(&bytes)
+            .map_err(|m| anyhow::anyhow!("{src}: {m}"))?;
+    }
     let text = String::from_utf8(bytes)
         .map_err(|_| InputError::new(src, "the Ignition config is not UTF-8 text"))?;
     image::check_ignition_config(&text, src)?;
@@ -1297,6 +1388,16 @@ fn preflight(opts: &InstallOptions) -> Result<()> {
     Ok(())
 }
 
+/// A disk-image file that will hold an Ignition config (password hashes, keys) loses group
+/// and other access before anything is written to it. Block devices keep their mode
+/// (udev's, root-only writable and readable by the disk group).
+fn private_target(out: &Out, has_ignition: bool) -> Result<()> {
+    if has_ignition && out.target.kind == TargetKind::File {
+        crate::ignition::make_private(&out.file, &out.target.path)?;
+    }
+    Ok(())
+}
+
 /// Zeroes the head of a partly written disk so it cannot pass for an installed one.
 fn invalidate(out: &Out) {
     let _ = out.zero(0, HEAD.min(out.target.size));
@@ -1307,6 +1408,11 @@ fn invalidate(out: &Out) {
 pub fn install(opts: &InstallOptions, p: &mut Progress) -> Result<InstallResult> {
     check_kargs(&opts.kargs)?;
     let sha = opts.image_sha256.as_deref().map(parse_sha256).transpose()?;
+    let ignition_hash = match &opts.ignition {
+        Some(src) => ignition_policy(src, opts.ignition_hash.as_deref(), opts.insecure_ignition)
+            .map_err(|(key, m)| InputError::new("command line", m).key(key))?,
+        None => None,
+    };
     preflight(opts)?;
     let work = tempfile::Builder::new()
         .prefix("kiln-install-")
@@ -1316,7 +1422,7 @@ pub fn install(opts: &InstallOptions, p: &mut Progress) -> Result<InstallResult>
     let ignition = opts
         .ignition
         .as_deref()
-        .map(|s| load_ignition(s, work.path()))
+        .map(|s| load_ignition(s, ignition_hash.as_ref(), work.path()))
         .transpose()?;
     let target = Target::inspect(&opts.device)?;
     let dev_name = target.path.display().to_string();
@@ -1368,7 +1474,8 @@ pub fn install(opts: &InstallOptions, p: &mut Progress) -> Result<InstallResult>
             let ign_file = match &ignition {
                 Some(text) => {
                     let f = bdir.join("config.ign");
-                    std::fs::write(&f, text).context("staging the Ignition config")?;
+                    crate::ignition::write_private_atomic(&f, text.as_bytes())
+                        .context("staging the Ignition config")?;
                     Some(f)
                 }
                 None => None,
@@ -1444,6 +1551,7 @@ pub fn install(opts: &InstallOptions, p: &mut Progress) -> Result<InstallResult>
                 .into());
             }
             let out = Out::open(&target)?;
+            private_target(&out, ignition.is_some())?;
             out.zero(0, HEAD.min(target.size))?;
             out.zero(target.size.saturating_sub(HEAD), HEAD.min(target.size))?;
             let mut stage = p.bytes_stage("write", resolved.size.or(resolved.file_size));
@@ -1490,6 +1598,7 @@ pub fn install(opts: &InstallOptions, p: &mut Progress) -> Result<InstallResult>
             let vsize = qcow2_virtual_size(&local)?;
             check_fits(&target, vsize, &source.describe())?;
             let out = Out::open(&target)?;
+            private_target(&out, ignition.is_some())?;
             out.zero(0, HEAD.min(target.size))?;
             out.zero(target.size.saturating_sub(HEAD), HEAD.min(target.size))?;
             let mut stage = p.bytes_stage("write", Some(vsize));
@@ -1586,6 +1695,8 @@ pub fn cmd_install(a: InstallArgs) -> Result<()> {
         device: a.device,
         source,
         ignition: a.ignition,
+        ignition_hash: a.ignition_hash,
+        insecure_ignition: a.insecure_ignition,
         kargs: a.kargs,
         platform: a.platform,
         image_sha256: a.image_sha256,
@@ -1648,6 +1759,62 @@ mod tests {
         );
         assert_eq!(manifest_url("http://host/"), None);
         assert_eq!(manifest_url("http://host"), None);
+    }
+
+    #[test]
+    fn plain_http_ignition_needs_a_hash_or_insecure() {
+        let h256 = format!("sha256-{}", "ab".repeat(32));
+        let h512 = format!("sha512-{}", "CD".repeat(64));
+        // https and files: fine without a hash.
+        assert_eq!(ignition_policy("https://h/c.ign", None, false), Ok(None));
+        assert_eq!(ignition_policy("/srv/c.ign", None, false), Ok(None));
+        assert_eq!(ignition_policy("c.ign", None, false), Ok(None));
+        // Plain http: refused without a hash, naming the way out.
+        let (key, m) = ignition_policy("http://10.0.0.1/c.ign", None, false).unwrap_err();
+        assert_eq!(key, "--ignition");
+        assert!(
+            m.contains("--ignition-hash") && m.contains("--insecure-ignition"),
+            "{m}"
+        );
+        assert!(ignition_policy("HTTP://10.0.0.1/c.ign", None, false).is_err());
+        // ... accepted with a hash or the explicit flag.
+        assert_eq!(
+            ignition_policy("http://10.0.0.1/c.ign", Some(&h256), false),
+            Ok(Some(IgnitionHash::Sha256("ab".repeat(32))))
+        );
+        assert_eq!(
+            ignition_policy("http://10.0.0.1/c.ign", Some(&h512), false),
+            Ok(Some(IgnitionHash::Sha512("cd".repeat(64))))
+        );
+        assert_eq!(ignition_policy("http://h/c.ign", None, true), Ok(None));
+        // Bad hashes and URLs are refused at the door.
+        for bad in [
+            "ab".repeat(32),
+            format!("md5-{}", "ab".repeat(16)),
+            format!("sha256-{}", "ab".repeat(31)),
+            format!("sha256-{}", "zz".repeat(32)),
+            format!("sha512-{}", "ab".repeat(32)),
+        ] {
+            let (key, _) = ignition_policy("https://h/c", Some(&bad), false).unwrap_err();
+            assert_eq!(key, "--ignition-hash", "{bad}");
+        }
+        for bad in ["http:///c.ign", "ftp://h/c.ign", "https://h:0/c"] {
+            assert!(ignition_policy(bad, Some(&h256), true).is_err(), "{bad}");
+        }
+        // Verification.
+        let data = b"{\"ignition\":{\"version\":\"3.3.0\"}}";
+        let good =
+            IgnitionHash::parse(&format!("sha256-{}", hex::encode(Sha256::digest(data)))).unwrap();
+        good.verify(data).unwrap();
+        let e = good.verify(b"{}").unwrap_err();
+        assert!(e.contains("not the expected"), "{e}");
+        let good512 = IgnitionHash::parse(&format!(
+            "sha512-{}",
+            hex::encode(sha2::Sha512::digest(data))
+        ))
+        .unwrap();
+        good512.verify(data).unwrap();
+        assert!(good512.verify(b"x").is_err());
     }
 
     #[test]

@@ -298,6 +298,62 @@ pub fn file_kind(ft: std::fs::FileType) -> &'static str {
     }
 }
 
+/// A user or group name, as `useradd`/`groupadd` and systemd accept everywhere: 1–32
+/// characters, a letter or `_` first, then letters, digits, `_`, `.` and `-`, optionally
+/// ending in `$` (Samba machine accounts).
+pub fn account_name(s: &str) -> Result<(), String> {
+    let body = s.strip_suffix('$').unwrap_or(s);
+    let ok = !body.is_empty()
+        && s.len() <= 32
+        && body
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a valid user or group name: 1-32 characters, a letter or '_' \
+             first, then letters, digits, '_', '.' or '-'"
+        ))
+    }
+}
+
+/// A numeric user or group id: 0–4294967294, not 65535 (the 16-bit "nobody" that
+/// systemd and many tools treat as invalid) nor 4294967295 (`(uid_t)-1`).
+pub fn account_id(n: i64) -> Result<(), String> {
+    if !(0..=4_294_967_294).contains(&n) || n == 65535 {
+        return Err(format!(
+            "{n} is not a valid user or group id: use 0-4294967294, except 65535"
+        ));
+    }
+    Ok(())
+}
+
+/// A path on the target machine: absolute, normalized (no empty, `.` or `..`
+/// components, no trailing `/`), no control characters.
+pub fn abs_path(s: &str) -> Result<(), String> {
+    if !s.starts_with('/') {
+        return Err(format!("{s:?} is not an absolute path"));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(format!("path {s:?} contains the control character {c:?}"));
+    }
+    if s != "/"
+        && s[1..]
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!(
+            "path {s:?} is not normalized (no '//', '.', '..' or trailing '/')"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,5 +471,37 @@ mod tests {
             read_regular_file(&d.path().join("big"), 11).unwrap().len(),
             11
         );
+    }
+
+    #[test]
+    fn accounts_units_and_paths() {
+        for ok in ["core", "_apt", "a.b-c", "host$", "A1"] {
+            assert!(account_name(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "1abc",
+            "-x",
+            "a b",
+            "a:b",
+            "a/b",
+            "$",
+            &"a".repeat(33),
+            "ü",
+        ] {
+            assert!(account_name(bad).is_err(), "{bad:?}");
+        }
+        for ok in [0, 1000, 65534, 65536, 4_294_967_294] {
+            assert!(account_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [-1, 65535, 4_294_967_295, i64::MAX] {
+            assert!(account_id(bad).is_err(), "{bad}");
+        }
+        for ok in ["/", "/var/home/core", "/bin/bash"] {
+            assert!(abs_path(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", "home", "/a//b", "/a/./b", "/a/../b", "/a/", "/a\nb"] {
+            assert!(abs_path(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -291,14 +291,24 @@ fn toml_errors_name_file_key_and_line() {
     assert_eq!(e.pos, Some((3, 8)), "{e}");
     assert!(e.message.contains("decimal 420 is octal 0644"), "{e}");
 
-    // A rule found by validating the output is mapped back to the TOML key.
+    // A unit name is checked at the door with the recipe's unit-name rule (before issue 18
+    // the JSON validator found it: "invalid systemd unit extension").
     let e = build_err(
         "[[systemd.units]]\nname = \"ok.service\"\n\n[[systemd.units]]\nname = \"bad.servic\"\n",
         &[],
     );
     assert_eq!(e.key, "systemd.units[1].name");
     assert_eq!(e.pos, Some((5, 8)), "{e}");
-    assert!(e.message.contains("invalid systemd unit extension"), "{e}");
+    assert!(e.message.contains("unknown unit type .servic"), "{e}");
+
+    // A rule found by validating the output is mapped back to the TOML key.
+    let e = build_err(
+        "[[storage.filesystems]]\ndevice = \"/dev/sdb1\"\nformat = \"ext4\"\n\n[[storage.filesystems]]\ndevice = \"/dev/sdc1\"\nformat = \"vfat\"\nlabel = \"longer-than-11\"\n",
+        &[],
+    );
+    assert_eq!(e.key, "storage.filesystems[1].label");
+    assert_eq!(e.pos, Some((8, 9)), "{e}");
+    assert!(e.message.contains("cannot be longer than 11"), "{e}");
 
     let e = build_err("[[storage.files]]\npath = \"etc/relative\"\n", &[]);
     assert_eq!(
@@ -479,4 +489,322 @@ fn valid_json_corpus_is_accepted_by_both_with_the_same_warnings() {
         n += 1;
     }
     assert!(n >= 4);
+}
+
+/// Builds `toml` as `cfg/c.toml` in a fresh directory, `cfg/` prepared by `setup`, on a
+/// thread: a build that blocks (a FIFO read) fails the test instead of hanging it.
+fn build_in(toml: &str, setup: impl FnOnce(&Path)) -> (tempfile::TempDir, anyhow::Result<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_dir = dir.path().join("cfg");
+    std::fs::create_dir(&cfg_dir).unwrap();
+    let p = cfg_dir.join("c.toml");
+    std::fs::write(&p, toml).unwrap();
+    setup(&cfg_dir);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(build_config(&p, None, None));
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("kiln ignition build blocked (reading a FIFO?)");
+    (dir, r)
+}
+
+fn input_err(r: anyhow::Result<String>) -> InputError {
+    let e = r.expect_err("accepted");
+    e.downcast::<InputError>()
+        .unwrap_or_else(|e| panic!("not an InputError: {e:#}"))
+}
+
+fn mkfifo(p: &Path) {
+    let st = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+const SECRET: &str = "host-secret-4711";
+
+/// A host file outside the files directory `dir` (beside it) the configs try to reach.
+fn outside_secret(dir: &Path) -> PathBuf {
+    let s = dir.parent().unwrap().join("outside/shadow");
+    std::fs::create_dir_all(s.parent().unwrap()).unwrap();
+    std::fs::write(&s, format!("root:{SECRET}:19000::::::\n")).unwrap();
+    s
+}
+
+#[test]
+fn local_files_never_follow_a_symlink_out_of_the_files_dir() {
+    use std::os::unix::fs::symlink;
+    let cases: &[(&str, &str, (usize, usize))] = &[
+        (
+            "[[storage.files]]\npath = \"/etc/x\"\ncontents.local = \"files/link\"\n",
+            "storage.files[0].contents.local",
+            (3, 18),
+        ),
+        (
+            "[[storage.files]]\npath = \"/etc/x\"\nappend = [{ local = \"files/link\" }]\n",
+            "storage.files[0].append[0].local",
+            (3, 21),
+        ),
+        (
+            "[[passwd.users]]\nname = \"core\"\nssh_authorized_keys_local = [\"files/link\"]\n",
+            "passwd.users[0].ssh_authorized_keys_local[0]",
+            (3, 30),
+        ),
+        (
+            "[[systemd.units]]\nname = \"a.service\"\ncontents_local = \"files/link\"\n",
+            "systemd.units[0].contents_local",
+            (3, 18),
+        ),
+        (
+            "[[storage.trees]]\nlocal = \"files/linkdir\"\npath = \"/etc\"\n",
+            "storage.trees[0].local",
+            (2, 9),
+        ),
+        (
+            "[[storage.files]]\npath = \"/etc/x\"\ncontents.local = \"files/sub/../../outside/shadow\"\n",
+            "storage.files[0].contents.local",
+            (3, 18),
+        ),
+    ];
+    for (toml, key, pos) in cases {
+        let (_d, r) = build_in(toml, |d| {
+            let secret = outside_secret(d);
+            std::fs::create_dir_all(d.join("files/sub")).unwrap();
+            symlink(&secret, d.join("files/link")).unwrap();
+            symlink(secret.parent().unwrap(), d.join("files/linkdir")).unwrap();
+        });
+        if let Ok(json) = &r {
+            assert!(!json.contains(SECRET), "{toml}: the host file leaked");
+        }
+        let e = input_err(r);
+        assert!(e.file.ends_with("c.toml"), "{e}");
+        assert_eq!(e.key, *key, "{e}");
+        assert_eq!(e.pos, Some(*pos), "{e}");
+        assert!(
+            e.message.contains("outside the files directory") || e.message.contains("'..'"),
+            "{e}"
+        );
+    }
+    // A symlink that stays inside the files directory is fine.
+    let (_d, r) = build_in(
+        "[[storage.files]]\npath = \"/etc/x\"\ncontents.local = \"files/in\"\n",
+        |d| {
+            std::fs::create_dir_all(d.join("files")).unwrap();
+            std::fs::write(d.join("files/real"), "inside").unwrap();
+            symlink("real", d.join("files/in")).unwrap();
+        },
+    );
+    assert!(r.unwrap().contains("inside"));
+}
+
+#[test]
+fn tree_symlinks_become_links_and_may_not_leave_the_tree() {
+    use std::os::unix::fs::symlink;
+    let toml = "[[storage.trees]]\nlocal = \"tree\"\npath = \"/opt/t\"\n";
+    for (name, target) in [
+        ("abs", "/etc/shadow"),
+        ("up", "../outside/shadow"),
+        ("deep", "sub/../../x"),
+    ] {
+        let (_d, r) = build_in(toml, |d| {
+            outside_secret(d);
+            std::fs::create_dir_all(d.join("tree/sub")).unwrap();
+            std::fs::write(d.join("tree/sub/f"), "f").unwrap();
+            symlink(target, d.join("tree").join(name)).unwrap();
+        });
+        if let Ok(json) = &r {
+            assert!(!json.contains(SECRET), "{name}: the host file leaked");
+        }
+        let e = input_err(r);
+        assert_eq!(
+            (e.key.as_str(), e.pos),
+            ("storage.trees[0].local", Some((2, 9))),
+            "{e}"
+        );
+        assert!(e.message.contains("outside the tree"), "{e}");
+    }
+    // Links inside the tree (also from a subdirectory upwards) are kept as links; a
+    // symlinked directory is not descended into.
+    let (_d, r) = build_in(toml, |d| {
+        std::fs::create_dir_all(d.join("tree/sub")).unwrap();
+        std::fs::write(d.join("tree/sub/f"), "f").unwrap();
+        symlink("sub/f", d.join("tree/a")).unwrap();
+        symlink("../a", d.join("tree/sub/b")).unwrap();
+        symlink("sub", d.join("tree/dirlink")).unwrap();
+    });
+    let json = r.unwrap();
+    let (Config::V3_3(cfg), _) = Config::parse_str(&json).unwrap() else {
+        panic!()
+    };
+    let st = cfg.storage.unwrap();
+    let links = st.links.unwrap();
+    let l = |p: &str| {
+        links
+            .iter()
+            .find(|l| l.path == p)
+            .and_then(|l| l.target.clone())
+    };
+    assert_eq!(l("/opt/t/a").as_deref(), Some("sub/f"));
+    assert_eq!(l("/opt/t/sub/b").as_deref(), Some("../a"));
+    assert_eq!(l("/opt/t/dirlink").as_deref(), Some("sub"));
+    assert_eq!(st.files.unwrap().len(), 1);
+}
+
+#[test]
+fn fifos_and_sockets_are_refused_without_blocking() {
+    // A FIFO as contents.local.
+    let (_d, r) = build_in(
+        "[[storage.files]]\npath = \"/etc/x\"\ncontents.local = \"fifo\"\n",
+        |d| mkfifo(&d.join("fifo")),
+    );
+    let e = input_err(r);
+    assert_eq!(e.key, "storage.files[0].contents.local", "{e}");
+    assert_eq!(e.pos, Some((3, 18)), "{e}");
+    assert!(e.message.contains("FIFO"), "{e}");
+    // A FIFO as a unit file and as a key file.
+    let (_d, r) = build_in(
+        "[[systemd.units]]\nname = \"a.service\"\ncontents_local = \"fifo\"\n",
+        |d| mkfifo(&d.join("fifo")),
+    );
+    assert!(input_err(r).message.contains("FIFO"));
+    let (_d, r) = build_in(
+        "[[passwd.users]]\nname = \"core\"\nssh_authorized_keys_local = [\"fifo\"]\n",
+        |d| mkfifo(&d.join("fifo")),
+    );
+    assert!(input_err(r).message.contains("FIFO"));
+    // A FIFO and a socket inside a tree; a character device as contents.
+    let (_d, r) = build_in("[[storage.trees]]\nlocal = \"tree\"\n", |d| {
+        std::fs::create_dir_all(d.join("tree")).unwrap();
+        std::fs::write(d.join("tree/a"), "a").unwrap();
+        mkfifo(&d.join("tree/fifo"));
+    });
+    let e = input_err(r);
+    assert_eq!(e.key, "storage.trees[0].local", "{e}");
+    assert!(e.message.contains("fifo in the tree is a FIFO"), "{e}");
+    let (_d, r) = build_in("[[storage.trees]]\nlocal = \"tree\"\n", |d| {
+        std::fs::create_dir_all(d.join("tree")).unwrap();
+        std::os::unix::net::UnixListener::bind(d.join("tree/sock")).unwrap();
+    });
+    assert!(input_err(r).message.contains("a socket"));
+    let (_d, r) = build_in(
+        "[[storage.files]]\npath = \"/etc/x\"\ncontents.local = \"null\"\n",
+        |d| std::os::unix::fs::symlink("/dev/null", d.join("null")).unwrap(),
+    );
+    // /dev/null is outside the files directory, and a device anyway.
+    assert!(input_err(r).message.contains("outside the files directory"));
+}
+
+fn kiln(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn build_output_is_private_and_a_directory_output_is_refused_cleanly() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[[passwd.users]]\nname = \"core\"\npassword_hash = \"$y$j9T$secret\"\n",
+    )
+    .unwrap();
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    for o in [
+        outdir.clone(),
+        PathBuf::from(format!("{}/", outdir.display())),
+    ] {
+        let r = kiln(&[
+            "ignition".as_ref(),
+            "build".as_ref(),
+            cfg.as_os_str(),
+            "-o".as_ref(),
+            o.as_os_str(),
+        ]);
+        assert_eq!(r.status.code(), Some(2), "{r:?}");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains("is a directory"), "{err}");
+        // Nothing written anywhere: not in the directory, not beside it.
+        assert_eq!(std::fs::read_dir(&outdir).unwrap().count(), 0);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["c.toml", "out"], "leftovers");
+    }
+    // A file output is 0600 whatever the umask.
+    let out = dir.path().join("c.ign");
+    let r = kiln(&[
+        "ignition".as_ref(),
+        "build".as_ref(),
+        cfg.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(r.status.success(), "{r:?}");
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(std::fs::read_to_string(&out).unwrap().contains("secret"));
+    // Replacing an existing world-readable file gives a 0600 one.
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = kiln(&[
+        "ignition".as_ref(),
+        "build".as_ref(),
+        cfg.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(r.status.success());
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+/// Values Ignition's own validation accepts but that fail at first boot (or are not what
+/// was meant) are refused at build time, each at its file, key and line.
+#[test]
+fn values_are_checked_at_the_door_with_file_key_and_line() {
+    let u = "[[passwd.users]]\n";
+    let f = "[[storage.files]]\npath = \"/etc/x\"\n";
+    let cases: Vec<(String, &str, (usize, usize), &str)> = vec![
+        (format!("{u}name = \"bad name\"\n"), "passwd.users[0].name", (2, 8), "not a valid user or group name"),
+        (format!("{u}name = \"1x\"\n"), "passwd.users[0].name", (2, 8), "not a valid user or group name"),
+        (format!("{u}name = \"core\"\nuid = -1\n"), "passwd.users[0].uid", (3, 7), "not a valid user or group id"),
+        (format!("{u}name = \"core\"\nuid = 4294967296\n"), "passwd.users[0].uid", (3, 7), "not a valid user or group id"),
+        (format!("{u}name = \"core\"\ngroups = [\"wheel\", \"a:b\"]\n"), "passwd.users[0].groups[1]", (3, 20), "not a valid user or group name"),
+        (format!("{u}name = \"core\"\nprimary_group = \"\"\n"), "passwd.users[0].primary_group", (3, 17), "not a valid"),
+        (format!("{u}name = \"core\"\nhome_dir = \"home/core\"\n"), "passwd.users[0].home_dir", (3, 12), "not an absolute path"),
+        (format!("{u}name = \"core\"\nshell = \"/bin//bash\"\n"), "passwd.users[0].shell", (3, 9), "not normalized"),
+        ("[[passwd.groups]]\nname = \"g\"\ngid = 65535\n".into(), "passwd.groups[0].gid", (3, 7), "except 65535"),
+        (format!("{f}user.name = \"no body\"\n"), "storage.files[0].user.name", (3, 13), "not a valid user or group name"),
+        (format!("{f}group.id = -5\n"), "storage.files[0].group.id", (3, 12), "not a valid user or group id"),
+        (format!("{f}contents.source = \"https://h:99999/x\"\n"), "storage.files[0].contents.source", (3, 19), "invalid port"),
+        (format!("{f}contents.source = \"http:///x\"\n"), "storage.files[0].contents.source", (3, 19), "no host"),
+        ("[ignition.proxy]\nhttp_proxy = \"proxy:3128\"\n".into(), "ignition.proxy.http_proxy", (2, 14), "not a URL"),
+        ("[ignition.timeouts]\nhttp_total = -1\n".into(), "ignition.timeouts.http_total", (2, 14), "negative"),
+        ("[[storage.directories]]\npath = \"/var/x/\"\n".into(), "storage.directories[0].path", (2, 8), "not normalized"),
+        ("[[storage.trees]]\nlocal = \"t\"\npath = \"/opt/../etc\"\n".into(), "storage.trees[0].path", (3, 8), "not normalized"),
+        ("[[storage.disks]]\ndevice = \"/dev/vdb\"\npartitions = [{ number = 200 }]\n".into(), "storage.disks[0].partitions[0].number", (3, 26), "1-128"),
+        ("[[storage.disks]]\ndevice = \"/dev/vdb\"\npartitions = [{ number = 1, size_mib = -4 }]\n".into(), "storage.disks[0].partitions[0].size_mib", (3, 40), "negative"),
+        ("[[storage.disks]]\ndevice = \"/dev/vdb\"\npartitions = [{ label = \"a:b\" }]\n".into(), "storage.disks[0].partitions[0].label", (3, 25), "':'"),
+        ("[[storage.luks]]\nname = \"d\"\ndevice = \"/dev/vdb\"\nclevis.tang = [{ url = \"tang.example\", thumbprint = \"x\" }]\n".into(), "storage.luks[0].clevis.tang[0].url", (4, 24), "not a URL"),
+        ("[[systemd.units]]\nname = \"../../etc/evil.service\"\n".into(), "systemd.units[0].name", (2, 8), "not allowed"),
+        ("[[systemd.units]]\nname = \"a.service\"\n[[systemd.units.dropins]]\nname = \"../x.conf\"\ncontents = \"\"\n".into(), "systemd.units[0].dropins[0].name", (4, 8), "plain file name"),
+        ("[kernel_arguments]\nshould_exist = [\"ok\", \"ostree=/x\"]\n".into(), "kernel_arguments.should_exist[1]", (2, 23), "managed by kiln"),
+        ("[kernel_arguments]\nshould_not_exist = [\"a b\"]\n".into(), "kernel_arguments.should_not_exist[0]", (2, 21), "whitespace"),
+    ];
+    for (toml, key, pos, msg) in cases {
+        let e = build_err(&toml, &[]);
+        assert_eq!(e.key, key, "{toml}\n{e}");
+        assert_eq!(e.pos, Some(pos), "{toml}\n{e}");
+        assert!(e.message.contains(msg), "{toml}\n{e}");
+    }
 }

@@ -400,12 +400,20 @@ fn url_install_is_verified_and_a_bad_sha256_is_never_accepted() {
     let target = sparse(&t.path().join("ok.img"), 3 * 1024 * MIB);
     let (cfg, text) = ignition_config(t.path());
     std::fs::copy(&cfg, good.join("config.ign")).unwrap();
+    // A config over plain http needs its hash (without one it is refused: see
+    // tests/ignition_secrets.rs).
+    let ign_hash = format!(
+        "sha256-{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()))
+    );
     let v = install_json(&[
         target.to_str().unwrap(),
         "--image",
         &format!("{base}/good/base.raw"),
         "--ignition",
         &format!("{base}/good/config.ign"),
+        "--ignition-hash",
+        &ign_hash,
     ]);
     assert_eq!(v["sha256"], sha, "{v}");
     assert_eq!(

@@ -393,11 +393,15 @@ fn unattended_install_from_the_iso() {
         ]);
         std::fs::write(srv_dir.join("commit"), &f.commit).unwrap();
     }
-    std::fs::write(
-        srv_dir.join("target.ign"),
-        serde_json::to_string(&config("installed by kiln")).unwrap(),
-    )
-    .unwrap();
+    let target_ign = serde_json::to_string(&config("installed by kiln")).unwrap();
+    std::fs::write(srv_dir.join("target.ign"), &target_ign).unwrap();
+    // Plain http: the unattended install needs the config's hash.
+    let target_ign_hash = format!(
+        "sha256-{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            target_ign.as_bytes()
+        ))
+    );
     let server = Server::start(&srv_dir);
 
     let iso = copy_of(&live_media("iso", &[]), "install.iso");
@@ -411,6 +415,8 @@ fn unattended_install_from_the_iso() {
         &format!("kiln.install.image_url=http://{GUEST_ADDR}/disk.raw"),
         "--append",
         &format!("kiln.install.ignition_url=http://{GUEST_ADDR}/target.ign"),
+        "--append",
+        &format!("kiln.install.ignition_hash={target_ign_hash}"),
         "--append",
         "kiln.install.then=poweroff",
         s(&iso),

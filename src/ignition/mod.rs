@@ -135,28 +135,77 @@ fn json_path_to_key(p: &str) -> source::KeyPath {
     kp
 }
 
-/// Writes `text` to `path` through a temporary file in the same directory and a rename.
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
+/// Refuses an output path that cannot take a file: an existing directory (or a name
+/// written with a trailing `/`). Checked before anything is built or written.
+pub fn check_output_file(path: &Path, key: &str) -> Result<()> {
+    let slash = path.as_os_str().to_string_lossy().ends_with('/');
+    if slash || path.is_dir() {
+        return Err(InputError::new(
+            "command line",
+            format!(
+                "{} is a directory; name the file to write (e.g. {}/config.ign)",
+                path.display(),
+                path.display().to_string().trim_end_matches('/')
+            ),
+        )
+        .key(key)
+        .into());
+    }
+    Ok(())
+}
+
+/// Writes `text` (a config: it may hold password hashes and keys) to `path` through a
+/// temporary file in the same directory that is mode 0600 from its creation, then a
+/// rename. The temporary file is removed on every error path.
+pub fn write_private_atomic(path: &Path, text: &[u8]) -> Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".kiln-tmp-")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(text.as_bytes())
+    tmp.write_all(text)
         .with_context(|| format!("writing {}", tmp.path().display()))?;
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("syncing {}", tmp.path().display()))?;
+    // On failure the PersistError owns the temp file: take the io::Error only, so the file
+    // is dropped (and deleted) here rather than kept alive inside the returned error.
     tmp.persist(path)
+        .map_err(|e| e.error)
         .with_context(|| format!("renaming the output into place at {}", path.display()))?;
     Ok(())
+}
+
+/// Takes group and other permissions away from an existing file that is about to receive
+/// an Ignition config (an ISO edited in place, a disk-image file installed to), before the
+/// config is written. Returns whether the mode changed.
+pub fn make_private(f: &std::fs::File, path: &Path) -> Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = f
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 == 0 {
+        return Ok(false);
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7700))
+        .with_context(|| format!("making {} private (chmod go-rwx)", path.display()))?;
+    Ok(true)
 }
 
 pub fn cmd(c: IgnitionCommand) -> Result<()> {
     match c {
         IgnitionCommand::Build(a) => {
+            if a.output.as_os_str() != "-" {
+                check_output_file(&a.output, "--output")?;
+            }
             let b = build(&a.config, a.files_dir.as_deref(), a.fragments.as_deref())?;
             for w in &b.warnings {
                 eprintln!("kiln: {w}");
@@ -164,7 +213,7 @@ pub fn cmd(c: IgnitionCommand) -> Result<()> {
             if a.output.as_os_str() == "-" {
                 print!("{}", b.json);
             } else {
-                write_atomic(&a.output, &b.json)?;
+                write_private_atomic(&a.output, b.json.as_bytes())?;
             }
             Ok(())
         }

@@ -26,37 +26,32 @@ pub struct Ctx<'a> {
     pub files_dir: &'a Path,
 }
 
-impl Ctx<'_> {
-    /// Resolves a `local` reference: relative, inside files_dir.
-    fn local_path(&self, rel: &str, key: &KeyPath) -> R<PathBuf> {
-        let p = Path::new(rel);
-        if rel.is_empty()
-            || p.is_absolute()
-            || p.components().any(|c| matches!(c, Component::ParentDir))
-        {
-            return Err(terr(
-                key,
-                format!(
-                    "local path {rel:?} must be relative to the files directory ({}) and stay inside it",
-                    self.files_dir.display()
-                ),
-            ));
-        }
-        Ok(self.files_dir.join(p))
-    }
+/// The largest local file a config embeds: the whole config must fit in memory, in an
+/// ISO's Ignition area or a cloud's user-data.
+pub const LOCAL_MAX: u64 = 64 * 1024 * 1024;
 
-    fn read_local(&self, rel: &str, key: &KeyPath) -> R<Vec<u8>> {
-        let p = self.local_path(rel, key)?;
-        std::fs::read(&p).map_err(|e| {
+impl Ctx<'_> {
+    /// Resolves a `local` reference to a host path inside files_dir after every symlink is
+    /// followed ([`crate::validate::path_in_dir`]): a link out of the files directory
+    /// (`key -> /etc/shadow`) is refused, never read.
+    fn local_path(&self, rel: &str, key: &KeyPath) -> R<PathBuf> {
+        crate::validate::path_in_dir(self.files_dir, rel).map_err(|m| {
             terr(
                 key,
                 format!(
-                    "cannot read local file {} (files directory {}; set it with --files-dir): {e}",
-                    p.display(),
-                    self.files_dir.display()
+                    "local path {rel:?}: {m} (a local path must name a file inside the files \
+                     directory and stay inside it; set the directory with --files-dir)"
                 ),
             )
         })
+    }
+
+    /// Reads a `local` file: inside files_dir, a regular file (a FIFO, socket or device is
+    /// refused without blocking on it), at most [`LOCAL_MAX`] bytes.
+    fn read_local(&self, rel: &str, key: &KeyPath) -> R<Vec<u8>> {
+        let p = self.local_path(rel, key)?;
+        crate::validate::read_regular_file(&p, LOCAL_MAX)
+            .map_err(|m| terr(key, format!("cannot read local file {rel:?}: {m}")))
     }
 
     fn read_local_text(&self, rel: &str, key: &KeyPath) -> R<String> {
@@ -282,6 +277,41 @@ fn mount_unit(fs: &FilesystemSrc, key: &KeyPath) -> R<ign::Unit> {
     })
 }
 
+/// Where a tree's symlink `link` (relative to the tree root) with target `target` points,
+/// relative to the tree root, or `None` when it leaves the tree (absolute, or more `..`
+/// than it is deep).
+fn link_in_tree(link: &Path, target: &Path) -> Option<PathBuf> {
+    if target.is_absolute() {
+        return None;
+    }
+    let mut parts: Vec<std::ffi::OsString> = link
+        .parent()
+        .map(|d| {
+            d.components()
+                .map(|c| c.as_os_str().to_os_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    for c in target.components() {
+        match c {
+            Component::Normal(n) => parts.push(n.to_os_string()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts.iter().collect())
+}
+
+/// A local directory copied in. The walk never follows a symlink: the root must lie inside
+/// the files directory ([`crate::validate::path_in_dir`]); a symlink inside the tree
+/// becomes an Ignition link with the same target, and must point inside the tree (a
+/// relative target that stays within it), since a link out of the tree would name a host
+/// path outside the files directory (use `[[storage.links]]` for a link to an absolute
+/// path on the target). Regular files are read without blocking; FIFOs, sockets and
+/// devices are refused.
 fn tree(
     ctx: &Ctx,
     t: &TreeSrc,
@@ -289,7 +319,8 @@ fn tree(
     files: &mut Vec<ign::File>,
     links: &mut Vec<ign::Link>,
 ) -> R<()> {
-    let root = ctx.local_path(&t.local, &key.k("local"))?;
+    let kl = key.k("local");
+    let root = ctx.local_path(&t.local, &kl)?;
     let dest = t.path.clone().unwrap_or_else(|| "/".into());
     if !dest.starts_with('/') {
         return Err(terr(
@@ -297,30 +328,27 @@ fn tree(
             format!("path {dest:?} must be absolute"),
         ));
     }
-    let meta = std::fs::metadata(&root).map_err(|e| {
+    let meta = std::fs::symlink_metadata(&root).map_err(|e| {
         terr(
-            &key.k("local"),
+            &kl,
             format!("cannot read local tree {}: {e}", root.display()),
         )
     })?;
     if !meta.is_dir() {
-        return Err(terr(
-            &key.k("local"),
-            format!("{} is not a directory", root.display()),
-        ));
+        return Err(terr(&kl, format!("{} is not a directory", root.display())));
     }
     let mut stack = vec![root.clone()];
     let mut entries = Vec::new();
     while let Some(dir) = stack.pop() {
         let rd = std::fs::read_dir(&dir)
-            .map_err(|e| terr(&key.k("local"), format!("reading {}: {e}", dir.display())))?;
+            .map_err(|e| terr(&kl, format!("reading {}: {e}", dir.display())))?;
         for e in rd {
-            let e =
-                e.map_err(|e| terr(&key.k("local"), format!("reading {}: {e}", dir.display())))?;
+            let e = e.map_err(|e| terr(&kl, format!("reading {}: {e}", dir.display())))?;
             let p = e.path();
+            // DirEntry::file_type does not follow symlinks.
             let ft = e
                 .file_type()
-                .map_err(|er| terr(&key.k("local"), format!("{}: {er}", p.display())))?;
+                .map_err(|er| terr(&kl, format!("{}: {er}", p.display())))?;
             if ft.is_dir() {
                 stack.push(p);
             } else {
@@ -331,18 +359,32 @@ fn tree(
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     for (p, ft) in entries {
         let rel = p.strip_prefix(&root).unwrap_or(&p);
-        let rel_s = rel.to_str().ok_or_else(|| {
-            terr(
-                &key.k("local"),
-                format!("{} is not a UTF-8 path", p.display()),
-            )
-        })?;
+        let rel_s = rel
+            .to_str()
+            .ok_or_else(|| terr(&kl, format!("{} is not a UTF-8 path", p.display())))?;
         let target_path = format!("{}/{}", dest.trim_end_matches('/'), rel_s);
         if ft.is_symlink() {
-            let target = std::fs::read_link(&p)
-                .map_err(|e| terr(&key.k("local"), format!("{}: {e}", p.display())))?;
+            let target =
+                std::fs::read_link(&p).map_err(|e| terr(&kl, format!("{}: {e}", p.display())))?;
+            if link_in_tree(rel, &target).is_none() {
+                return Err(terr(
+                    &kl,
+                    format!(
+                        "the symlink {rel_s} in the tree points to {}, outside the tree: a \
+                         tree's links must stay inside it (for a link to an absolute path on \
+                         the target, use [[storage.links]])",
+                        target.display()
+                    ),
+                ));
+            }
+            let target = target.to_str().ok_or_else(|| {
+                terr(
+                    &kl,
+                    format!("the target of the symlink {rel_s} is not UTF-8"),
+                )
+            })?;
             links.push(ign::Link {
-                target: Some(target.to_string_lossy().into_owned()),
+                target: Some(target.to_string()),
                 overwrite: t.overwrite,
                 user: owner_user(&t.user),
                 group: owner_group(&t.group),
@@ -350,11 +392,14 @@ fn tree(
             });
         } else if ft.is_file() {
             use std::os::unix::fs::PermissionsExt;
-            let data = std::fs::read(&p)
-                .map_err(|e| terr(&key.k("local"), format!("{}: {e}", p.display())))?;
-            let exec = std::fs::metadata(&p)
+            let f = crate::validate::open_regular(&p).map_err(|m| terr(&kl, m))?;
+            let exec = f
+                .metadata()
                 .map(|m| m.permissions().mode() & 0o111 != 0)
                 .unwrap_or(false);
+            drop(f);
+            let data =
+                crate::validate::read_regular_file(&p, LOCAL_MAX).map_err(|m| terr(&kl, m))?;
             let (url, comp) = data_url(&data, true);
             files.push(ign::File {
                 contents: Some(ign::Resource {
@@ -370,10 +415,11 @@ fn tree(
             });
         } else {
             return Err(terr(
-                &key.k("local"),
+                &kl,
                 format!(
-                    "{} is neither a file, a directory nor a symlink",
-                    p.display()
+                    "{rel_s} in the tree is {}: a tree holds only files, directories and \
+                     symlinks",
+                    crate::validate::file_kind(ft)
                 ),
             ));
         }
@@ -381,8 +427,257 @@ fn tree(
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------
+// Values checked at the door: each with the crate's one rule for its kind
+// (crate::validate, crate::recipe::validate::unit_name), so a config that Ignition's own
+// validation would accept but that fails at first boot (useradd refusing a name, a unit
+// written outside /etc/systemd/system, a uid of -1) is refused at build time, located.
+
+fn chk(key: &KeyPath, r: Result<(), String>) -> R<()> {
+    r.map_err(|m| terr(key, m))
+}
+
+fn chk_owner(o: &Option<OwnerSrc>, key: &KeyPath) -> R<()> {
+    if let Some(o) = o {
+        if let Some(n) = &o.name {
+            chk(&key.k("name"), crate::validate::account_name(n))?;
+        }
+        if let Some(id) = o.id {
+            chk(&key.k("id"), crate::validate::account_id(id))?;
+        }
+    }
+    Ok(())
+}
+
+/// An http(s) source or proxy URL goes through [`crate::validate::url`]; other schemes
+/// (data, tftp, s3, gs) are left to Ignition's rules in the validator.
+fn chk_url(u: &str, key: &KeyPath) -> R<()> {
+    let lower = u.get(..8).unwrap_or(u).to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        chk(key, crate::validate::url(u, crate::validate::Schemes::Http))?;
+    }
+    Ok(())
+}
+
+fn chk_resource(r: &ResourceSrc, key: &KeyPath) -> R<()> {
+    if let Some(src) = &r.source {
+        chk_url(src, &key.k("source"))?;
+    }
+    Ok(())
+}
+
+fn chk_mib(v: Option<i64>, key: &KeyPath) -> R<()> {
+    match v {
+        Some(n) if n < 0 => Err(terr(
+            key,
+            format!("{n} MiB: a size or offset cannot be negative"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks every value of the source with its kind's rule.
+pub fn check_values(s: &Source) -> R<()> {
+    use crate::validate::{abs_path, account_id, account_name, kernel_arg, user_kernel_arg};
+    let root = KeyPath::default();
+    let ki = root.k("ignition");
+    if let Some(c) = &s.ignition.config {
+        for (i, r) in c.merge.iter().enumerate() {
+            chk_resource(r, &ki.k("config").k("merge").i(i))?;
+        }
+        if let Some(r) = &c.replace {
+            chk_resource(r, &ki.k("config").k("replace"))?;
+        }
+    }
+    if let Some(t) = &s.ignition.timeouts {
+        for (v, k) in [
+            (t.http_response_headers, "http_response_headers"),
+            (t.http_total, "http_total"),
+        ] {
+            if v.is_some_and(|v| v < 0) {
+                return Err(terr(
+                    &ki.k("timeouts").k(k),
+                    "a timeout cannot be negative (0 means the default)",
+                ));
+            }
+        }
+    }
+    if let Some(tls) = s.ignition.security.as_ref().and_then(|x| x.tls.as_ref()) {
+        for (i, r) in tls.certificate_authorities.iter().enumerate() {
+            chk_resource(
+                r,
+                &ki.k("security").k("tls").k("certificate_authorities").i(i),
+            )?;
+        }
+    }
+    if let Some(p) = &s.ignition.proxy {
+        let kp = ki.k("proxy");
+        for (v, k) in [
+            (&p.http_proxy, "http_proxy"),
+            (&p.https_proxy, "https_proxy"),
+        ] {
+            if let Some(u) = v {
+                chk(
+                    &kp.k(k),
+                    crate::validate::url(u, crate::validate::Schemes::Http),
+                )?;
+            }
+        }
+    }
+
+    let kp = root.k("passwd");
+    for (i, u) in s.passwd.users.iter().enumerate() {
+        let ku = kp.k("users").i(i);
+        chk(&ku.k("name"), account_name(&u.name))?;
+        if let Some(id) = u.uid {
+            chk(&ku.k("uid"), account_id(id))?;
+        }
+        for (j, g) in u.groups.iter().enumerate() {
+            chk(&ku.k("groups").i(j), account_name(g))?;
+        }
+        if let Some(g) = &u.primary_group {
+            chk(&ku.k("primary_group"), account_name(g))?;
+        }
+        if let Some(h) = &u.home_dir {
+            chk(&ku.k("home_dir"), abs_path(h))?;
+        }
+        if let Some(sh) = &u.shell {
+            chk(&ku.k("shell"), abs_path(sh))?;
+        }
+    }
+    for (i, g) in s.passwd.groups.iter().enumerate() {
+        let kg = kp.k("groups").i(i);
+        chk(&kg.k("name"), account_name(&g.name))?;
+        if let Some(id) = g.gid {
+            chk(&kg.k("gid"), account_id(id))?;
+        }
+    }
+
+    let ks = root.k("storage");
+    let st = &s.storage;
+    for (i, f) in st.files.iter().enumerate() {
+        let kf = ks.k("files").i(i);
+        chk(&kf.k("path"), abs_path(&f.path))?;
+        chk_owner(&f.user, &kf.k("user"))?;
+        chk_owner(&f.group, &kf.k("group"))?;
+        if let Some(c) = &f.contents {
+            chk_resource(c, &kf.k("contents"))?;
+        }
+        for (j, a) in f.append.iter().enumerate() {
+            chk_resource(a, &kf.k("append").i(j))?;
+        }
+    }
+    for (i, d) in st.directories.iter().enumerate() {
+        let kd = ks.k("directories").i(i);
+        chk(&kd.k("path"), abs_path(&d.path))?;
+        chk_owner(&d.user, &kd.k("user"))?;
+        chk_owner(&d.group, &kd.k("group"))?;
+    }
+    for (i, l) in st.links.iter().enumerate() {
+        let kl = ks.k("links").i(i);
+        chk(&kl.k("path"), abs_path(&l.path))?;
+        if l.target.is_empty() || l.target.contains('\0') {
+            return Err(terr(
+                &kl.k("target"),
+                "a link needs a target (no NUL bytes)",
+            ));
+        }
+        chk_owner(&l.user, &kl.k("user"))?;
+        chk_owner(&l.group, &kl.k("group"))?;
+    }
+    for (i, t) in st.trees.iter().enumerate() {
+        let kt = ks.k("trees").i(i);
+        if let Some(p) = &t.path {
+            chk(&kt.k("path"), abs_path(p))?;
+        }
+        chk_owner(&t.user, &kt.k("user"))?;
+        chk_owner(&t.group, &kt.k("group"))?;
+    }
+    for (i, d) in st.disks.iter().enumerate() {
+        let kd = ks.k("disks").i(i);
+        chk(&kd.k("device"), abs_path(&d.device))?;
+        for (j, p) in d.partitions.iter().enumerate() {
+            let kp = kd.k("partitions").i(j);
+            if let Some(n) = p.number {
+                if !(0..=128).contains(&n) {
+                    return Err(terr(
+                        &kp.k("number"),
+                        format!("partition number {n}: GPT numbers partitions 1-128 (0: the next free one)"),
+                    ));
+                }
+            }
+            chk_mib(p.size_mib, &kp.k("size_mib"))?;
+            chk_mib(p.start_mib, &kp.k("start_mib"))?;
+            if let Some(l) = &p.label {
+                if l.contains(':') || l.chars().any(char::is_control) {
+                    return Err(terr(
+                        &kp.k("label"),
+                        format!("partition label {l:?} contains ':' or a control character, which sgdisk cannot set"),
+                    ));
+                }
+            }
+        }
+    }
+    for (i, f) in st.filesystems.iter().enumerate() {
+        let kf = ks.k("filesystems").i(i);
+        chk(&kf.k("device"), abs_path(&f.device))?;
+        if let Some(p) = &f.path {
+            chk(&kf.k("path"), abs_path(p))?;
+        }
+    }
+    for (i, l) in st.luks.iter().enumerate() {
+        let kl = ks.k("luks").i(i);
+        chk(&kl.k("device"), abs_path(&l.device))?;
+        if let Some(k) = &l.key_file {
+            chk_resource(k, &kl.k("key_file"))?;
+        }
+        if let Some(c) = &l.clevis {
+            for (j, t) in c.tang.iter().enumerate() {
+                chk(
+                    &kl.k("clevis").k("tang").i(j).k("url"),
+                    crate::validate::url(&t.url, crate::validate::Schemes::Http),
+                )?;
+            }
+        }
+    }
+    for (i, r) in st.raid.iter().enumerate() {
+        for (j, d) in r.devices.iter().enumerate() {
+            chk(&ks.k("raid").i(i).k("devices").i(j), abs_path(d))?;
+        }
+    }
+
+    let kd = root.k("systemd").k("units");
+    for (i, u) in s.systemd.units.iter().enumerate() {
+        let ku = kd.i(i);
+        chk(&ku.k("name"), crate::recipe::validate::unit_name(&u.name))?;
+        for (j, d) in u.dropins.iter().enumerate() {
+            let n = &d.name;
+            if n.is_empty()
+                || n.contains('/')
+                || n.starts_with('.')
+                || n.chars().any(char::is_control)
+            {
+                return Err(terr(
+                    &ku.k("dropins").i(j).k("name"),
+                    format!("drop-in name {n:?} must be a plain file name such as 10-env.conf"),
+                ));
+            }
+        }
+    }
+
+    let kk = root.k("kernel_arguments");
+    for (i, k) in s.kernel_arguments.should_exist.iter().enumerate() {
+        chk(&kk.k("should_exist").i(i), user_kernel_arg(k))?;
+    }
+    for (i, k) in s.kernel_arguments.should_not_exist.iter().enumerate() {
+        chk(&kk.k("should_not_exist").i(i), kernel_arg(k))?;
+    }
+    Ok(())
+}
+
 /// Builds the Ignition config from a merged source.
 pub fn transpile(ctx: &Ctx, s: &Source) -> R<ign::Config> {
+    check_values(s)?;
     let mut cfg = ign::Config::default();
     let root = KeyPath::default();
 

@@ -24,8 +24,10 @@ use std::path::{Path, PathBuf};
 pub const IGNITION_AREA: u64 = 256 * 1024;
 /// Size of the kernel-arguments area (`boot/grub/kargs.cfg`).
 pub const KARGS_AREA: u64 = 4096;
-/// The largest area a header may claim: what `kiln iso` reads into memory.
-const MAX_AREA: u64 = 16 * 1024 * 1024;
+/// The largest areas a header may claim (kiln writes [`IGNITION_AREA`] and [`KARGS_AREA`];
+/// the bounds leave room for larger areas in later versions).
+pub const MAX_IGNITION_AREA: u64 = 64 * IGNITION_AREA;
+pub const MAX_KARGS_AREA: u64 = 16 * KARGS_AREA;
 /// Where the header lives: the last 64 bytes of the ISO's system area.
 pub const HEADER_OFFSET: u64 = 32768 - 64;
 pub const MAGIC: &[u8; 8] = b"KILNISO1";
@@ -132,9 +134,21 @@ fn areas_of(f: &mut std::fs::File, iso: &Path) -> Result<Areas> {
     }
     let h = read_at(f, HEADER_OFFSET, 64).with_context(|| format!("reading {}", iso.display()))?;
     let a = Areas::decode(&h).ok_or_else(|| not_kiln_iso(iso))?;
-    for (name, off, l) in [
-        ("Ignition", a.ignition_offset, a.ignition_len),
-        ("kernel arguments", a.kargs_offset, a.kargs_len),
+    // Every length is checked before anything is allocated from it: a crafted header
+    // (an area of 10^12 bytes in a sparse file) is an error, never an allocation failure.
+    for (name, off, l, max) in [
+        (
+            "Ignition",
+            a.ignition_offset,
+            a.ignition_len,
+            MAX_IGNITION_AREA,
+        ),
+        (
+            "kernel arguments",
+            a.kargs_offset,
+            a.kargs_len,
+            MAX_KARGS_AREA,
+        ),
     ] {
         if off < 32768 || off.checked_add(l).is_none_or(|end| end > len) || l == 0 {
             bail!(
@@ -143,14 +157,21 @@ fn areas_of(f: &mut std::fs::File, iso: &Path) -> Result<Areas> {
                 iso.display()
             );
         }
-        // The areas kiln writes are KiB; reading a larger claim would allocate it whole.
-        if l > MAX_AREA {
+        if l > max {
             bail!(
-                "{}: the kiln header's {name} area claims {l} bytes (at most {MAX_AREA}); \
-                 the ISO is damaged",
+                "{}: the kiln header's {name} area claims {l} bytes; kiln's areas are at most \
+                 {max} bytes: the ISO is damaged or not kiln's",
                 iso.display()
             );
         }
+    }
+    let overlap = a.ignition_offset < a.kargs_offset + a.kargs_len
+        && a.kargs_offset < a.ignition_offset + a.ignition_len;
+    if overlap {
+        bail!(
+            "{}: the kiln header's Ignition and kernel-argument areas overlap; the ISO is damaged",
+            iso.display()
+        );
     }
     Ok(a)
 }
@@ -227,6 +248,9 @@ pub fn ignition_embed(iso: &Path, config: &str, force: bool) -> Result<()> {
         )
         .into());
     }
+    // The config may carry password hashes and keys: nobody but the owner may read the ISO
+    // once it is in (a copy made by `--output` is 0600 from creation already).
+    crate::ignition::make_private(&f, iso)?;
     let mut area = archive;
     area.resize(a.ignition_len as usize, 0);
     write_at(&mut f, a.ignition_offset, &area)
@@ -467,66 +491,83 @@ pub struct KargsModifyArgs {
     pub target: IsoOutArgs,
 }
 
-/// The ISO to change: `iso` itself, or a copy at `output` (written under a temp name,
-/// renamed by [`Target::commit`]).
+/// The ISO to change: `iso` itself, or a copy beside `output` (a temporary file, renamed
+/// into place by [`Target::commit`], removed when dropped uncommitted).
 struct Target {
     path: PathBuf,
-    rename_to: Option<PathBuf>,
+    copy: Option<(tempfile::NamedTempFile, PathBuf)>,
 }
 
 impl Target {
-    fn new(a: &IsoOutArgs) -> Result<Target> {
+    /// `private`: the copy will hold an Ignition config, so it is created 0600.
+    fn new(a: &IsoOutArgs, private: bool) -> Result<Target> {
+        use std::os::unix::fs::PermissionsExt;
         // Check the source first, so a wrong file is named as such.
         areas(&a.iso)?;
         match &a.output {
             None => Ok(Target {
                 path: a.iso.clone(),
-                rename_to: None,
+                copy: None,
             }),
             Some(out) => {
+                crate::ignition::check_output_file(out, "--output")?;
                 let name = out
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "out.iso".into());
-                let tmp = out.with_file_name(format!(".{name}.kiln-tmp"));
-                std::fs::copy(&a.iso, &tmp)
-                    .with_context(|| format!("copying {} to {}", a.iso.display(), tmp.display()))?;
+                let dir = out
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let mode = if private {
+                    0o600
+                } else {
+                    std::fs::metadata(&a.iso)
+                        .with_context(|| format!("reading {}", a.iso.display()))?
+                        .permissions()
+                        .mode()
+                        & 0o777
+                };
+                let mut tmp = tempfile::Builder::new()
+                    .prefix(&format!(".{name}."))
+                    .suffix(".kiln-tmp")
+                    .permissions(std::fs::Permissions::from_mode(mode))
+                    .tempfile_in(dir)
+                    .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+                let mut src = open(&a.iso, false)?;
+                std::io::copy(&mut src, tmp.as_file_mut()).with_context(|| {
+                    format!("copying {} to {}", a.iso.display(), tmp.path().display())
+                })?;
                 Ok(Target {
-                    path: tmp,
-                    rename_to: Some(out.clone()),
+                    path: tmp.path().to_path_buf(),
+                    copy: Some((tmp, out.clone())),
                 })
             }
         }
     }
 
     fn commit(self) -> Result<PathBuf> {
-        match self.rename_to {
+        match self.copy {
             None => Ok(self.path),
-            Some(out) => {
-                std::fs::rename(&self.path, &out).with_context(|| {
+            Some((tmp, out)) => {
+                tmp.persist(&out).map_err(|e| e.error).with_context(|| {
                     format!("moving {} to {}", self.path.display(), out.display())
                 })?;
                 Ok(out)
             }
         }
     }
-
-    fn abandon(&self) {
-        if self.rename_to.is_some() {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
 }
 
-fn with_target<T>(a: &IsoOutArgs, f: impl FnOnce(&Path) -> Result<T>) -> Result<(PathBuf, T)> {
-    let t = Target::new(a)?;
-    match f(&t.path) {
-        Ok(v) => Ok((t.commit()?, v)),
-        Err(e) => {
-            t.abandon();
-            Err(e)
-        }
-    }
+fn with_target<T>(
+    a: &IsoOutArgs,
+    private: bool,
+    f: impl FnOnce(&Path) -> Result<T>,
+) -> Result<(PathBuf, T)> {
+    let t = Target::new(a, private)?;
+    // On an error the Target is dropped, and with it a temporary copy.
+    let v = f(&t.path)?;
+    Ok((t.commit()?, v))
 }
 
 /// `kiln iso ...`.
@@ -534,7 +575,8 @@ pub fn cmd(c: IsoCommand) -> Result<()> {
     match c {
         IsoCommand::Ignition(IgnitionCmd::Embed(a)) => {
             let config = super::read_ignition_config(&a.ignition)?;
-            let (out, ()) = with_target(&a.target, |iso| ignition_embed(iso, &config, a.force))?;
+            let (out, ()) =
+                with_target(&a.target, true, |iso| ignition_embed(iso, &config, a.force))?;
             eprintln!(
                 "kiln: embedded {} into {}",
                 a.ignition.display(),
@@ -551,7 +593,7 @@ pub fn cmd(c: IsoCommand) -> Result<()> {
             None => bail!("{} has no embedded Ignition config", a.iso.display()),
         },
         IsoCommand::Ignition(IgnitionCmd::Remove(a)) => {
-            let (out, had) = with_target(&a, ignition_remove)?;
+            let (out, had) = with_target(&a, false, ignition_remove)?;
             if had {
                 eprintln!("kiln: removed the Ignition config from {}", out.display());
             } else {
@@ -567,7 +609,9 @@ pub fn cmd(c: IsoCommand) -> Result<()> {
                 )
                 .into());
             }
-            let (out, new) = with_target(&a.target, |iso| kargs_modify(iso, &a.append, &a.delete))?;
+            let (out, new) = with_target(&a.target, false, |iso| {
+                kargs_modify(iso, &a.append, &a.delete)
+            })?;
             eprintln!("kiln: kernel arguments of {}:", out.display());
             println!("{}", new.join(" "));
         }
@@ -690,5 +734,106 @@ mod tests {
             ),
             vec!["a=1", "b"]
         );
+    }
+
+    #[test]
+    fn crafted_header_lengths_are_refused_before_allocating() {
+        let d = tempfile::tempdir().unwrap();
+        let iso = d.path().join("huge.iso");
+        // A sparse file as large as the area its header claims: the old check (the area
+        // lies inside the file) passed and 10^12 bytes were allocated.
+        let f = std::fs::File::create(&iso).unwrap();
+        f.set_len(1_000_000_000_000 + 65536).unwrap();
+        drop(f);
+        let claim = |ign_len: u64, k_off: u64, k_len: u64| Areas {
+            ignition_offset: 40960,
+            ignition_len: ign_len,
+            kargs_offset: k_off,
+            kargs_len: k_len,
+        };
+        let write = |a: Areas| {
+            let mut f = std::fs::OpenOptions::new().write(true).open(&iso).unwrap();
+            write_at(&mut f, HEADER_OFFSET, &a.encode()).unwrap();
+        };
+        write(claim(1_000_000_000_000, 36864, KARGS_AREA));
+        for e in [
+            ignition_show(&iso).unwrap_err(),
+            ignition_remove(&iso).unwrap_err(),
+            ignition_embed(&iso, "{}", true).unwrap_err(),
+        ] {
+            assert!(
+                format!("{e:#}").contains("claims 1000000000000 bytes"),
+                "{e:#}"
+            );
+        }
+        write(claim(IGNITION_AREA, 36864, 1_000_000_000_000));
+        let e = kargs_show(&iso).unwrap_err();
+        assert!(format!("{e:#}").contains("claims"), "{e:#}");
+        assert!(kargs_modify(&iso, &["quiet".into()], &[]).is_err());
+        // Overlapping areas.
+        write(claim(IGNITION_AREA, 40960 + 4096, KARGS_AREA));
+        let e = ignition_show(&iso).unwrap_err();
+        assert!(format!("{e:#}").contains("overlap"), "{e:#}");
+    }
+
+    #[test]
+    fn embedded_configs_are_private_and_copies_leave_nothing_behind() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let d = tempfile::tempdir().unwrap();
+        let iso = fake_iso(d.path());
+        std::fs::set_permissions(&iso, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let cfg = r#"{"ignition":{"version":"3.3.0"}}"#;
+        // Into a copy: 0600 from creation; the source keeps its mode.
+        let out = d.path().join("out.iso");
+        let args = IsoOutArgs {
+            iso: iso.clone(),
+            output: Some(out.clone()),
+        };
+        let (o, ()) = with_target(&args, true, |p| {
+            assert_eq!(mode(p), 0o600, "the temporary copy is private");
+            ignition_embed(p, cfg, false)
+        })
+        .unwrap();
+        assert_eq!(o, out);
+        assert_eq!(mode(&out), 0o600);
+        assert_eq!(mode(&iso), 0o644);
+        assert_eq!(ignition_show(&out).unwrap().as_deref(), Some(cfg));
+        // A failing edit of a copy leaves no temporary file.
+        let out2 = d.path().join("out2.iso");
+        let big = format!("{{\"x\":\"{}\"}}", "a".repeat(IGNITION_AREA as usize));
+        let args = IsoOutArgs {
+            iso: iso.clone(),
+            output: Some(out2.clone()),
+        };
+        assert!(with_target(&args, true, |p| ignition_embed(p, &big, false)).is_err());
+        let mut names: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["out.iso", "x.iso"]);
+        // A directory as the output is refused before anything is copied.
+        let args = IsoOutArgs {
+            iso: iso.clone(),
+            output: Some(d.path().to_path_buf()),
+        };
+        let e = with_target(&args, true, |p| ignition_embed(p, cfg, false)).unwrap_err();
+        assert!(e.downcast_ref::<InputError>().is_some(), "{e:#}");
+        // In place: the ISO loses group and other access before the config goes in.
+        ignition_embed(&iso, cfg, false).unwrap();
+        assert_eq!(mode(&iso), 0o600);
+        // Copies for other edits keep the source's mode.
+        let d2 = d.path().join("x2");
+        std::fs::create_dir(&d2).unwrap();
+        let iso2 = fake_iso(&d2);
+        std::fs::set_permissions(&iso2, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let out3 = d.path().join("out3.iso");
+        let args = IsoOutArgs {
+            iso: iso2,
+            output: Some(out3.clone()),
+        };
+        with_target(&args, false, |p| kargs_modify(p, &["quiet".into()], &[])).unwrap();
+        assert_eq!(mode(&out3), 0o640);
     }
 }

@@ -496,6 +496,12 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<ImageResult> {
     let size = std::fs::metadata(&staged)
         .with_context(|| format!("reading {}", staged.display()))?
         .len();
+    if opts.ignition.is_some() {
+        // The image carries the config (password hashes, keys): it leaves the private
+        // (0700) work directory readable by its owner only.
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", staged.display()))?;
+    }
     std::fs::rename(&staged, &opts.output)
         .with_context(|| format!("moving the image to {}", opts.output.display()))?;
     let mpath = manifest::record(
@@ -596,6 +602,9 @@ fn embed_ignition(src: &Path, bootdir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The largest Ignition config file kiln embeds.
+pub const MAX_IGNITION_CONFIG: u64 = 64 * 1024 * 1024;
+
 /// Reads an Ignition config file and refuses one Ignition would reject
 /// ([`check_ignition_config`]). Returns the text.
 pub fn read_ignition_config(src: &Path) -> Result<String> {
@@ -606,8 +615,12 @@ pub fn read_ignition_config(src: &Path) -> Result<String> {
         )
         .into());
     }
-    let text =
-        std::fs::read_to_string(src).with_context(|| format!("reading {}", src.display()))?;
+    // A FIFO or device named here is refused, never blocked on.
+    let bytes = crate::validate::read_regular_file(src, MAX_IGNITION_CONFIG)
+        .map_err(|m| crate::error::InputError::new(src.display().to_string(), m))?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        crate::error::InputError::new(src.display().to_string(), "not UTF-8 text, so not JSON")
+    })?;
     check_ignition_config(&text, &src.display().to_string())?;
     Ok(text)
 }
@@ -668,7 +681,9 @@ pub fn write_ignition_config(text: &str, bootdir: &Path) -> Result<PathBuf> {
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("syncing {}", tmp.path().display()))?;
+    // map_err: the temp file inside a PersistError is deleted here, not kept alive.
     tmp.persist(&dst)
+        .map_err(|e| e.error)
         .with_context(|| format!("writing {}", dst.display()))?;
     Ok(dst)
 }
