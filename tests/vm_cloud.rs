@@ -1,4 +1,4 @@
-// suite-minutes: 6 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
+// suite-minutes: 5 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
 //! Cloud and VM templates (docs/cloud.md) under QEMU: two VMs made from one template of
 //! the composed `recipes/base.toml` (each booted from its own copy, one after the other,
 //! one of them on a bigger disk) end with different machine-ids, SSH host keys,

@@ -1,4 +1,4 @@
-// suite-minutes: 3 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
+// suite-minutes: 4 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
 //! Fleet updates under QEMU (TCG, run as root): a VM built to follow a `kiln publish`ed
 //! server (nginx on 127.0.0.1, reached only through a guestfwd) stages v2 by itself,
 //! boots it and rolls back. The fleet tests without a VM are in tests/fleet.rs.
