@@ -3,43 +3,11 @@
 //! against `ostree commit` on the same tree (bare-user); a no-change recompose; peak RSS.
 //! Goals are printed next to the measurements, never asserted.
 
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{bench_recipe, root, run_measured, self_maxrss_mib};
+use std::path::Path;
 use std::time::Instant;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs a command to completion and returns (stdout, seconds, peak RSS in MiB of it and
-/// its descendants) using wait4.
-// The child is reaped by wait4 (for its rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
-fn run_measured(cmd: &mut std::process::Command) -> (Vec<u8>, f64, f64) {
-    let t = Instant::now();
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawning");
-    let mut out = Vec::new();
-    use std::io::Read;
-    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
-    let mut status = 0;
-    // SAFETY: zeroed rusage is a valid out-parameter; the pid is our child.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
-    assert_eq!(r, child.id() as libc::pid_t, "wait4");
-    let st = std::process::ExitStatus::from_raw(status);
-    assert!(st.success(), "{cmd:?} failed: {st}");
-    (out, t.elapsed().as_secs_f64(), ru.ru_maxrss as f64 / 1024.0)
-}
-
-fn self_maxrss_mib() -> f64 {
-    // SAFETY: as above.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    ru.ru_maxrss as f64 / 1024.0
-}
 
 fn kiln_compose(
     recipe: &Path,
@@ -47,7 +15,7 @@ fn kiln_compose(
     cache: &Path,
     keep: Option<&Path>,
 ) -> (serde_json::Value, f64, f64) {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    let mut c = std::process::Command::new(common::KILN);
     c.arg("compose")
         .arg(recipe)
         .arg("--repo")
@@ -67,12 +35,10 @@ fn kiln_compose(
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return; // `cargo test --benches` asks for a list; nothing to list.
+    if common::listing() {
+        return;
     }
-    let recipe = std::env::var_os("KILN_BENCH_RECIPE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("recipes/base.toml"));
+    let recipe = bench_recipe();
     let cache = root().join("build/cache");
     std::fs::create_dir_all(&cache).unwrap();
     let work = tempfile::Builder::new()

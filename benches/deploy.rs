@@ -2,6 +2,9 @@
 //! deploy with /etc merge, rollback, in-place kargs, status. Goals are printed beside the
 //! measurements; the goal that gates is rollback <= 0.2 s.
 
+mod common;
+
+use common::{median, secs, unlock_deployments};
 use kiln::deploy::{self, ops, DeployRequest, Source};
 use kiln::repo::{self, keys, CommitOptions, MetaValue};
 use std::path::Path;
@@ -74,15 +77,6 @@ fn commit_sized(
     .unwrap();
     std::fs::remove_dir_all(&t).unwrap();
     c.checksum
-}
-
-fn secs(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -201,19 +195,6 @@ fn main() {
         println!("  kept {}", kept.display());
         return;
     }
-    ops_unlock(&sysroot);
-    ops_unlock(&small_sysroot);
-}
-
-/// Clears libostree's immutable flag on deployment roots so the temp dir can be removed.
-fn ops_unlock(sysroot: &Path) {
-    if let Ok(osdirs) = std::fs::read_dir(sysroot.join("ostree/deploy")) {
-        for os in osdirs.flatten() {
-            if let Ok(deps) = std::fs::read_dir(os.path().join("deploy")) {
-                for d in deps.flatten().filter(|d| d.path().is_dir()) {
-                    let _ = kiln::cmd::Cmd::new("chattr").arg("-i").arg(d.path()).run();
-                }
-            }
-        }
-    }
+    unlock_deployments(&sysroot);
+    unlock_deployments(&small_sysroot);
 }

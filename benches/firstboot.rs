@@ -6,6 +6,9 @@
 //! `build/repo`; an unchanged recipe makes that a no-change skip. Goals are printed, never
 //! asserted. Console logs are kept in `build/test-artifacts/bench-firstboot*.log`.
 
+mod common;
+
+use common::{root, Base};
 use kiln::qemu::{Vm, VmOptions};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -13,20 +16,6 @@ use std::time::{Duration, Instant};
 
 const GOAL_FIRSTBOOT_SECS: f64 = 45.0;
 const MARKER: &str = "KILN-IGNITION-MARKER";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn kiln(args: &[&str]) -> serde_json::Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("running kiln");
-    assert!(out.status.success(), "kiln {args:?} failed");
-    serde_json::from_slice(&out.stdout).expect("kiln --json output")
-}
 
 fn config(dir: &Path, name: &str, kargs: bool) -> PathBuf {
     let unit = format!(
@@ -82,33 +71,12 @@ fn boot(image: &Path, cfg: &Path, name: &str, second: bool) -> Option<(f64, Opti
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let Some(base) = Base::start("bench-firstboot", false) else {
         return;
-    }
-    let recipe = std::env::var_os("KILN_BENCH_RECIPE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("recipes/base.toml"));
-    let repo = root().join("build/repo");
-    let cache = root().join("build/cache");
-    let dir = root().join("build/bench-firstboot");
-    std::fs::create_dir_all(&dir).unwrap();
-    let c = kiln(&[
-        "compose",
-        recipe.to_str().unwrap(),
-        "--repo",
-        repo.to_str().unwrap(),
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--json",
-    ]);
-    let ref_ = c["ref"].as_str().expect("ref").to_string();
+    };
+    let dir = &base.dir;
     let image = dir.join("base.qcow2");
-    kiln(&[
-        "image",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--ref",
-        &ref_,
+    base.image(&[
         "--format",
         "qcow2",
         "--platform",
@@ -121,7 +89,7 @@ fn main() {
     ]);
     let accel = kiln::qemu::accel();
 
-    let plain = config(&dir, "plain.ign", false);
+    let plain = config(dir, "plain.ign", false);
     if let Some((first, second)) = boot(&image, &plain, "bench-firstboot", true) {
         println!(
             "firstboot: first boot to marker ({accel:?}): {first:.1} s (goal <= {GOAL_FIRSTBOOT_SECS} s under TCG)"
@@ -130,7 +98,7 @@ fn main() {
             println!("firstboot: second boot (no Ignition) to marker: {s:.1} s");
         }
     }
-    let kargs = config(&dir, "kargs.ign", true);
+    let kargs = config(dir, "kargs.ign", true);
     if let Some((first, _)) = boot(&image, &kargs, "bench-firstboot-kargs", false) {
         println!(
             "firstboot: first boot with a kernel argument (one extra reboot) to marker: {first:.1} s"

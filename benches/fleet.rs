@@ -6,6 +6,9 @@
 //! incompressible files plus an 8 MiB kernel, and one package (20 files, 320 KiB) that
 //! changes between v1 and v2.
 
+mod common;
+
+use common::{unlock_deployments, KILN};
 use kiln::cmd::Cmd;
 use kiln::publish::{self, PublishOptions};
 use kiln::repo::{self, keys, CommitOptions, MetaValue};
@@ -14,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const REF: &str = "kiln/bench/x86_64/base";
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -129,16 +131,6 @@ fn kiln(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn unlock(sysroot: &Path) {
-    if let Ok(rd) = std::fs::read_dir(sysroot.join("ostree/deploy/kiln/deploy")) {
-        for d in rd.flatten() {
-            if d.path().is_dir() {
-                let _ = Cmd::new("chattr").arg("-i").arg(d.path()).run();
-            }
-        }
-    }
-}
-
 /// A sysroot at `dir/name` following `url` (no signatures: the timings are about bytes),
 /// with the ref's current commit deployed.
 fn follow(dir: &Path, name: &str, url: &str) {
@@ -239,8 +231,8 @@ fn main() {
     let (up_plain, pull_plain) = timed("sys-plain");
     let served_plain = served();
     let _ = ng.kill();
-    unlock(&d.join("sys-delta"));
-    unlock(&d.join("sys-plain"));
+    unlock_deployments(&d.join("sys-delta"));
+    unlock_deployments(&d.join("sys-plain"));
 
     println!("fleet bench (synthetic OS: 5000 files x 8 KiB + 12 MiB kernel/initramfs; one 320 KiB package changes)");
     println!("  v1 commit:                {}", &c1[..12]);

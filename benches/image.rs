@@ -3,60 +3,25 @@
 //! from composing `recipes/base.toml` (or `KILN_BENCH_RECIPE`) into `build/repo`; an
 //! unchanged recipe makes that a no-change skip. Goals are printed, never asserted.
 
+mod common;
+
+use common::{root, Base};
 use kiln::qemu::{Vm, VmOptions};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const GOAL_IMAGE_SECS: f64 = 30.0;
 const GOAL_BOOT_SECS: f64 = 60.0;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn kiln(args: &[&str]) -> (serde_json::Value, f64) {
-    let t = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("running kiln");
-    assert!(out.status.success(), "kiln {args:?} failed");
-    let v = serde_json::from_slice(&out.stdout).expect("kiln --json output");
-    (v, t.elapsed().as_secs_f64())
-}
-
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let Some(base) = Base::start("bench-image", false) else {
         return;
-    }
-    let recipe = std::env::var_os("KILN_BENCH_RECIPE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("recipes/base.toml"));
-    let repo = root().join("build/repo");
-    let cache = root().join("build/cache");
-    let out_dir = root().join("build/bench-image");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let (c, _) = kiln(&[
-        "compose",
-        recipe.to_str().unwrap(),
-        "--repo",
-        repo.to_str().unwrap(),
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--json",
-    ]);
-    let ref_ = c["ref"].as_str().expect("ref").to_string();
+    };
+    let out_dir = &base.dir;
 
     let mut rows = Vec::new();
     for (fmt, name) in [("qcow2", "base.qcow2"), ("raw", "base.raw")] {
         let out = out_dir.join(name);
-        let (v, secs) = kiln(&[
-            "image",
-            "--repo",
-            repo.to_str().unwrap(),
-            "--ref",
-            &ref_,
+        let (v, secs) = base.image(&[
             "--format",
             fmt,
             "--karg",

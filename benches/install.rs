@@ -4,27 +4,13 @@
 //! `KILN_BENCH_RECIPE`) into `build/repo` (a no-change skip when unchanged); the images are
 //! built once with `kiln image`. Goals are printed, never asserted.
 
+mod common;
+
+use common::{kiln_json as kiln, Base};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 const GOAL_INSTALL_SECS: f64 = 60.0;
 const TARGET_BYTES: u64 = 8 << 30;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn kiln(args: &[&str]) -> (serde_json::Value, f64) {
-    let t = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("running kiln");
-    assert!(out.status.success(), "kiln {args:?} failed");
-    let v = serde_json::from_slice(&out.stdout).expect("kiln --json output");
-    (v, t.elapsed().as_secs_f64())
-}
 
 fn sparse(p: &Path) {
     let f = std::fs::File::create(p).unwrap();
@@ -32,37 +18,12 @@ fn sparse(p: &Path) {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let Some(base) = Base::start("bench-install", false) else {
         return;
-    }
-    let recipe = std::env::var_os("KILN_BENCH_RECIPE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("recipes/base.toml"));
-    let repo = root().join("build/repo");
-    let cache = root().join("build/cache");
-    let dir = root().join("build/bench-install");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (c, _) = kiln(&[
-        "compose",
-        recipe.to_str().unwrap(),
-        "--repo",
-        repo.to_str().unwrap(),
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--json",
-    ]);
-    let ref_ = c["ref"].as_str().expect("ref").to_string();
+    };
+    let dir = &base.dir;
     for name in ["base.raw", "base.qcow2"] {
-        kiln(&[
-            "image",
-            "--repo",
-            repo.to_str().unwrap(),
-            "--ref",
-            &ref_,
-            "--output",
-            dir.join(name).to_str().unwrap(),
-            "--json",
-        ]);
+        base.image(&["--output", dir.join(name).to_str().unwrap(), "--json"]);
     }
     let target = dir.join("target.img");
     let ign = dir.join("config.ign");

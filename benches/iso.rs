@@ -5,63 +5,21 @@
 //! `build/repo`; an unchanged recipe makes that a no-change skip. Goals are printed, never
 //! asserted.
 
+mod common;
+
+use common::{kiln_timed as kiln, median, mib, Base};
 use std::path::PathBuf;
-use std::time::Instant;
 
 const GOAL_EMBED_SECS: f64 = 5.0;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn kiln(args: &[&str]) -> (String, f64) {
-    let t = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("running kiln");
-    assert!(out.status.success(), "kiln {args:?} failed");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        t.elapsed().as_secs_f64(),
-    )
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1024.0 * 1024.0)
-}
-
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let Some(base) = Base::start("bench-iso", false) else {
         return;
-    }
-    let recipe = std::env::var_os("KILN_BENCH_RECIPE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("recipes/base.toml"));
-    let repo = root().join("build/repo");
-    let cache = root().join("build/cache");
-    let out_dir = root().join("build/bench-iso");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let (c, _) = kiln(&[
-        "compose",
-        recipe.to_str().unwrap(),
-        "--repo",
-        repo.to_str().unwrap(),
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--json",
-    ]);
-    let c: serde_json::Value = serde_json::from_str(&c).expect("compose --json");
-    let ref_ = c["ref"].as_str().expect("ref").to_string();
+    };
+    let out_dir = &base.dir;
 
     let build = |format: &str, fs: &str, out: &PathBuf| -> (serde_json::Value, f64) {
-        let (o, secs) = kiln(&[
-            "image",
-            "--repo",
-            repo.to_str().unwrap(),
-            "--ref",
-            &ref_,
+        base.image(&[
             "--format",
             format,
             "--live-fs",
@@ -69,8 +27,7 @@ fn main() {
             "--output",
             out.to_str().unwrap(),
             "--json",
-        ]);
-        (serde_json::from_str(&o).expect("image --json"), secs)
+        ])
     };
 
     for fs in ["squashfs", "erofs"] {
@@ -115,11 +72,10 @@ fn main() {
         ]);
         embeds.push(secs);
     }
-    embeds.sort_by(f64::total_cmp);
     println!(
         "iso: ignition embed into a {:.0} MiB ISO: median {:.3} s (goal < {GOAL_EMBED_SECS} s)",
         mib(std::fs::metadata(&iso).map(|m| m.len()).unwrap_or(0)),
-        embeds[embeds.len() / 2]
+        median(embeds)
     );
     let (_, secs) = kiln(&[
         "iso",

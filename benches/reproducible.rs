@@ -5,18 +5,16 @@
 //!
 //! The work dir is `build/bench-reproducible` (removed first, so both builds are cold).
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Instant;
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    if common::listing() {
         return;
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let recipe = std::env::var_os("KILN_BENCH_RECIPE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("recipes/base.toml"));
-    let work = root.join("build/bench-reproducible");
+    let recipe = common::bench_recipe();
+    let work = common::root().join("build/bench-reproducible");
     if work.exists() {
         let _ = std::process::Command::new("chattr")
             .args(["-R", "-i"])
@@ -26,7 +24,7 @@ fn main() {
     }
     let epoch = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| "1700000000".into());
     let t = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let out = std::process::Command::new(common::KILN)
         .arg("verify-reproducible")
         .arg(&recipe)
         .args(["--format", "raw,qcow2", "--json", "--work-dir"])

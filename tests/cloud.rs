@@ -1,49 +1,22 @@
-// suite-minutes: 9 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
-//! Cloud and VM templates (docs/cloud.md), from the composed `recipes/base.toml`:
+//! Cloud and VM templates (docs/cloud.md), from the composed `recipes/base.toml`: every
+//! platform's artifact, built by `kiln image --platform`, checked by the real tools and
+//! not by kiln's own code: `qemu-img info`/`check` (format, virtual size, streamOptimized),
+//! the VHD footer (fixed, MiB-aligned, checksum), the Compute Engine tarball (exactly
+//! `disk.raw`, GNU header, read by Python's tarfile), the OVA (member order, the OVF's file
+//! reference, size and disk capacity, the `.mf` SHA256s, the vmdk inside passing
+//! `qemu-img check`), `manifest.json` against `sha256sum`; the kernel arguments carry each
+//! platform's id and console.
 //!
-//! - every platform's artifact, built by `kiln image --platform`, checked by the real
-//!   tools and not by kiln's own code: `qemu-img info`/`check` (format, virtual size,
-//!   streamOptimized), the VHD footer (fixed, MiB-aligned, checksum), the Compute Engine
-//!   tarball (exactly `disk.raw`, GNU header, read by Python's tarfile), the OVA (member
-//!   order, the OVF's file reference, size and disk capacity, the `.mf` SHA256s, the vmdk
-//!   inside passing `qemu-img check`), `manifest.json` against `sha256sum`; the kernel
-//!   arguments carry each platform's id and console;
-//! - clones: two VMs made from one template (each booted from its own copy, one after the
-//!   other, one of them on a bigger disk) end with different machine-ids, SSH host keys,
-//!   filesystem UUIDs and disk GUIDs, the same commit, and a root grown to the disk.
-//!
-//! Console logs of failed boots land in `build/test-artifacts/`. Boot timeouts scale with
-//! `KILN_E2E_BOOT_TIMEOUT` (seconds, default 900).
+//! Clones of one template booted under QEMU: tests/vm_cloud.rs.
 
 mod common;
 
 use kiln::cmd::Cmd;
 use kiln::image::{self, Platform};
-use kiln::qemu::{Vm, VmOptions};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 const GIB4: u64 = 4096 * 1024 * 1024;
 const MIB: u64 = 1024 * 1024;
-const CMD: Duration = Duration::from_secs(300);
-
-fn boot_timeout() -> Duration {
-    Duration::from_secs(
-        std::env::var("KILN_E2E_BOOT_TIMEOUT")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(900),
-    )
-}
-
-fn workdir(prefix: &str) -> tempfile::TempDir {
-    let base = common::fixture_dir();
-    std::fs::create_dir_all(&base).unwrap();
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(base)
-        .unwrap()
-}
 
 fn qemu_info(path: &Path, fmt: &str) -> serde_json::Value {
     let out = Cmd::new("qemu-img")
@@ -110,7 +83,7 @@ fn kargs(v: &serde_json::Value) -> Vec<String> {
 #[test]
 fn every_platform_artifact_passes_the_real_tools() {
     let f = common::base_commit();
-    let work = workdir("cloud-artifacts-");
+    let work = common::fixture_workdir("cloud-artifacts-");
     let dir = work.path();
 
     // A format the platform does not take: refused before any work, nothing written.
@@ -330,127 +303,4 @@ t.extract(ms[2], sys.argv[2])
         assert_eq!(a["virtual_size"].as_u64(), Some(GIB4));
         assert_eq!(a["commit"], f.commit.as_str());
     }
-}
-
-/// What one booted clone says about itself.
-#[derive(Debug)]
-struct Identity {
-    machine_id: String,
-    host_keys: String,
-    boot_uuid: String,
-    root_uuid: String,
-    disk_guid: String,
-    commit: String,
-    root_bytes: u64,
-}
-
-fn boot_and_inspect(image: &Path, name: &str) -> Identity {
-    let mut o = VmOptions::new(image, name);
-    o.artifacts = common::project_root().join("build/test-artifacts");
-    o.network = true;
-    let mut vm = Vm::start(o).unwrap();
-    let line = vm.wait_for("KILN-BOOTED", boot_timeout()).unwrap();
-    eprintln!("{name} booted after {:?}: {line}", vm.elapsed());
-    let commit = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("commit="))
-        .unwrap()
-        .to_string();
-    vm.login(boot_timeout()).unwrap();
-    let state = vm
-        .run_ok(
-            "systemctl is-system-running --wait; systemctl --no-pager --failed --no-legend",
-            CMD,
-        )
-        .unwrap();
-    assert!(state.starts_with("running"), "{name}: {state}");
-    let q = |vm: &mut Vm, c: &str| vm.run_ok(c, CMD).unwrap().trim().to_string();
-    let journal = q(
-        &mut vm,
-        "journalctl -b -o cat -u kiln-template-disk.service | grep kiln-template || true",
-    );
-    eprintln!("{name}: {journal}");
-    let id = Identity {
-        machine_id: q(&mut vm, "cat /etc/machine-id"),
-        host_keys: q(
-            &mut vm,
-            "for k in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf $k; done",
-        ),
-        boot_uuid: q(&mut vm, "blkid -s UUID -o value /dev/disk/by-label/boot"),
-        root_uuid: q(&mut vm, "blkid -s UUID -o value /dev/disk/by-label/root"),
-        disk_guid: q(&mut vm, "lsblk -ndo PTUUID /dev/disk/by-label/root"),
-        commit,
-        root_bytes: q(&mut vm, "df -B1 --output=size /sysroot | tail -1")
-            .parse()
-            .unwrap(),
-    };
-    // Nothing failed, and the new UUIDs are what the kernel mounted.
-    let mounted = q(&mut vm, "findmnt -no UUID /sysroot");
-    assert_eq!(mounted, id.root_uuid, "{name}");
-    vm.send("systemctl poweroff\n").unwrap();
-    vm.wait_exit(Duration::from_secs(300)).unwrap();
-    eprintln!("{name}: {id:?}");
-    id
-}
-
-#[test]
-fn clones_of_one_template_are_each_their_own_machine() {
-    let f = common::base_commit();
-    let work = workdir("cloud-clones-");
-    let template = work.path().join("template.qcow2");
-    let mut o = image::ImageOptions::new(&f.repo, &f.ref_, &template);
-    o.platform = Some(Platform::Qemu);
-    o.extra_kargs = vec!["kiln.autologin".into()];
-    let mut p = kiln::progress::Progress::new(false);
-    let r = image::build(&o, &mut p).expect("kiln image");
-    let fixed = image::disk::Ids::for_commit(&r.commit);
-
-    // Two copies of the template; the first on a 6 GiB disk.
-    let a = work.path().join("clone-a.qcow2");
-    let b = work.path().join("clone-b.qcow2");
-    std::fs::copy(&template, &a).unwrap();
-    std::fs::copy(&template, &b).unwrap();
-    Cmd::new("qemu-img")
-        .args(["resize", "-f", "qcow2"])
-        .arg(&a)
-        .arg("6G")
-        .run()
-        .unwrap();
-
-    // One VM at a time.
-    let ia = boot_and_inspect(&a, "cloud-clone-a");
-    let ib = boot_and_inspect(&b, "cloud-clone-b");
-
-    assert_eq!(ia.commit, f.commit);
-    assert_eq!(ib.commit, f.commit);
-    for id in [&ia, &ib] {
-        assert_eq!(id.machine_id.len(), 32, "{id:?}");
-        assert!(id.host_keys.contains("ED25519"), "{id:?}");
-        assert_ne!(id.boot_uuid, fixed.boot_fs_uuid, "boot UUID not renewed");
-        assert_ne!(id.root_uuid, fixed.root_fs_uuid, "root UUID not renewed");
-        assert_ne!(
-            id.disk_guid.to_lowercase(),
-            fixed.disk_guid.to_lowercase(),
-            "disk GUID not renewed"
-        );
-    }
-    assert_ne!(ia.machine_id, ib.machine_id);
-    assert_ne!(ia.host_keys, ib.host_keys);
-    assert_ne!(ia.boot_uuid, ib.boot_uuid);
-    assert_ne!(ia.root_uuid, ib.root_uuid);
-    assert_ne!(ia.disk_guid, ib.disk_guid);
-    // Root grown to the disk: clone A's root partition ends at 6 GiB, B's stays.
-    let layout = image::disk::Layout::for_size(GIB4).unwrap();
-    let grown = 6 * 1024 * MIB - layout.root.offset;
-    assert!(
-        ia.root_bytes > grown - 200 * MIB && ia.root_bytes <= grown,
-        "clone A's root is {} bytes, expected about {grown}",
-        ia.root_bytes
-    );
-    assert!(
-        ib.root_bytes <= layout.root.size && ib.root_bytes > layout.root.size - 200 * MIB,
-        "clone B's root is {} bytes, expected about {}",
-        ib.root_bytes,
-        layout.root.size
-    );
 }

@@ -1,74 +1,19 @@
-// suite-minutes: 3 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
 //! `kiln install` with real images of the composed base commit: to a sparse file, to a loop
 //! device, from a URL served on 127.0.0.1, from a commit; and its refusals (mounted target,
 //! too-small target, bad sha256, missing image). Results are checked on the disk itself:
 //! partition table, `e2fsck`, the Ignition config's mode and content, the first-boot stamp,
-//! the boot entries' kernel arguments.
+//! the boot entries' kernel arguments. An installed disk's first boot under QEMU:
+//! tests/vm_install.rs.
 
 mod common;
 
+use common::install::{images, install_json, sparse, tmp, KARG, MIB};
 use kiln::cmd::Cmd;
 use kiln::install::LoopDev;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
-const MIB: u64 = 1024 * 1024;
-const IMAGE_SIZE: &str = "2G";
-const KARG: &str = "kiln.test=install";
-
-fn work_dir() -> &'static Path {
-    static W: OnceLock<PathBuf> = OnceLock::new();
-    W.get_or_init(|| {
-        let d = common::fixture_dir().join("install");
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    })
-}
-
-/// A fresh temp dir for one test (on the fixture's filesystem: sparse files, loop
-/// devices).
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("t-")
-        .tempdir_in(work_dir())
-        .unwrap()
-}
-
-/// The base commit's images (raw and qcow2, platform `qemu`, 2 GiB), built once per
-/// commit with `kiln image` into one directory with their manifest.json.
-fn images() -> &'static (PathBuf, PathBuf) {
-    static I: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    I.get_or_init(|| {
-        let c = common::base_commit();
-        let dir = work_dir().join("images");
-        let _l = common::lock(&work_dir().join("images.lock"));
-        let raw = dir.join("base.raw");
-        let qcow2 = dir.join("base.qcow2");
-        let stamp = dir.join("commit");
-        if std::fs::read_to_string(&stamp).ok().as_deref() != Some(c.commit.as_str()) {
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            for out in [&raw, &qcow2] {
-                common::kiln_ok(&[
-                    "image",
-                    "--repo",
-                    c.repo.to_str().unwrap(),
-                    "--ref",
-                    &c.ref_,
-                    "--size",
-                    IMAGE_SIZE,
-                    "--output",
-                    out.to_str().unwrap(),
-                ]);
-            }
-            std::fs::write(&stamp, &c.commit).unwrap();
-        }
-        (raw, qcow2)
-    })
-}
 
 fn manifest_sha(image: &Path) -> String {
     let m: serde_json::Value = serde_json::from_str(
@@ -79,13 +24,6 @@ fn manifest_sha(image: &Path) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-/// A sparse file of `size` bytes.
-fn sparse(path: &Path, size: u64) -> PathBuf {
-    let f = std::fs::File::create(path).unwrap();
-    f.set_len(size).unwrap();
-    path.to_path_buf()
 }
 
 fn ignition_config(dir: &Path) -> (PathBuf, String) {
@@ -101,14 +39,6 @@ fn ignition_config(dir: &Path) -> (PathBuf, String) {
     let p = dir.join("config.ign");
     std::fs::write(&p, &text).unwrap();
     (p, text)
-}
-
-fn install_json(args: &[&str]) -> serde_json::Value {
-    let mut a = vec!["install"];
-    a.extend_from_slice(args);
-    a.push("--json");
-    let out = common::kiln_ok(&a);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("kiln install --json: {e}: {out}"))
 }
 
 /// Runs `kiln install` expecting a refusal; returns (exit code, stderr).
@@ -623,71 +553,4 @@ fn commit_install_builds_through_the_image_builder() {
             i.options
         );
     }
-}
-
-/// One boot of an installed disk (about 2 minutes under TCG; hold /tmp/kiln-vm.lock when
-/// running it by hand): Ignition runs on first boot from the config `kiln
-/// install` put on /boot (platform `metal`), the stamp and config go, the kernel arguments
-/// are the installed ones.
-#[test]
-fn installed_disk_runs_ignition_on_first_boot() {
-    use kiln::qemu::{Vm, VmOptions};
-    use std::time::Duration;
-    let timeout = Duration::from_secs(
-        std::env::var("KILN_E2E_BOOT_TIMEOUT")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(900),
-    );
-    let cmd = Duration::from_secs(300);
-    let (raw, _) = images();
-    let t = tmp();
-    let target = sparse(&t.path().join("disk.img"), 3 * 1024 * MIB);
-    let cfg = t.path().join("boot.ign");
-    std::fs::write(
-        &cfg,
-        serde_json::json!({
-            "ignition": {"version": "3.3.0"},
-            "storage": {"files": [{"path": "/etc/kiln-installed", "mode": 420,
-                                   "contents": {"source": "data:,installed"}}]}
-        })
-        .to_string(),
-    )
-    .unwrap();
-    install_json(&[
-        target.to_str().unwrap(),
-        "--image",
-        raw.to_str().unwrap(),
-        "--ignition",
-        cfg.to_str().unwrap(),
-        "--karg",
-        "kiln.autologin",
-        "--karg",
-        KARG,
-    ]);
-    let mut o = VmOptions::new(&target, "install-firstboot");
-    o.artifacts = common::project_root().join("build/test-artifacts");
-    let mut vm = Vm::start(o).unwrap();
-    vm.wait_for(
-        "using the Ignition config from /boot/ignition/config.ign",
-        timeout,
-    )
-    .unwrap();
-    // The initramfs glue's line once every Ignition stage succeeded.
-    vm.wait_for("Ignition finished; removed the first-boot stamp", timeout)
-        .unwrap();
-    vm.login(timeout).unwrap();
-    assert_eq!(
-        vm.run_ok("cat /etc/kiln-installed", cmd).unwrap(),
-        "installed"
-    );
-    let cmdline = vm.run_ok("cat /proc/cmdline", cmd).unwrap();
-    for k in [KARG, "ignition.platform.id=metal"] {
-        assert!(cmdline.contains(k), "{k} not in {cmdline}");
-    }
-    vm.run_ok(
-        "test ! -e /boot/ignition.firstboot && test ! -e /boot/ignition/config.ign",
-        cmd,
-    )
-    .unwrap();
 }

@@ -4,12 +4,15 @@
 #          guest keeps about one host core busy, so two of them fit a 2-core machine;
 #   other: unit tests, composes, sysroots, publish, reproducibility (mostly mmdebstrap,
 #          dpkg and disk I/O), one test at a time.
-# A test file belongs to the VM groups when it calls `Vm::start`; its first line
-# `// suite-minutes: N` says how long it runs, and the files are dealt out longest first
-# to the group with less work so far (a file without the line counts 5). Shared fixtures
-# (the base compose, the apt cache) are guarded by file locks, so the groups only wait
-# for each other where they share work. Output lines carry the group's name; the failures
-# are listed again at the end. Exit status: 0 when every group passed.
+# The VM groups are chosen by file name: tests/vm_*.rs are the files whose tests boot a VM,
+# every other tests/*.rs file is in "other" (tests/suite_layout.rs fails when a test
+# outside vm_*.rs boots one, or a vm_*.rs test does not). A vm_*.rs file's first line
+# `// suite-minutes: N` says how long it runs under TCG, and the files are dealt out
+# longest first to the group with less work so far. Shared fixtures (the base compose,
+# the apt cache) are guarded by file locks, so the groups only wait for each other where
+# they share work. Output lines carry the group's name; the failures are listed again at
+# the end, then the suite's wall time. Exit status: 0 when every group passed.
+# SUITE_LIST_ONLY=1 prints the groups and exits without building or running anything.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
@@ -18,9 +21,13 @@ other=()
 weighted=()
 for f in tests/*.rs; do
     name=$(basename "$f" .rs)
-    if grep -q 'Vm::start' "$f"; then
+    if [[ "$name" == vm_* ]]; then
         m=$(sed -n '1s|^// suite-minutes: \([0-9][0-9]*\).*|\1|p' "$f")
-        weighted+=("${m:-5} $name")
+        if [[ -z "$m" ]]; then
+            echo "suite: $f lacks its first line '// suite-minutes: N'" >&2
+            exit 1
+        fi
+        weighted+=("$m $name")
     else
         other+=(--test "$name")
     fi
@@ -49,6 +56,7 @@ names() {
 echo "suite: vm-a (~${load_a} min): $(names "${vm_a[@]}")"
 echo "suite: vm-b (~${load_b} min): $(names "${vm_b[@]}")"
 echo "suite: other: $(names "${other[@]}") + unit and doc tests"
+[[ -z "${SUITE_LIST_ONLY:-}" ]] || exit 0
 
 # Build everything once, before the groups start (they would wait on cargo's lock).
 $CARGO test --release --no-run --lib --bins --tests || exit 1

@@ -2,6 +2,9 @@
 //! sysroots that can be removed despite libostree's immutable deployment directories.
 #![allow(dead_code)]
 
+pub mod fleet;
+pub mod install;
+
 use kiln::cmd::Cmd;
 use kiln::repo::{self, keys, CommitOptions, MetaValue};
 use std::collections::BTreeMap;
