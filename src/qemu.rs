@@ -106,6 +106,9 @@ fn probe_kvm() -> bool {
         return false;
     };
     let dbg = td.path().join("debugcon.log");
+    let Ok(dbg_opt) = opt_path(&dbg) else {
+        return false;
+    };
     let h = Cmd::new("qemu-system-x86_64")
         .args([
             "-accel",
@@ -117,7 +120,7 @@ fn probe_kvm() -> bool {
             "-nodefaults",
         ])
         .args(["-no-reboot", "-chardev"])
-        .arg(format!("file,path={},id=d", dbg.display()))
+        .arg(format!("file,path={dbg_opt},id=d"))
         .args(["-device", "isa-debugcon,iobase=0x402,chardev=d"])
         .spawn_logged(&td.path().join("qemu.log"));
     let Ok(h) = h else {
@@ -178,6 +181,9 @@ pub struct VmOptions {
     /// the boot file (firmware's iPXE boots it); the NIC is booted first. Implies
     /// `network` (still `restrict=on`).
     pub tftp: Option<(PathBuf, String)>,
+    /// A QMP monitor socket ([`Vm::qmp`], [`Vm::reset`], [`Vm::monitor`]): tests that
+    /// hard-reset the guest ask for it.
+    pub monitor: bool,
 }
 
 impl VmOptions {
@@ -196,6 +202,7 @@ impl VmOptions {
             artifacts: PathBuf::from("build/test-artifacts"),
             cdrom: None,
             tftp: None,
+            monitor: false,
         }
     }
 }
@@ -211,6 +218,37 @@ pub fn image_format(path: &Path) -> Result<&'static str> {
     } else {
         "raw"
     })
+}
+
+/// A value for a QEMU option string (`-drive`, `-chardev`, `-netdev`, `-device`,
+/// `-fw_cfg`, ...): QEMU splits those at every `,`, and reads `,,` as one literal comma.
+/// Every path or user value put into an option string goes through here, so a comma in
+/// it can neither break the option nor add one (`a,snapshot=off`).
+pub fn opt_value(v: &str) -> String {
+    v.replace(',', ",,")
+}
+
+/// A path for a QEMU option string: absolute (a relative `nbd:x` or `json:{…}` would be
+/// read as a protocol prefix by `-drive file=`), UTF-8 (QEMU's option strings are text;
+/// a lossy conversion would name another file), and escaped with [`opt_value`].
+pub fn opt_path(p: &Path) -> Result<String> {
+    let abs = std::path::absolute(p).with_context(|| format!("making {} absolute", p.display()))?;
+    let s = abs
+        .to_str()
+        .ok_or_else(|| anyhow!("{}: QEMU needs paths that are valid UTF-8", abs.display()))?;
+    Ok(opt_value(s))
+}
+
+/// The `cache=` mode of a writable disk. `unsafe` ignores the guest's flushes: only where
+/// every write is thrown away anyway (`snapshot=on`: a temp overlay dropped when QEMU
+/// exits). A disk that keeps its writes gets `writeback`, which honours flushes, so a host
+/// crash cannot corrupt what the guest had synced.
+fn cache_mode(snapshot: bool) -> &'static str {
+    if snapshot {
+        "unsafe"
+    } else {
+        "writeback"
+    }
 }
 
 /// QEMU's command line for `opts`, console excluded. `work` holds the OVMF vars copy.
@@ -240,9 +278,12 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
             .with_context(|| format!("copying {OVMF_VARS} to {}", vars.display()))?;
         push(&[
             "-drive",
-            &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+            &format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                opt_path(Path::new(OVMF_CODE))?
+            ),
             "-drive",
-            &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            &format!("if=pflash,format=raw,unit=1,file={}", opt_path(&vars)?),
         ]);
     }
     let snap = if opts.snapshot { ",snapshot=on" } else { "" };
@@ -261,7 +302,7 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
             "-drive",
             &format!(
                 "file={},format=raw,if=none,id=cd0,media=cdrom,readonly=on",
-                iso.display()
+                opt_path(iso)?
             ),
             "-device",
             &format!("ide-cd,drive=cd0,bus=ide.0,bootindex={}", bootindex()),
@@ -275,8 +316,9 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
         push(&[
             "-drive",
             &format!(
-                "file={},format={fmt},if=none,id=d0,cache=unsafe{snap}",
-                opts.image.display()
+                "file={},format={fmt},if=none,id=d0,cache={}{snap}",
+                opt_path(&opts.image)?,
+                cache_mode(opts.snapshot)
             ),
             "-device",
             &format!("virtio-blk-pci,drive=d0,bootindex={}", bootindex()),
@@ -288,13 +330,13 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
         let serial = d
             .serial
             .as_ref()
-            .map(|s| format!(",serial={s}"))
+            .map(|s| format!(",serial={}", opt_value(s)))
             .unwrap_or_default();
         push(&[
             "-drive",
             &format!(
                 "file={},format={fmt},if=none,id=x{i}{ro}{snap}",
-                d.path.display()
+                opt_path(&d.path)?
             ),
             "-device",
             &format!("virtio-blk-pci,drive=x{i}{serial}"),
@@ -304,7 +346,10 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
         if !file.is_file() {
             bail!("fw_cfg file {} not found", file.display());
         }
-        push(&["-fw_cfg", &format!("name={name},file={}", file.display())]);
+        push(&[
+            "-fw_cfg",
+            &format!("name={},file={}", opt_value(name), opt_path(file)?),
+        ]);
     }
     if opts.network || !opts.guestfwd.is_empty() || opts.tftp.is_some() {
         let mut nd = "user,id=n0,restrict=on".to_string();
@@ -316,14 +361,19 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
             // be one host connection opened when QEMU starts: the server closes it as idle
             // long before a TCG guest has booted, and every guest connection then hangs.
             nd.push_str(&format!(
-                ",guestfwd=tcp:{guest}-cmd:socat STDIO TCP:127.0.0.1:{port}"
+                ",guestfwd=tcp:{}-cmd:socat STDIO TCP:127.0.0.1:{port}",
+                opt_value(guest)
             ));
         }
         if let Some((dir, file)) = &opts.tftp {
             if !dir.join(file).is_file() {
                 bail!("TFTP boot file {} not found", dir.join(file).display());
             }
-            nd.push_str(&format!(",tftp={},bootfile={file}", dir.display()));
+            nd.push_str(&format!(
+                ",tftp={},bootfile={}",
+                opt_path(dir)?,
+                opt_value(file)
+            ));
         }
         // Without network boot the NIC gets no option ROM: the firmware would otherwise
         // load and start iPXE for nothing, seconds under TCG.
@@ -353,6 +403,8 @@ pub struct Vm {
     keep: bool,
     seq: u64,
     started: Instant,
+    /// The QMP socket, when [`VmOptions::monitor`] asked for one.
+    qmp: Option<PathBuf>,
     _work: tempfile::TempDir,
 }
 
@@ -368,10 +420,19 @@ impl Vm {
         let mut args = qemu_args(&opts, work.path())?;
         args.extend([
             "-chardev".to_string(),
-            format!("socket,id=s0,path={},server=on,wait=off", sock.display()),
+            format!("socket,id=s0,path={},server=on,wait=off", opt_path(&sock)?),
             "-serial".into(),
             "chardev:s0".into(),
         ]);
+        let qmp = opts.monitor.then(|| work.path().join("qmp.sock"));
+        if let Some(q) = &qmp {
+            args.extend([
+                "-chardev".to_string(),
+                format!("socket,id=m0,path={},server=on,wait=off", opt_path(q)?),
+                "-mon".into(),
+                "chardev=m0,mode=control".into(),
+            ]);
+        }
         let handle = Cmd::new("qemu-system-x86_64")
             .args(&args)
             .spawn_logged(&work.path().join("qemu.log"))?;
@@ -430,8 +491,85 @@ impl Vm {
             keep: false,
             seq: 0,
             started,
+            qmp,
             _work: work,
         })
+    }
+
+    /// Runs one QMP command (`execute`, with `arguments` unless null) on the monitor
+    /// socket and returns its `return` value. Each call is its own QMP session (greeting,
+    /// `qmp_capabilities`, the command); events in between are skipped.
+    pub fn qmp(
+        &mut self,
+        execute: &str,
+        arguments: serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let path = self
+            .qmp
+            .clone()
+            .ok_or_else(|| anyhow!("this VM has no monitor (VmOptions::monitor)"))?;
+        let stream = UnixStream::connect(&path)
+            .with_context(|| format!("connecting to QEMU's monitor {}", path.display()))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .context("setting a timeout on the monitor socket")?;
+        let mut w = stream.try_clone().context("cloning the monitor socket")?;
+        let mut r = std::io::BufReader::new(stream);
+        let mut read_msg = |want_return: bool| -> Result<serde_json::Value> {
+            loop {
+                let mut line = String::new();
+                let n = std::io::BufRead::read_line(&mut r, &mut line)
+                    .context("reading from QEMU's monitor")?;
+                if n == 0 {
+                    bail!("QEMU closed the monitor connection");
+                }
+                let v: serde_json::Value = serde_json::from_str(line.trim())
+                    .with_context(|| format!("QEMU's monitor said {line:?}"))?;
+                if !want_return && v.get("QMP").is_some() {
+                    return Ok(v);
+                }
+                if let Some(e) = v.get("error") {
+                    bail!("QMP {execute}: {e}");
+                }
+                if want_return {
+                    if let Some(ret) = v.get("return") {
+                        return Ok(ret.clone());
+                    }
+                }
+                // An event ({"event": …}): not the answer.
+            }
+        };
+        read_msg(false)?;
+        let mut send = |v: serde_json::Value| -> Result<()> {
+            w.write_all(format!("{v}\n").as_bytes())
+                .context("writing to QEMU's monitor")
+        };
+        send(serde_json::json!({"execute": "qmp_capabilities"}))?;
+        read_msg(true)?;
+        let mut cmd = serde_json::json!({ "execute": execute });
+        if !arguments.is_null() {
+            cmd["arguments"] = arguments;
+        }
+        send(cmd)?;
+        read_msg(true)
+    }
+
+    /// A human-monitor (HMP) command through QMP, e.g. `info block`; returns its output.
+    pub fn monitor(&mut self, command: &str) -> Result<String> {
+        let v = self.qmp(
+            "human-monitor-command",
+            serde_json::json!({ "command-line": command }),
+        )?;
+        Ok(v.as_str().unwrap_or_default().to_string())
+    }
+
+    /// Hard-resets the guest (`system_reset`): the reset button, not a reboot. Nothing
+    /// is synced: whatever the guest kernel had not yet written to the virtual disk is
+    /// lost, as in a power cut. (What the guest had written stays: QEMU's own cache is
+    /// the host's, and QEMU keeps running.)
+    pub fn reset(&mut self) -> Result<()> {
+        self.qmp("system_reset", serde_json::Value::Null)?;
+        Ok(())
     }
 
     /// Seconds since QEMU was started.
@@ -838,6 +976,60 @@ mod tests {
         assert_eq!(strip_kernel_messages(b), "hello from ignition");
         let c = "a [b] [1.x] [ 2.5]\nkept";
         assert_eq!(strip_kernel_messages(c), "a [b] [1.x] kept");
+    }
+
+    #[test]
+    fn commas_in_paths_and_values_are_escaped() {
+        let td = tempfile::tempdir().unwrap();
+        let dir = td.path().join("x,y");
+        std::fs::create_dir(&dir).unwrap();
+        let img = dir.join("a,format=qcow2,b.raw");
+        std::fs::write(&img, vec![0u8; 4096]).unwrap();
+        let ign = dir.join("c,d.ign");
+        std::fs::write(&ign, "{}").unwrap();
+        let mut o = VmOptions::new(&img, "t");
+        o.disks.push(Disk {
+            path: img.clone(),
+            read_only: true,
+            serial: Some("s,snapshot=off".into()),
+        });
+        o.fw_cfg.push(("opt/a,b".into(), ign.clone()));
+        let a = qemu_args(&o, td.path()).unwrap();
+        let d = td.path().display();
+        let has = |want: &str| assert!(a.iter().any(|x| x == want), "no {want:?} in {a:?}");
+        has(&format!(
+            "file={d}/x,,y/a,,format=qcow2,,b.raw,format=raw,if=none,id=d0,cache=unsafe,snapshot=on"
+        ));
+        has(&format!(
+            "file={d}/x,,y/a,,format=qcow2,,b.raw,format=raw,if=none,id=x0,read-only=on,snapshot=on"
+        ));
+        has("virtio-blk-pci,drive=x0,serial=s,,snapshot=off");
+        has(&format!("name=opt/a,,b,file={d}/x,,y/c,,d.ign"));
+    }
+
+    #[test]
+    fn relative_paths_cannot_name_a_protocol() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            opt_path(Path::new("json:{a,b}")).unwrap(),
+            format!("{}/json:{{a,,b}}", cwd.display())
+        );
+        assert_eq!(opt_value("a,,b"), "a,,,,b");
+    }
+
+    #[test]
+    fn only_throwaway_disks_ignore_flushes() {
+        let td = tempfile::tempdir().unwrap();
+        let img = td.path().join("d.raw");
+        std::fs::write(&img, vec![0u8; 4096]).unwrap();
+        let mut o = VmOptions::new(&img, "t");
+        o.snapshot = false;
+        let a = qemu_args(&o, td.path()).unwrap().join(" ");
+        assert!(a.contains(",cache=writeback "), "{a}");
+        assert!(!a.contains("unsafe") && !a.contains("snapshot"), "{a}");
+        o.snapshot = true;
+        let a = qemu_args(&o, td.path()).unwrap().join(" ");
+        assert!(a.contains(",cache=unsafe,snapshot=on "), "{a}");
     }
 
     #[test]

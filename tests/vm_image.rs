@@ -17,7 +17,7 @@ use common::VM_CMD;
 use kiln::cmd::Cmd;
 use kiln::image::{self, Firmware, Format, ImageOptions};
 use kiln::qemu::{Disk, Vm, VmOptions};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn build(f: &common::Composed, out: &Path, format: Format, fw: Firmware) -> image::ImageResult {
     let mut o = ImageOptions::new(&f.repo, &f.ref_, out);
@@ -26,38 +26,6 @@ fn build(f: &common::Composed, out: &Path, format: Format, fw: Firmware) -> imag
     o.extra_kargs = vec!["kiln.autologin".into()];
     let mut p = kiln::progress::Progress::new(false);
     image::build(&o, &mut p).expect("kiln image")
-}
-
-/// Makes v2 of the base commit (v1's tree plus one file, parent v1, same kernel
-/// arguments) and an ext4 disk image holding an archive repo with v2 on the base ref.
-fn update_disk(f: &common::Composed, work: &Path) -> (PathBuf, String) {
-    let v2 = common::base_v2(f, work);
-    let updates = work.join("updates");
-    let repo = updates.join("repo");
-    let ostree = |args: &[&str]| {
-        Cmd::new("ostree")
-            .arg(format!("--repo={}", repo.display()))
-            .args(args)
-            .run()
-            .unwrap()
-    };
-    std::fs::create_dir_all(&repo).unwrap();
-    ostree(&["init", "--mode=archive"]);
-    ostree(&["pull-local", "--depth=0", f.repo.to_str().unwrap(), &v2]);
-    ostree(&["refs", &format!("--create={}", f.ref_), &v2]);
-    let disk = work.join("updates.ext4");
-    let log = work.join("mkfs.log");
-    kiln::image::disk::mkfs_ext4(
-        &updates,
-        &disk,
-        3 * 1024 * 1024 * 1024,
-        "updates",
-        "00000000-4b49-4c4e-8000-0000000000c0",
-        None,
-        &log,
-    )
-    .unwrap();
-    (disk, v2)
 }
 
 #[test]
@@ -89,7 +57,7 @@ fn bios_qcow2_boots_upgrades_and_rolls_back() {
     assert_eq!(a.commit, f.commit);
     image::manifest::verify(&work.path().join("manifest.json")).unwrap();
 
-    let (updates, v2) = update_disk(&f, work.path());
+    let (updates, v2) = common::update_disk(&f, work.path());
 
     let mut o = VmOptions::new(&out, "image-e2e-bios");
     o.artifacts = common::vm_artifacts();

@@ -538,3 +538,35 @@ pub fn base_v2(f: &Composed, work: &Path) -> String {
     }
     commit.read().unwrap()
 }
+
+/// Makes v2 of the base commit (v1's tree plus one file, parent v1, same kernel
+/// arguments) and an ext4 disk image holding an archive repo with v2 on the base ref.
+pub fn update_disk(f: &Composed, work: &Path) -> (PathBuf, String) {
+    let v2 = base_v2(f, work);
+    let updates = work.join("updates");
+    let repo = updates.join("repo");
+    let ostree = |args: &[&str]| {
+        Cmd::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(args)
+            .run()
+            .unwrap()
+    };
+    std::fs::create_dir_all(&repo).unwrap();
+    ostree(&["init", "--mode=archive"]);
+    ostree(&["pull-local", "--depth=0", f.repo.to_str().unwrap(), &v2]);
+    ostree(&["refs", &format!("--create={}", f.ref_), &v2]);
+    let disk = work.join("updates.ext4");
+    let log = work.join("mkfs.log");
+    kiln::image::disk::mkfs_ext4(
+        &updates,
+        &disk,
+        3 * 1024 * 1024 * 1024,
+        "updates",
+        "00000000-4b49-4c4e-8000-0000000000c0",
+        None,
+        &log,
+    )
+    .unwrap();
+    (disk, v2)
+}

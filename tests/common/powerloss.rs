@@ -1,0 +1,287 @@
+//! The power-loss scenario, shared by `tests/vm_powerloss.rs` (asserts) and
+//! `benches/powerloss.rs` (counts and times the resets). Include it with
+//! `#[path = "common/powerloss.rs"] mod powerloss;` next to `mod common;`.
+//!
+//! One VM, many hard resets (QMP `system_reset`: no sync, no shutdown, the guest's page
+//! cache is lost). Each reset lands at a named moment of a sysroot operation on the booted
+//! system; after it the machine must boot a complete deployment (the boot marker names
+//! its commit), `ostree fsck` must pass (in the sysroot's bare repo the deployments' files
+//! are hard links to the objects it verifies), and `kiln status` must work. The moments:
+//!
+//! 1. `kiln upgrade` at `upgrade:pulled` (new objects in the repo, nothing deployed):
+//!    boots the old commit.
+//! 2. `kiln deploy` at `deploy:staged` (the staged deployment written, its
+//!    `/run/ostree/staged-deployment` note lost with /run): boots the old commit.
+//! 3. Staged finalization at shutdown (`ostree-finalize-staged.service` runs
+//!    `ostree admin finalize-staged`; a drop-in in /run prints a mark before and after
+//!    it): reset just after it finished, before systemd's own sync and unmounts — must
+//!    boot the new deployment (finalization is durable when it returns); then, after
+//!    staging again, reset half-way through it (as long as the first one took) and right
+//!    at its start — either deployment may boot, never a broken one.
+//! 4. `kiln rollback` at `rollback:written`: must boot the rollback target.
+//! 5. `kiln kargs --in-place` at `kargs:written`: must boot with the new argument.
+
+#![allow(dead_code)]
+
+use crate::common::{self, VM_CMD};
+use kiln::qemu::{Disk, Vm, VmOptions};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Where the update disk is mounted in the guest.
+const UPDATES: &str = "/run/updates/repo";
+const FINALIZE_START: &str = "KILN-FINALIZE-START";
+const FINALIZE_DONE: &str = "KILN-FINALIZE-DONE";
+
+/// The image, an update disk and the two commits.
+pub struct Setup {
+    pub work: tempfile::TempDir,
+    pub image: PathBuf,
+    pub updates: PathBuf,
+    pub ref_: String,
+    pub v1: String,
+    pub v2: String,
+}
+
+/// Builds a qcow2 image of the base commit (autologin on the console) and an update disk
+/// holding v2 (`common::update_disk`).
+pub fn setup(name: &str) -> Setup {
+    let f = common::base_commit();
+    let work = common::fixture_workdir(&format!("{name}-"));
+    let image = work.path().join("powerloss.qcow2");
+    let mut o = kiln::image::ImageOptions::new(&f.repo, &f.ref_, &image);
+    o.format = kiln::image::Format::Qcow2;
+    o.extra_kargs = vec!["kiln.autologin".into()];
+    let mut p = kiln::progress::Progress::new(false);
+    kiln::image::build(&o, &mut p).expect("kiln image");
+    let (updates, v2) = common::update_disk(&f, work.path());
+    Setup {
+        work,
+        image,
+        updates,
+        ref_: f.ref_.clone(),
+        v1: f.commit.clone(),
+        v2,
+    }
+}
+
+/// The VM: the image (writes go to a throwaway overlay that survives resets), the update
+/// disk, restricted user networking, and the QMP monitor the resets go through.
+pub fn vm_options(s: &Setup, name: &str) -> VmOptions {
+    let mut o = VmOptions::new(&s.image, name);
+    o.artifacts = common::vm_artifacts();
+    o.network = true;
+    o.monitor = true;
+    o.disks.push(Disk {
+        path: s.updates.clone(),
+        read_only: true,
+        serial: Some("updates".into()),
+    });
+    o
+}
+
+/// One reset and what followed it.
+#[derive(Debug, Clone)]
+pub struct Cycle {
+    /// What was interrupted, and where.
+    pub what: String,
+    /// The commit that booted after the reset.
+    pub booted: String,
+    /// From the reset to a checked machine (booted, logged in, fsck, status).
+    pub recovery: Duration,
+    /// The whole cycle: the operation up to the reset, and the recovery.
+    pub total: Duration,
+}
+
+/// Runs every reset of the scenario on `vm` (fresh, not yet booted) and returns them.
+/// Panics (with the console log kept) when a check fails.
+pub fn run(vm: &mut Vm, s: &Setup) -> Vec<Cycle> {
+    let (a, b) = (s.v1.as_str(), s.v2.as_str());
+    assert_eq!(common::wait_booted(vm, "first boot"), a);
+    checked(vm, "first boot");
+    let mut cycles = Vec::new();
+
+    // 1, 2: an upgrade and a deploy interrupted before anything boots differently.
+    let t = Instant::now();
+    interrupt_at(
+        vm,
+        &format!("kiln upgrade --repo {UPDATES}"),
+        "upgrade:pulled",
+    );
+    cycles.push(recover(vm, "kiln upgrade at upgrade:pulled", &[a], t));
+    let t = Instant::now();
+    interrupt_at(
+        vm,
+        &format!("kiln deploy --repo {UPDATES} {}", s.ref_),
+        "deploy:staged",
+    );
+    cycles.push(recover(vm, "kiln deploy at deploy:staged", &[a], t));
+    let st = common::vm_status_json(vm);
+    let deps = st["status"]["deployments"].as_array().unwrap();
+    assert_eq!(deps.len(), 1, "the lost staged deployment is listed: {st}");
+
+    // 3: staged finalization at shutdown. First with the reset right after it: measures
+    // how long it takes, and the result must be durable.
+    let mut booted = a.to_string();
+    let mut finalize = Duration::from_secs(2);
+    for when in [Finalize::Done, Finalize::Halfway, Finalize::Start] {
+        let t = Instant::now();
+        let target = if booted == a { b } else { a };
+        stage(vm, s, target);
+        let took = reset_in_finalization(vm, when, finalize);
+        if when == Finalize::Done {
+            finalize = took;
+        }
+        let expect: Vec<&str> = match when {
+            Finalize::Done => vec![target],
+            _ => vec![booted.as_str(), target],
+        };
+        let what = format!("staged finalization, reset {when:?} ({took:.1?} into it)");
+        let c = recover(vm, &what, &expect, t);
+        booted = c.booted.clone();
+        cycles.push(c);
+    }
+
+    // 4: a rollback, reset once the new boot order is written: the rollback must hold.
+    let other = if booted == a { b } else { a };
+    let t = Instant::now();
+    interrupt_at(vm, "kiln rollback", "rollback:written");
+    let c = recover(vm, "kiln rollback at rollback:written", &[other], t);
+    booted = c.booted.clone();
+    cycles.push(c);
+
+    // 5: a kernel-argument change in place, reset once written: the next boot has it.
+    let t = Instant::now();
+    interrupt_at(
+        vm,
+        "kiln kargs --in-place --append kiln.powerloss=1",
+        "kargs:written",
+    );
+    let c = recover(vm, "kiln kargs --in-place at kargs:written", &[&booted], t);
+    let cmdline = vm.run_ok("cat /proc/cmdline", VM_CMD).unwrap();
+    assert!(
+        cmdline.split_whitespace().any(|k| k == "kiln.powerloss=1"),
+        "the kernel argument written before the reset is lost: {cmdline}"
+    );
+    cycles.push(c);
+    cycles
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finalize {
+    /// Right after `ostree admin finalize-staged` returned.
+    Done,
+    /// Half as long into it as the `Done` run took.
+    Halfway,
+    /// As soon as it starts.
+    Start,
+}
+
+/// Runs `cmd` in the guest with `KILN_FAULT_POINT=point`, waits until kiln stops there
+/// and hard-resets the guest.
+fn interrupt_at(vm: &mut Vm, cmd: &str, point: &str) {
+    vm.send(&format!(
+        "{}={point} {cmd}\n",
+        kiln::deploy::safety::FAULT_POINT_ENV
+    ))
+    .unwrap();
+    let mark = format!("{} {point}", kiln::deploy::safety::FAULT_MARK);
+    vm.wait_for(&mark, common::boot_timeout())
+        .unwrap_or_else(|e| panic!("`{cmd}` never reached {point}: {e:#}"));
+    vm.reset().expect("system_reset");
+}
+
+/// Stages `target` (v2 from the update disk by its ref, v1 by checksum from the
+/// sysroot's own repo) for the next boot.
+fn stage(vm: &mut Vm, s: &Setup, target: &str) {
+    let cmd = if target == s.v2 {
+        format!("kiln deploy --repo {UPDATES} {}", s.ref_)
+    } else {
+        format!("kiln deploy {target}")
+    };
+    let out = vm.run_ok(&cmd, VM_CMD).unwrap();
+    eprintln!("staged {target}: {out}");
+}
+
+/// Reboots with marks around the finalization and resets at `when`; returns how far into
+/// the finalization the reset came (host time between the start mark and the reset).
+fn reset_in_finalization(vm: &mut Vm, when: Finalize, took: Duration) -> Duration {
+    let dropin = "/run/systemd/system/ostree-finalize-staged.service.d";
+    vm.run_ok(
+        &format!(
+            "mkdir -p {dropin} && cat > {dropin}/kiln-powerloss.conf <<'EOF'\n\
+             [Service]\n\
+             ExecStop=\n\
+             ExecStop=/bin/sh -c 'echo {FINALIZE_START} > /dev/console'\n\
+             ExecStop=/usr/bin/ostree admin finalize-staged\n\
+             ExecStop=/bin/sh -c 'echo {FINALIZE_DONE} > /dev/console'\n\
+             EOF\n\
+             systemctl daemon-reload && systemctl is-active ostree-finalize-staged.service"
+        ),
+        VM_CMD,
+    )
+    .unwrap();
+    vm.send("systemctl reboot\n").unwrap();
+    vm.wait_for(FINALIZE_START, common::boot_timeout()).unwrap();
+    let t = Instant::now();
+    match when {
+        Finalize::Done => {
+            vm.wait_for(FINALIZE_DONE, common::boot_timeout()).unwrap();
+        }
+        Finalize::Halfway => std::thread::sleep(took / 2),
+        Finalize::Start => {}
+    }
+    vm.reset().expect("system_reset");
+    t.elapsed()
+}
+
+/// After a reset: the machine boots one of `expect`, and is checked. Returns the cycle.
+fn recover(vm: &mut Vm, what: &str, expect: &[&str], t0: Instant) -> Cycle {
+    let t = Instant::now();
+    let booted = common::wait_booted(vm, &format!("after reset: {what}"));
+    assert!(
+        expect.contains(&booted.as_str()),
+        "{what}: booted {booted}, expected one of {expect:?}"
+    );
+    checked(vm, what);
+    let st = common::vm_status_json(vm);
+    assert_eq!(common::booted_in_status(&st), booted, "{what}: {st}");
+    let c = Cycle {
+        what: what.to_string(),
+        booted,
+        recovery: t.elapsed(),
+        total: t0.elapsed(),
+    };
+    eprintln!(
+        "powerloss: {what}: booted {} after {:.0?} (cycle {:.0?})",
+        c.booted, c.recovery, c.total
+    );
+    c
+}
+
+/// Logs in, mounts the update disk, and checks the repo and `kiln status`.
+fn checked(vm: &mut Vm, what: &str) {
+    common::vm_login(vm);
+    let t = Instant::now();
+    let (st, out) = vm
+        .run(
+            "ostree fsck 2>&1 | tail -n 5; r=${PIPESTATUS[0]}; (exit $r)",
+            VM_CMD,
+        )
+        .unwrap();
+    assert_eq!(st, 0, "{what}: ostree fsck failed:\n{out}");
+    eprintln!(
+        "powerloss: {what}: ostree fsck passed in {:.0?}",
+        t.elapsed()
+    );
+    vm.run_ok("kiln status", VM_CMD)
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    vm.run_ok(
+        &format!(
+            "mkdir -p /run/updates && mount -o ro /dev/disk/by-id/virtio-updates /run/updates \
+             && test -d {UPDATES}"
+        ),
+        VM_CMD,
+    )
+    .unwrap();
+}

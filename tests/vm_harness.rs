@@ -1,0 +1,60 @@
+// suite-minutes: 1 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
+//! The QEMU harness itself, against a real QEMU that boots nothing: paths with commas reach
+//! QEMU as one option value (no broken or injected `-drive` options), and the QMP monitor
+//! answers.
+
+mod common;
+
+use kiln::qemu::{Disk, Vm, VmOptions};
+
+#[test]
+fn paths_with_commas_reach_qemu_whole() {
+    // The work dir (console and monitor sockets, the UEFI vars copy) has a comma too.
+    let base = common::fixture_workdir("vm-harness-");
+    let tmp = base.path().join("tmp,x");
+    std::fs::create_dir(&tmp).unwrap();
+    std::env::set_var("TMPDIR", &tmp);
+    let dir = base.path().join("a,b");
+    std::fs::create_dir(&dir).unwrap();
+    // Without escaping, `,format=qcow2` would become a second drive option.
+    let img = dir.join("disk,format=qcow2,x.raw");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let extra = dir.join("extra,snapshot=off.raw");
+    std::fs::write(&extra, vec![0u8; 1 << 20]).unwrap();
+    let ign = dir.join("config,1.ign");
+    std::fs::write(&ign, "{}").unwrap();
+
+    let mut o = VmOptions::new(&img, "vm-harness");
+    o.artifacts = common::vm_artifacts();
+    o.uefi = true;
+    o.monitor = true;
+    o.disks.push(Disk {
+        path: extra.clone(),
+        read_only: true,
+        serial: Some("x,y".into()),
+    });
+    o.fw_cfg.push(("opt/com.coreos/config".into(), ign));
+    let mut vm = Vm::start(o).unwrap();
+    let blocks = vm.qmp("query-block", serde_json::Value::Null).unwrap();
+    let file_of = |dev: &str| -> String {
+        let b = blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["device"] == dev)
+            .unwrap_or_else(|| panic!("no drive {dev}: {blocks:#}"));
+        // snapshot=on: the image is the backing file of a temp overlay.
+        let img = &b["inserted"]["image"];
+        img["backing-image"]["filename"]
+            .as_str()
+            .or(img["filename"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(file_of("d0"), img.to_str().unwrap());
+    assert_eq!(file_of("x0"), extra.to_str().unwrap());
+    let info = vm.monitor("info qtree").unwrap();
+    assert!(info.contains("serial = \"x,y\""), "{info}");
+    vm.qmp("quit", serde_json::Value::Null).ok();
+    vm.wait_exit(std::time::Duration::from_secs(30)).unwrap();
+}
