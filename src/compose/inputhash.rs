@@ -58,8 +58,7 @@ pub fn compute(i: &Inputs) -> Result<String> {
             .with_context(|| format!("hashing overlay {}", o.display()))?;
     }
     for s in i.postprocess {
-        let data = std::fs::read(s).with_context(|| format!("reading {}", s.display()))?;
-        h.item("postprocess", &Sha256::digest(&data));
+        h.item("postprocess", file_sha256(s)?.as_bytes());
     }
     h.item("kiln", i.kiln_sha256.as_bytes());
     h.item("kiln-version", i.kiln_version.as_bytes());
@@ -93,16 +92,23 @@ fn hash_dir(h: &mut H, base: &Path, rel: &Path) -> Result<()> {
         } else if md.file_type().is_symlink() {
             let t = std::fs::read_link(&p).with_context(|| format!("readlink {}", p.display()))?;
             h.item("link", t.to_string_lossy().as_bytes());
-        } else {
+        } else if md.is_file() {
             h.item("content", file_sha256(&p)?.as_bytes());
+        } else {
+            anyhow::bail!(
+                "{} is {}: overlays may hold only regular files, directories and symlinks",
+                p.display(),
+                crate::validate::file_kind(md.file_type())
+            );
         }
     }
     Ok(())
 }
 
-/// sha256 of a file, hex.
+/// sha256 of a regular file, hex. FIFOs, sockets and devices are refused without
+/// blocking on them.
 pub fn file_sha256(p: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let mut f = crate::validate::open_regular(p).map_err(anyhow::Error::msg)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -156,5 +162,27 @@ mod tests {
         assert_ne!(h0, h1);
         std::fs::set_permissions(o.join("etc/motd"), PermissionsExt::from_mode(0o600)).unwrap();
         assert_ne!(h1, hash(&r, &o, &m));
+    }
+
+    #[test]
+    fn special_files_are_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let o = d.path().join("o");
+        std::fs::create_dir_all(&o).unwrap();
+        let c = std::ffi::CString::new(o.join("pipe").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = compute(&Inputs {
+            recipe_json: &serde_json::json!({}),
+            overlays: std::slice::from_ref(&o),
+            postprocess: &[],
+            kiln_sha256: "k",
+            kiln_version: "0.1.0",
+            fixed_epoch: Some(1),
+            mirror_state: &[],
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("a FIFO"), "{e:#}");
+        assert!(file_sha256(&o.join("pipe")).is_err());
     }
 }
