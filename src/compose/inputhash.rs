@@ -5,7 +5,8 @@
 //! JSON with paths relative to the recipe's directory and without `sources` (moving a
 //! checkout does not change the hash, but every field does); every overlay file's relative
 //! path, type, mode and content (or symlink target), overlay by overlay; each postprocess
-//! script's content; the sha256 and version of the kiln binary that will be installed; the
+//! script's content; the sha256 of the kiln binary exactly as installed (stripped) and its
+//! version; the
 //! build epoch when it is fixed (`SOURCE_DATE_EPOCH` or the recipe's); and the mirror state
 //! (sha256 of each suite's `InRelease`, which pins every package version the mirror would
 //! install).
@@ -21,6 +22,7 @@ pub struct Inputs<'a> {
     pub recipe_json: &'a serde_json::Value,
     pub overlays: &'a [std::path::PathBuf],
     pub postprocess: &'a [std::path::PathBuf],
+    /// sha256 of `usr/bin/kiln` as it goes into the tree (after stripping).
     pub kiln_sha256: &'a str,
     pub kiln_version: &'a str,
     /// `Some` when the epoch is fixed by the environment or the recipe.
@@ -41,7 +43,7 @@ impl H {
 
 pub fn compute(i: &Inputs) -> Result<String> {
     let mut h = H(Sha256::new());
-    h.item("format", b"kiln-inputhash-1");
+    h.item("format", b"kiln-inputhash-2");
     let mut recipe = i.recipe_json.clone();
     if let Some(o) = recipe.as_object_mut() {
         o.remove("sources");
