@@ -706,6 +706,26 @@ pub fn artifact_path(
     output.join(format!("{name}-{}.{}", platform.id(), format.extension()))
 }
 
+/// Checks the values of `kiln image` (disk, ISO and PXE alike) before any work: every
+/// `--karg` by the shared kernel-argument rule, the stateroot name, the Ignition config
+/// (read and validated now, not after the deploy), and the GPG key files (regular files,
+/// never a FIFO to block on).
+fn check_args(a: &ImageArgs) -> Result<()> {
+    let bad = |key: &str, m: String| crate::error::InputError::new("command line", m).key(key);
+    for k in &a.kargs {
+        crate::validate::user_kernel_arg(k).map_err(|m| bad("--karg", m))?;
+    }
+    crate::deploy::validate_os_name(&a.os).map_err(|e| bad("--os", format!("{e:#}")))?;
+    if let Some(ign) = &a.ignition {
+        crate::validate::open_regular(ign).map_err(|m| bad("--ignition", m))?;
+        read_ignition_config(ign)?;
+    }
+    for k in &a.remote_gpg_key {
+        crate::validate::open_regular(k).map_err(|m| bad("--remote-gpg-key", m))?;
+    }
+    Ok(())
+}
+
 /// `kiln image`.
 pub fn cmd_image(a: ImageArgs) -> Result<()> {
     let firmware = if a.bios {
@@ -718,6 +738,7 @@ pub fn cmd_image(a: ImageArgs) -> Result<()> {
     let size = disk::parse_size(&a.size).map_err(|e| {
         crate::error::InputError::new("command line", format!("{e:#}")).key("--size")
     })?;
+    check_args(&a)?;
     let output = artifact_path(
         &a.output,
         &a.ref_,
