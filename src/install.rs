@@ -1414,9 +1414,7 @@ pub fn install(opts: &InstallOptions, p: &mut Progress) -> Result<InstallResult>
         None => None,
     };
     preflight(opts)?;
-    let work = tempfile::Builder::new()
-        .prefix("kiln-install-")
-        .tempdir()
+    let work = crate::cleanup::TempDir::new("kiln-install-")
         .context("creating a temp directory (set TMPDIR to choose where)")?;
     let log = work.path().join("install.log");
     let ignition = opts
@@ -1445,7 +1443,7 @@ pub fn install(opts: &InstallOptions, p: &mut Progress) -> Result<InstallResult>
     };
 
     // Build a commit's image first (it carries kargs, platform and Ignition itself).
-    let mut built_dir: Option<tempfile::TempDir> = None;
+    let mut built_dir: Option<crate::cleanup::TempDir> = None;
     let (source, resolved) = match &opts.source {
         ImageSource::Commit { repo, rev } => {
             let size = DEFAULT_BUILD_SIZE.min(target.size / disk::MIB * disk::MIB);
@@ -1463,9 +1461,7 @@ pub fn install(opts: &InstallOptions, p: &mut Progress) -> Result<InstallResult>
             }
             let bdir = built_dir
                 .insert(
-                    tempfile::Builder::new()
-                        .prefix("kiln-install-image-")
-                        .tempdir()
+                    crate::cleanup::TempDir::new("kiln-install-image-")
                         .context("creating a temp directory for the image")?,
                 )
                 .path()

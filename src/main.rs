@@ -10,6 +10,10 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    // Temp dirs are removed and child processes stopped on SIGINT/SIGTERM (exit 130/143).
+    if let Err(e) = kiln::cleanup::install_signal_handlers() {
+        eprintln!("kiln: warning: {e:#}");
+    }
     let result = match cli.command {
         Command::Compose(a) => kiln::compose::cmd_compose(a),
         Command::Recipe(c) => kiln::recipe::cli::cmd(c),
@@ -33,6 +37,8 @@ fn main() {
         Command::Ignition(c) => kiln::ignition::cmd(c),
         Command::VerifyReproducible(a) => kiln::reproducible::cmd_verify(a),
     };
+    // An interrupted command ends with the signal thread's exit status, after its cleanup.
+    kiln::cleanup::wait_if_interrupted();
     if let Err(e) = result {
         let code = if e.downcast_ref::<InputError>().is_some()
             || e.chain().any(|c| c.downcast_ref::<InputError>().is_some())

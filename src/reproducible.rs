@@ -111,10 +111,7 @@ pub fn cmd_verify(a: VerifyArgs) -> Result<()> {
             (d.clone(), None)
         }
         None => {
-            let t = tempfile::Builder::new()
-                .prefix("kiln-verify-")
-                .tempdir_in("/var/tmp")
-                .context("creating a work directory in /var/tmp")?;
+            let t = crate::cleanup::TempDir::new_in(Path::new("/var/tmp"), "kiln-verify-")?;
             (t.path().to_path_buf(), Some(t))
         }
     };
@@ -130,7 +127,7 @@ pub fn cmd_verify(a: VerifyArgs) -> Result<()> {
         if keep {
             let _ = t.keep();
         } else {
-            remove_work(t.path());
+            drop(t);
         }
     }
     let v = v?;
@@ -176,8 +173,9 @@ fn print_verdict(v: &Verdict, kept: bool) {
 
 /// Removes a work dir with repos and image sysroots (clears immutable flags first).
 fn remove_work(dir: &Path) {
-    let _ = Cmd::new("chattr").args(["-R", "-i"]).arg(dir).run();
-    let _ = std::fs::remove_dir_all(dir);
+    if let Err(e) = crate::cleanup::remove_tree(dir) {
+        eprintln!("kiln: warning: {e:#}");
+    }
 }
 
 /// Builds twice and compares. Never exits the process.

@@ -259,6 +259,74 @@ fn copy_tree(src: &Path, dst: &Path) {
 }
 
 #[test]
+fn the_tree_holds_the_stripped_kiln_the_input_hash_covers() {
+    // The tree's usr/bin/kiln is exactly `strip --strip-debug` of the composing binary,
+    // on every host (strip is required, not used when present), and those bytes are what
+    // the input hash covers.
+    let f = common::base_commit();
+    let repo = kiln::repo::open(&f.repo).unwrap();
+    let root = root_of(&repo, &f.commit);
+    let installed = contents(&root, "usr/bin/kiln");
+    let scratch = tempfile::tempdir().unwrap();
+    let want =
+        kiln::compose::pipeline::tree_kiln_binary(&common::kiln_bin(), scratch.path(), "strip")
+            .unwrap();
+    assert!(
+        installed == want,
+        "usr/bin/kiln is not the stripped kiln binary"
+    );
+    let full = std::fs::metadata(common::kiln_bin()).unwrap().len();
+    assert!((installed.len() as u64) < full);
+}
+
+#[test]
+fn compose_without_strip_fails_before_bootstrapping() {
+    // A PATH with every host tool but strip.
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for d in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        let Ok(rd) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if name == "strip" || bin.join(&name).exists() {
+                continue;
+            }
+            let _ = std::os::unix::fs::symlink(e.path(), bin.join(&name));
+        }
+    }
+    let repo = tmp.path().join("repo");
+    let cache = tmp.path().join("cache");
+    let out = std::process::Command::new(common::kiln_bin())
+        .arg("compose")
+        .arg(common::base_recipe())
+        .arg("--repo")
+        .arg(&repo)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .env("PATH", &bin)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("binutils is required"), "{stderr}");
+    assert!(!stderr.contains("bootstrap"), "{stderr}");
+    assert!(
+        !cache.join("work").exists() || std::fs::read_dir(cache.join("work")).unwrap().count() == 0
+    );
+}
+
+#[test]
 fn a_changed_overlay_byte_makes_a_child_commit() {
     let f = common::base_commit();
     let root = common::project_root();

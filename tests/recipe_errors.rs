@@ -6,6 +6,9 @@
 use std::path::Path;
 use std::process::Command;
 
+/// How long a refusal may take (it needs no network and no work).
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// A valid start: lines 1-3 of most cases.
 const HEAD: &str = "name = \"t\"\nref = \"kiln/test\"\npackages = [\"bash\"]\n";
 
@@ -17,6 +20,13 @@ fn kiln() -> Command {
 /// directory) and runs `kiln compose r.toml`. Asserts exit code 2, no repo/cache, and that
 /// stderr contains `kiln: error: WANT: ` and every `msgs` entry.
 fn check(files: &[(&str, &str)], want: &str, msgs: &[&str]) {
+    check_with(files, |_| {}, want, msgs)
+}
+
+/// [`check`] with `setup` run on the work directory after the files are written (for
+/// entries that are not plain files: FIFOs, sockets, symlinks). kiln must answer within
+/// [`ANSWER_WITHIN`]: a hang is a failure, not a stuck test.
+fn check_with(files: &[(&str, &str)], setup: impl FnOnce(&Path), want: &str, msgs: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path().join("w");
     for (p, text) in files {
@@ -28,9 +38,10 @@ fn check(files: &[(&str, &str)], want: &str, msgs: &[&str]) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, text.replace("{HEAD}", HEAD)).unwrap();
     }
+    setup(&work);
     let repo = tmp.path().join("repo");
     let cache = tmp.path().join("cache");
-    let out = kiln()
+    let mut child = kiln()
         .current_dir(&work)
         .arg("compose")
         .arg("r.toml")
@@ -38,8 +49,21 @@ fn check(files: &[(&str, &str)], want: &str, msgs: &[&str]) {
         .arg(&repo)
         .arg("--cache-dir")
         .arg(&cache)
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > ANSWER_WITHIN {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kiln compose did not answer within {ANSWER_WITHIN:?} (hung)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "exit code; stderr:\n{stderr}");
     assert!(
@@ -208,6 +232,86 @@ case!(overlay_relative_to_included_file, [
     ], "recipes/base.toml:3:13: overlays[0]", ["recipes/overlays/base does not exist"]);
 case!(postprocess_missing, ["r.toml" => "{HEAD}postprocess = [\"scripts/fix.sh\"]\n"],
     "r.toml:4:16: postprocess[0]", ["postprocess script", "does not exist"]);
+
+fn mkfifo(p: &Path) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o644) },
+        0,
+        "mkfifo {p:?}"
+    );
+}
+
+// --- special files: refused at load, before anything could open (and block on) them ---
+#[test]
+fn overlay_with_a_fifo() {
+    // Hashing used to open the FIFO and wait forever for a writer.
+    check_with(
+        &[
+            ("r.toml", "{HEAD}overlays = [\"ov\"]\n"),
+            ("ov/etc/motd", "hi"),
+        ],
+        |w| mkfifo(&w.join("ov/etc/pipe")),
+        "r.toml:4:13: overlays[0]",
+        &["overlay directory", "holds etc/pipe, which is a FIFO"],
+    );
+}
+
+#[test]
+fn overlay_with_a_socket() {
+    let keep = std::cell::RefCell::new(None);
+    check_with(
+        &[
+            ("r.toml", "{HEAD}overlays = [\"a\", \"b\"]\n"),
+            ("a/x", "x"),
+            ("b/", ""),
+        ],
+        |w| {
+            *keep.borrow_mut() =
+                Some(std::os::unix::net::UnixListener::bind(w.join("b/sock")).unwrap())
+        },
+        "r.toml:4:18: overlays[1]",
+        &["holds sock, which is a socket"],
+    );
+}
+
+#[test]
+fn overlay_with_a_device() {
+    // A character device (a copy of /dev/null's numbers) in a nested directory.
+    check_with(
+        &[("r.toml", "{HEAD}overlays = [\"ov\"]\n"), ("ov/dev/", "")],
+        |w| {
+            let c = std::ffi::CString::new(w.join("ov/dev/null").to_str().unwrap()).unwrap();
+            // SAFETY: a valid NUL-terminated path; makedev(1, 3) is /dev/null.
+            let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+            assert_eq!(r, 0, "mknod (needs root)");
+        },
+        "r.toml:4:13: overlays[0]",
+        &["holds dev/null, which is a character device"],
+    );
+}
+
+#[test]
+fn postprocess_script_is_a_fifo() {
+    check_with(
+        &[("r.toml", "{HEAD}postprocess = [\"fix.sh\"]\n")],
+        |w| mkfifo(&w.join("fix.sh")),
+        "r.toml:4:16: postprocess[0]",
+        &["postprocess script", "is not a regular file"],
+    );
+}
+
+#[test]
+fn include_is_a_fifo() {
+    check_with(
+        &[("r.toml", "{HEAD}include = [\"more.toml\"]\n")],
+        |w| mkfifo(&w.join("more.toml")),
+        "r.toml:4:12: include[0]",
+        &["included recipe", "is not a regular file"],
+    );
+}
 
 #[test]
 fn missing_recipe_file() {

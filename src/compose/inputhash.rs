@@ -5,7 +5,8 @@
 //! JSON with paths relative to the recipe's directory and without `sources` (moving a
 //! checkout does not change the hash, but every field does); every overlay file's relative
 //! path, type, mode and content (or symlink target), overlay by overlay; each postprocess
-//! script's content; the sha256 and version of the kiln binary that will be installed; the
+//! script's content; the sha256 of the kiln binary exactly as installed (stripped) and its
+//! version; the
 //! build epoch when it is fixed (`SOURCE_DATE_EPOCH` or the recipe's); and the mirror state
 //! (sha256 of each suite's `InRelease`, which pins every package version the mirror would
 //! install).
@@ -21,6 +22,7 @@ pub struct Inputs<'a> {
     pub recipe_json: &'a serde_json::Value,
     pub overlays: &'a [std::path::PathBuf],
     pub postprocess: &'a [std::path::PathBuf],
+    /// sha256 of `usr/bin/kiln` as it goes into the tree (after stripping).
     pub kiln_sha256: &'a str,
     pub kiln_version: &'a str,
     /// `Some` when the epoch is fixed by the environment or the recipe.
@@ -41,7 +43,7 @@ impl H {
 
 pub fn compute(i: &Inputs) -> Result<String> {
     let mut h = H(Sha256::new());
-    h.item("format", b"kiln-inputhash-1");
+    h.item("format", b"kiln-inputhash-2");
     let mut recipe = i.recipe_json.clone();
     if let Some(o) = recipe.as_object_mut() {
         o.remove("sources");
@@ -58,8 +60,7 @@ pub fn compute(i: &Inputs) -> Result<String> {
             .with_context(|| format!("hashing overlay {}", o.display()))?;
     }
     for s in i.postprocess {
-        let data = std::fs::read(s).with_context(|| format!("reading {}", s.display()))?;
-        h.item("postprocess", &Sha256::digest(&data));
+        h.item("postprocess", file_sha256(s)?.as_bytes());
     }
     h.item("kiln", i.kiln_sha256.as_bytes());
     h.item("kiln-version", i.kiln_version.as_bytes());
@@ -93,16 +94,23 @@ fn hash_dir(h: &mut H, base: &Path, rel: &Path) -> Result<()> {
         } else if md.file_type().is_symlink() {
             let t = std::fs::read_link(&p).with_context(|| format!("readlink {}", p.display()))?;
             h.item("link", t.to_string_lossy().as_bytes());
-        } else {
+        } else if md.is_file() {
             h.item("content", file_sha256(&p)?.as_bytes());
+        } else {
+            anyhow::bail!(
+                "{} is {}: overlays may hold only regular files, directories and symlinks",
+                p.display(),
+                crate::validate::file_kind(md.file_type())
+            );
         }
     }
     Ok(())
 }
 
-/// sha256 of a file, hex.
+/// sha256 of a regular file, hex. FIFOs, sockets and devices are refused without
+/// blocking on them.
 pub fn file_sha256(p: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let mut f = crate::validate::open_regular(p).map_err(anyhow::Error::msg)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -156,5 +164,27 @@ mod tests {
         assert_ne!(h0, h1);
         std::fs::set_permissions(o.join("etc/motd"), PermissionsExt::from_mode(0o600)).unwrap();
         assert_ne!(h1, hash(&r, &o, &m));
+    }
+
+    #[test]
+    fn special_files_are_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let o = d.path().join("o");
+        std::fs::create_dir_all(&o).unwrap();
+        let c = std::ffi::CString::new(o.join("pipe").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = compute(&Inputs {
+            recipe_json: &serde_json::json!({}),
+            overlays: std::slice::from_ref(&o),
+            postprocess: &[],
+            kiln_sha256: "k",
+            kiln_version: "0.1.0",
+            fixed_epoch: Some(1),
+            mirror_state: &[],
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("a FIFO"), "{e:#}");
+        assert!(file_sha256(&o.join("pipe")).is_err());
     }
 }

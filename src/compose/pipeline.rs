@@ -148,65 +148,23 @@ pub fn expand_version(template: &str, epoch: u64, taken: &[String]) -> String {
         .unwrap_or(dated)
 }
 
-/// A work directory that is removed on drop — after making sure nothing is still mounted
-/// below it (a killed mmdebstrap can leave its /proc, /sys or /dev mounts behind, and
-/// deleting through those would touch the host).
+/// A work directory that is removed on drop and on SIGINT/SIGTERM
+/// ([`crate::cleanup::TempDir`]) — after making sure nothing is still mounted below it (a
+/// killed mmdebstrap can leave its /proc, /sys or /dev mounts behind, and deleting through
+/// those would touch the host).
 pub struct WorkDir {
-    dir: Option<tempfile::TempDir>,
+    dir: crate::cleanup::TempDir,
 }
 
 impl WorkDir {
     pub fn new(parent: &Path) -> Result<Self> {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-        let dir = tempfile::Builder::new()
-            .prefix("kiln-compose-")
-            .tempdir_in(parent)
-            .with_context(|| format!("creating a work directory in {}", parent.display()))?;
-        Ok(WorkDir { dir: Some(dir) })
+        Ok(WorkDir {
+            dir: crate::cleanup::TempDir::new_in(parent, "kiln-compose-")?,
+        })
     }
 
     pub fn path(&self) -> &Path {
-        self.dir
-            .as_ref()
-            .map(|d| d.path())
-            .unwrap_or(Path::new("/nonexistent"))
-    }
-}
-
-fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return vec![];
-    };
-    let mut v: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(m.replace("\\040", " ")))
-        .filter(|m| m.starts_with(dir))
-        .collect();
-    v.sort();
-    v.reverse(); // deepest first
-    v
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let Some(d) = self.dir.take() else { return };
-        let path = d.path().to_path_buf();
-        for m in mounts_below(&path) {
-            let _ = crate::cmd::Cmd::new("umount").arg("--lazy").arg(&m).run();
-        }
-        if mounts_below(&path).is_empty() {
-            if let Err(e) = d.close() {
-                eprintln!("kiln: warning: could not remove {}: {e}", path.display());
-            }
-        } else {
-            eprintln!(
-                "kiln: warning: leaving {} in place: something is still mounted below it",
-                path.display()
-            );
-            std::mem::forget(d);
-        }
+        self.dir.path()
     }
 }
 
@@ -259,7 +217,12 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
     )?;
     let mirror = sources::mirror_state(&srcs)?;
     let rjson = recipe_json(recipe)?;
-    let kiln_sha = inputhash::file_sha256(&kiln_bin)?;
+    // The bytes that go into the tree as usr/bin/kiln, hashed as they are installed.
+    let kiln_tree_bin = tree_kiln_binary(&kiln_bin, &cache_dir, "strip")?;
+    let kiln_sha = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(&kiln_tree_bin))
+    };
     // The epoch everything is built with, once known: fixed, or the changelog date
     // remembered for this package set and mirror state (else learned at bootstrap).
     let mut pinned = fixed.then_some(epoch);
@@ -397,7 +360,7 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
     postprocess::apply_units(&recipe.units, &tree, &log)?;
     postprocess::run_scripts(&recipe.postprocess, &tree, &recipe.name, epoch, &log)?;
     postprocess::remove_files(&recipe.remove_files, &tree)?;
-    install_kiln(&kiln_bin, &tree, &log)?;
+    layout::write_file(&tree.join("usr/bin/kiln"), &kiln_tree_bin, 0o755)?;
     s.done();
 
     let s = p.stage("initramfs");
@@ -536,20 +499,31 @@ fn check_excluded(recipe: &Recipe, tree: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The running kiln goes into the tree as `usr/bin/kiln`, debug info stripped when `strip`
-/// is available (the input hash covers the original binary).
-fn install_kiln(bin: &Path, tree: &Path, log: &Path) -> Result<()> {
-    let dst = tree.join("usr/bin/kiln");
-    let data = std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
-    layout::write_file(&dst, &data, 0o755)?;
-    if crate::cmd::have("strip") {
-        crate::cmd::Cmd::new("strip")
-            .arg("--strip-debug")
-            .arg(&dst)
-            .run_logged(log)
-            .context("stripping the kiln binary in the tree")?;
-    }
-    Ok(())
+/// The kiln binary as it goes into the tree (`usr/bin/kiln`): `bin` without its debug
+/// information (`strip --strip-debug`, 53 MB → 7 MB). `strip` is required, never optional:
+/// a tree that held the stripped binary on one host and the whole one on another would make
+/// the same inputs give two commits. The input hash covers these bytes, so a different
+/// `strip` that produced different bytes changes the hash instead of silently changing the
+/// tree. `scratch` is a directory for the temporary copy.
+pub fn tree_kiln_binary(bin: &Path, scratch: &Path, strip: &str) -> Result<Vec<u8>> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".kiln-bin-")
+        .tempfile_in(scratch)
+        .with_context(|| format!("creating a temporary file in {}", scratch.display()))?;
+    crate::cmd::Cmd::new(strip)
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(tmp.path())
+        .arg(bin)
+        .run()
+        .with_context(|| {
+            format!(
+                "stripping the kiln binary {} for the tree: `{strip}` from binutils is \
+                 required (apt-get install binutils, or make deps)",
+                bin.display()
+            )
+        })?;
+    std::fs::read(tmp.path()).with_context(|| format!("reading {}", tmp.path().display()))
 }
 
 /// Fails when the work directory's path appears in any file of the tree.
@@ -599,6 +573,25 @@ mod tests {
             "../overlays/x"
         );
         assert_eq!(relative(Path::new("/a/b/x.sh"), Path::new("/a/b")), "x.sh");
+    }
+
+    #[test]
+    fn the_tree_gets_a_stripped_binary_the_same_every_time() {
+        let d = tempfile::tempdir().unwrap();
+        // This test binary carries debug information, like kiln's release build.
+        let me = std::env::current_exe().unwrap();
+        let a = tree_kiln_binary(&me, d.path(), "strip").unwrap();
+        let b = tree_kiln_binary(&me, d.path(), "strip").unwrap();
+        assert_eq!(a, b, "stripping is deterministic");
+        let full = std::fs::metadata(&me).unwrap().len();
+        assert!((a.len() as u64) < full, "{} of {full} bytes", a.len());
+        assert!(a.starts_with(b"\x7fELF"));
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        // Without strip the compose fails instead of putting a different binary in.
+        let e = tree_kiln_binary(&me, d.path(), "kiln-test-no-such-strip").unwrap_err();
+        assert!(format!("{e:#}").contains("binutils is required"), "{e:#}");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -66,7 +66,10 @@ pub fn run_scripts(
     log: &Path,
 ) -> Result<()> {
     for s in scripts {
-        let body = std::fs::read(s)
+        let mut body = Vec::new();
+        crate::validate::open_regular(s)
+            .map_err(anyhow::Error::msg)
+            .and_then(|mut f| Ok(std::io::Read::read_to_end(&mut f, &mut body)?))
             .with_context(|| format!("reading postprocess script {}", s.display()))?;
         let inside = "tmp/kiln-postprocess";
         let dst = tree.join(inside);

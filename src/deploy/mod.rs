@@ -418,7 +418,7 @@ pub fn is_checksum(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn validate_os_name(os: &str) -> Result<()> {
+pub(crate) fn validate_os_name(os: &str) -> Result<()> {
     if os.is_empty()
         || os.starts_with('.')
         || !os

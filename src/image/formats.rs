@@ -198,14 +198,12 @@ fn round_up_to_mib(raw: &Path) -> Result<()> {
 }
 
 /// A scratch directory next to `out` (same filesystem, so hard links and renames work).
-fn scratch_beside(out: &Path) -> Result<tempfile::TempDir> {
+fn scratch_beside(out: &Path) -> Result<crate::cleanup::TempDir> {
     let dir = out
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    tempfile::Builder::new()
-        .prefix(".kiln-format-")
-        .tempdir_in(dir)
+    crate::cleanup::TempDir::new_in(dir, ".kiln-format-")
         .with_context(|| format!("creating a scratch directory in {}", dir.display()))
 }
 

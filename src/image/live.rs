@@ -258,14 +258,11 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<LiveResult> {
         .to_path_buf();
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("creating output directory {}", out_dir.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix(".kiln-live-")
-        .tempdir_in(&out_dir)
-        .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
+    // Removed on every exit path, SIGINT and SIGTERM included (crate::cleanup).
+    let work = crate::cleanup::TempDir::new_in(&out_dir, ".kiln-live-")?;
     let log = work.path().join("live.log");
     let sysroot = work.path().join("sysroot");
     std::fs::create_dir_all(&sysroot).context("creating the sysroot directory")?;
-    let _cleanup = super::SysrootCleanup(sysroot.clone());
 
     // 1. Deploy (the deployment's own kargs do not matter: the live kargs are in the boot
     //    loader's config).

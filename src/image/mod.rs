@@ -243,28 +243,6 @@ pub fn image_kargs_with_console(
     out
 }
 
-/// Removes the immutable bit libostree sets on deployment directories, so a temp sysroot
-/// can be deleted.
-pub(crate) struct SysrootCleanup(pub(crate) PathBuf);
-
-impl Drop for SysrootCleanup {
-    fn drop(&mut self) {
-        let deploy = self.0.join("ostree/deploy");
-        let Ok(oses) = std::fs::read_dir(&deploy) else {
-            return;
-        };
-        for os in oses.flatten() {
-            if let Ok(ds) = std::fs::read_dir(os.path().join("deploy")) {
-                for d in ds.flatten() {
-                    if d.path().is_dir() {
-                        let _ = crate::cmd::Cmd::new("chattr").arg("-i").arg(d.path()).run();
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// The deployment directory of `commit` in a sysroot.
 pub(crate) fn deployment_dir(sysroot: &Path, os: &str, commit: &str) -> Result<PathBuf> {
     let dir = sysroot.join("ostree/deploy").join(os).join("deploy");
@@ -370,14 +348,12 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<ImageResult> {
         .to_path_buf();
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("creating output directory {}", out_dir.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix(".kiln-image-")
-        .tempdir_in(&out_dir)
-        .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
+    // Removed on every exit path, SIGINT and SIGTERM included, immutable deployment
+    // directories and all (crate::cleanup).
+    let work = crate::cleanup::TempDir::new_in(&out_dir, ".kiln-image-")?;
     let log = work.path().join("image.log");
     let sysroot = work.path().join("sysroot");
     std::fs::create_dir_all(&sysroot).context("creating the sysroot directory")?;
-    let _cleanup = SysrootCleanup(sysroot.clone());
 
     // 1. Deploy.
     let s = p.stage("deploy");
@@ -745,6 +721,26 @@ pub fn artifact_path(
     output.join(format!("{name}-{}.{}", platform.id(), format.extension()))
 }
 
+/// Checks the values of `kiln image` (disk, ISO and PXE alike) before any work: every
+/// `--karg` by the shared kernel-argument rule, the stateroot name, the Ignition config
+/// (read and validated now, not after the deploy), and the GPG key files (regular files,
+/// never a FIFO to block on).
+fn check_args(a: &ImageArgs) -> Result<()> {
+    let bad = |key: &str, m: String| crate::error::InputError::new("command line", m).key(key);
+    for k in &a.kargs {
+        crate::validate::user_kernel_arg(k).map_err(|m| bad("--karg", m))?;
+    }
+    crate::deploy::validate_os_name(&a.os).map_err(|e| bad("--os", format!("{e:#}")))?;
+    if let Some(ign) = &a.ignition {
+        crate::validate::open_regular(ign).map_err(|m| bad("--ignition", m))?;
+        read_ignition_config(ign)?;
+    }
+    for k in &a.remote_gpg_key {
+        crate::validate::open_regular(k).map_err(|m| bad("--remote-gpg-key", m))?;
+    }
+    Ok(())
+}
+
 /// `kiln image`.
 pub fn cmd_image(a: ImageArgs) -> Result<()> {
     let firmware = if a.bios {
@@ -757,6 +753,7 @@ pub fn cmd_image(a: ImageArgs) -> Result<()> {
     let size = disk::parse_size(&a.size).map_err(|e| {
         crate::error::InputError::new("command line", format!("{e:#}")).key("--size")
     })?;
+    check_args(&a)?;
     let output = artifact_path(
         &a.output,
         &a.ref_,

@@ -410,6 +410,29 @@ fn string_list(
     Ok((list_loc, items))
 }
 
+/// The first entry below `dir` (walked without following symlinks, in name order) that is
+/// not a regular file, a directory or a symlink, with its kind ("a FIFO").
+pub(crate) fn special_file_in(dir: &Path) -> Result<Option<(PathBuf, &'static str)>, String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect())
+        .map_err(|e: std::io::Error| format!("{}: cannot be listed: {e}", dir.display()))?;
+    names.sort();
+    for n in names {
+        let p = dir.join(n);
+        let ft = std::fs::symlink_metadata(&p)
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .file_type();
+        if ft.is_dir() {
+            if let Some(bad) = special_file_in(&p)? {
+                return Ok(Some(bad));
+            }
+        } else if !(ft.is_file() || ft.is_symlink()) {
+            return Ok(Some((p, crate::validate::file_kind(ft))));
+        }
+    }
+    Ok(None)
+}
+
 fn article(t: &str) -> String {
     if t.starts_with(['a', 'e', 'i', 'o', 'u']) {
         format!("an {t}")
@@ -464,6 +487,21 @@ fn resolve_path(
             .loc
             .error(format!("{what} {} is not valid UTF-8", canon.display())));
     };
+    if kind == PathKind::Dir {
+        // Compose hashes and copies every entry: a FIFO would block it forever, a device
+        // or socket cannot be copied. Symlinks are copied as links, never followed.
+        if let Some(bad) =
+            special_file_in(&canon).map_err(|e| s.loc.error(format!("{what} {e}")))?
+        {
+            return Err(s.loc.error(format!(
+                "{what} {} holds {}, which is {}: overlays may hold only regular files, \
+                 directories and symlinks",
+                joined.display(),
+                bad.0.strip_prefix(&canon).unwrap_or(&bad.0).display(),
+                bad.1
+            )));
+        }
+    }
     Ok(At {
         value: value.to_string(),
         loc: s.loc,
