@@ -119,22 +119,15 @@ impl Validator<'_> {
         let under_link = |path: Option<&str>| {
             path.is_some_and(|x| link_paths.iter().any(|l| x.starts_with(&format!("{l}/"))))
         };
-        for (i, d) in dirs.iter().enumerate() {
-            if under_link(st(d, "path")) {
-                self.err(
-                    root,
-                    &p.k("directories").i(i),
-                    "directory path includes link in config",
-                );
-            }
-        }
-        for (i, f) in files.iter().enumerate() {
-            if under_link(st(f, "path")) {
-                self.err(
-                    root,
-                    &p.k("files").i(i),
-                    "file path includes link in config",
-                );
+        for (list, key, what) in [(dirs, "directories", "directory"), (files, "files", "file")] {
+            for (i, n) in list.iter().enumerate() {
+                if under_link(st(n, "path")) {
+                    self.err(
+                        root,
+                        &p.k(key).i(i),
+                        format!("{what} path includes link in config"),
+                    );
+                }
             }
         }
         let dir_paths: Vec<&str> = dirs.iter().filter_map(|d| st(d, "path")).collect();
