@@ -555,6 +555,8 @@ pub fn is_booted_host(path: &Path) -> bool {
 /// A loaded sysroot holding libostree's sysroot lock; unlocked on drop.
 pub(crate) struct Locked {
     pub sysroot: ostree::Sysroot,
+    /// Reaps libostree's watchdog forks once the sysroot is unlocked.
+    _reaper: safety::ForkReaper,
 }
 
 impl Locked {
@@ -581,6 +583,7 @@ impl Locked {
     }
 
     fn lock(sysroot: ostree::Sysroot, path: &Path) -> Result<Locked> {
+        let reaper = safety::ForkReaper::new();
         let got = sysroot
             .try_lock()
             .with_context(|| format!("locking sysroot {}", path.display()))?;
@@ -593,7 +596,10 @@ impl Locked {
                 .lock()
                 .with_context(|| format!("locking sysroot {}", path.display()))?;
         }
-        Ok(Locked { sysroot })
+        Ok(Locked {
+            sysroot,
+            _reaper: reaper,
+        })
     }
 }
 
