@@ -143,22 +143,8 @@ pub fn cmd(c: RemoteCommand) -> Result<()> {
 }
 
 pub(crate) fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.starts_with('-')
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        return Err(crate::error::InputError::new(
-            "command line",
-            format!(
-                "remote name {name:?}: use letters, digits, '-', '_' and '.' (it appears in \
-                 origins as NAME:REF)"
-            ),
-        )
-        .into());
-    }
-    Ok(())
+    crate::validate::remote_name(name)
+        .map_err(|m| crate::error::InputError::new("command line", m).into())
 }
 
 pub(crate) fn validate_url(url: &str) -> Result<()> {

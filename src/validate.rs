@@ -298,6 +298,76 @@ pub fn file_kind(ft: std::fs::FileType) -> &'static str {
     }
 }
 
+/// An OSTree remote name (`origin`, `fleet-1`): letters, digits, `-`, `_` and `.`, not
+/// starting with `-` or `.` (it appears in origins as `NAME:REF`).
+pub fn remote_name(s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || s.starts_with(['-', '.'])
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(format!(
+            "remote name {s:?}: use letters, digits, '-', '_' and '.' (it appears in \
+             origins as NAME:REF)"
+        ));
+    }
+    Ok(())
+}
+
+/// A stateroot (OS) name (`kiln`, `debian-12`): letters, digits, `-`, `_` and `.`, not
+/// starting with `-` or `.`; it names a directory under `ostree/deploy`.
+pub fn os_name(s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || s.starts_with(['-', '.'])
+        || s.len() > 255
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(format!(
+            "invalid stateroot name {s:?}: use letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// A 64-character hex string: an OSTree commit checksum.
+pub fn is_commit_checksum(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// An OSTree ref (`kiln/stable/x86_64/base`), libostree's rule: `/`-separated parts,
+/// each starting with a letter, digit or `_` and going on with those or `-` and `.`.
+pub fn ostree_ref(s: &str) -> Result<(), String> {
+    let part_ok = |p: &str| {
+        let mut b = p.bytes();
+        matches!(b.next(), Some(c) if c.is_ascii_alphanumeric() || c == b'_')
+            && b.all(|c| c.is_ascii_alphanumeric() || b"-._".contains(&c))
+    };
+    if s.is_empty() || !s.split('/').all(part_ok) {
+        return Err(format!(
+            "invalid ref {s:?}: a ref is parts separated by '/', each of letters, digits, \
+             '_', '-' and '.' (not starting with '-' or '.'), e.g. kiln/stable/x86_64/base"
+        ));
+    }
+    Ok(())
+}
+
+/// What to deploy: a commit checksum, a ref, or `REMOTE:REF`.
+pub fn rev(s: &str) -> Result<(), String> {
+    if is_commit_checksum(s) {
+        return Ok(());
+    }
+    match s.split_once(':') {
+        Some((remote, r)) => {
+            remote_name(remote)?;
+            ostree_ref(r)
+        }
+        None => ostree_ref(s),
+    }
+}
+
 /// A user or group name, as `useradd`/`groupadd` and systemd accept everywhere: 1–32
 /// characters, a letter or `_` first, then letters, digits, `_`, `.` and `-`, optionally
 /// ending in `$` (Samba machine accounts).
@@ -471,6 +541,34 @@ mod tests {
             read_regular_file(&d.path().join("big"), 11).unwrap().len(),
             11
         );
+    }
+
+    #[test]
+    fn names_and_refs() {
+        for ok in ["kiln", "debian-12", "a_b.c"] {
+            assert!(os_name(ok).is_ok(), "{ok:?}");
+            assert!(remote_name(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", ".", "..", "-x", "a/b", "a b", "a\nb", "a:b"] {
+            assert!(os_name(bad).is_err(), "{bad:?}");
+            assert!(remote_name(bad).is_err(), "{bad:?}");
+        }
+        for ok in [
+            "kiln/stable/x86_64/base",
+            "x",
+            "_a/b-c.d",
+            "origin:kiln/x",
+            &"a".repeat(64),
+            &"0123456789abcdef".repeat(4),
+        ] {
+            assert!(rev(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "", "/x", "x/", "a//b", "-x", "a/.b", "a b", "a\nb", ":x", "o:", "o:/x", "a:b:c", "x*",
+            "../x",
+        ] {
+            assert!(rev(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

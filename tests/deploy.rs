@@ -678,3 +678,245 @@ fn concurrent_deploys_in_one_process_finish() {
         assert!(ok, "deploy thread {t} failed");
     }
 }
+
+/// Everything in a sysroot: (path, kind, mode, content or link target) plus the
+/// (path, size, mtime) listing, to prove a refused command left it byte-identical.
+type FullSnapshot = (
+    std::collections::BTreeMap<String, (char, u32, Vec<u8>)>,
+    Vec<(String, u64, i64)>,
+);
+
+fn full_snapshot(root: &Path) -> FullSnapshot {
+    (walk(root), snapshot(root))
+}
+
+fn assert_identical(before: &FullSnapshot, root: &Path, what: &str) {
+    let after = full_snapshot(root);
+    assert_unchanged(&before.1, &after.1);
+    let changed: Vec<&String> = before
+        .0
+        .iter()
+        .filter(|(k, v)| after.0.get(*k) != Some(v))
+        .map(|(k, _)| k)
+        .chain(after.0.keys().filter(|k| !before.0.contains_key(*k)))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "{what} changed the sysroot: {changed:?}"
+    );
+}
+
+/// A refused command: exit 2 (bad input), a message naming `needle`, no panic.
+fn refused(args: &[&str], needle: &str) {
+    let (code, out, err) = kiln(args);
+    assert_eq!(
+        code, 2,
+        "{args:?} was not refused as bad input:\n{out}\n{err}"
+    );
+    assert!(err.contains(needle), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+}
+
+/// Status, rollback and deploy all still work on the sysroot, and its default entry is a
+/// complete deployment.
+fn sysroot_still_works(f: &Fixture) {
+    let sr = s(&f.sysroot);
+    check_default_entry(&f.sysroot);
+    status_json(f);
+    kiln_ok(&["rollback", "--sysroot", sr]);
+    check_default_entry(&f.sysroot);
+    kiln_ok(&["rollback", "--sysroot", sr]);
+    kiln_ok(&["deploy", "--sysroot", sr, "--repo", s(&f.repo), REF]);
+    check_default_entry(&f.sysroot);
+    status_json(f);
+}
+
+#[test]
+fn bad_kernel_arguments_never_reach_the_sysroot() {
+    // Issue 18: `--karg "a=b\nc"` and `kargs --replace "console=ttyS0\nfoo"` used to switch
+    // the boot entries and then fail, leaving a default entry without ostree= that no
+    // command could load; `--karg ''` dropped every argument; `kargs --append ostree=/x`
+    // changed nothing yet pushed out the rollback.
+    let f = Fixture::new();
+    let sr = s(&f.sysroot);
+    let repo = s(&f.repo);
+    f.commit(1);
+    kiln_ok(&["deploy", "--sysroot", sr, "--repo", repo, REF]);
+    f.commit(2);
+    kiln_ok(&["deploy", "--sysroot", sr, "--repo", repo, REF]);
+    let snap = full_snapshot(&f.sysroot);
+    let nl = "a=b\nc";
+    let nl_console = "console=ttyS0\nfoo";
+    for (args, needle) in [
+        (vec!["deploy", "--karg", nl], "--karg"),
+        (vec!["deploy", "--karg", "a b"], "whitespace"),
+        (vec!["deploy", "--karg", ""], "empty kernel argument"),
+        (vec!["deploy", "--karg", "ostree=/x"], "ostree="),
+        (vec!["deploy", "--karg", "rw", "--karg", "a='b'"], "quotes"),
+        (vec!["kargs", "--replace", nl_console], "--replace"),
+        (
+            vec!["kargs", "--in-place", "--replace", nl_console],
+            "--replace",
+        ),
+        (vec!["kargs", "--append", "ostree=/x"], "ostree="),
+        (vec!["kargs", "--append", "BOOT_IMAGE=/x"], "BOOT_IMAGE"),
+        (vec!["kargs", "--append", "a b"], "--append"),
+        (vec!["kargs", "--delete", ""], "--delete"),
+        (vec!["kargs", "--replace", "rw"], "KEY=VALUE"),
+        (vec!["kargs", "--delete", "nosuch"], "nosuch"),
+    ] {
+        let mut full = vec![args[0], "--sysroot", sr];
+        full.extend_from_slice(&args[1..]);
+        if args[0] == "deploy" {
+            full.extend_from_slice(&["--repo", repo, REF]);
+        }
+        refused(&full, needle);
+        assert_identical(&snap, &f.sysroot, &format!("{args:?}"));
+    }
+
+    // The library entry point (image builds, the installer) refuses them too.
+    for bad in [nl, "", "a b", "ostree=/x"] {
+        let mut r = req(&f, REF);
+        r.kargs = Some(vec!["rw".into(), bad.into()]);
+        let e = deploy::deploy(&r).unwrap_err();
+        assert!(
+            e.downcast_ref::<kiln::error::InputError>().is_some(),
+            "{bad:?}: {e:#}"
+        );
+        assert_identical(&snap, &f.sysroot, &format!("deploy() with {bad:?}"));
+    }
+
+    // An edit that changes nothing makes no deployment and keeps the rollback.
+    let out = kiln_ok(&[
+        "kargs",
+        "--sysroot",
+        sr,
+        "--replace",
+        "console=ttyS0,115200",
+    ]);
+    assert!(out.contains("No change"), "{out}");
+    assert_identical(&snap, &f.sysroot, "a no-change kargs edit");
+
+    sysroot_still_works(&f);
+}
+
+#[test]
+fn bad_kernel_arguments_in_commits_and_deployments_are_refused() {
+    let f = Fixture::new();
+    let sr = s(&f.sysroot);
+    let repo = s(&f.repo);
+    f.commit(1);
+    // A commit whose kiln.kargs holds a newline: a first deployment would take them.
+    Cmd::new("ostree")
+        .arg(format!("--repo={repo}"))
+        .args([
+            "commit",
+            "-b",
+            "kiln/test/bad",
+            &format!("--tree=ref={REF}"),
+            "--add-metadata=kiln.kargs=['rw', 'a=b\\nc']",
+            "--add-metadata-string=version=9.0",
+        ])
+        .run()
+        .unwrap();
+    refused(
+        &["deploy", "--sysroot", sr, "--repo", repo, "kiln/test/bad"],
+        "kiln.kargs",
+    );
+    assert!(
+        !f.sysroot.exists(),
+        "a refused first deploy created the sysroot"
+    );
+
+    // A deployment carrying an argument kiln cannot represent (set behind kiln's back):
+    // deploying over it (inheriting) is refused, naming the deployment; giving the whole
+    // set with --karg works.
+    kiln_ok(&["deploy", "--sysroot", sr, "--repo", repo, REF]);
+    Cmd::new("ostree")
+        .args(["admin", "kargs", "edit-in-place"])
+        .arg(format!("--sysroot={sr}"))
+        .arg("--append-if-missing=x=\"b c\"")
+        .run()
+        .unwrap();
+    let snap = full_snapshot(&f.sysroot);
+    refused(
+        &["deploy", "--sysroot", sr, "--repo", repo, REF],
+        "inherited",
+    );
+    assert_identical(&snap, &f.sysroot, "deploy inheriting bad kargs");
+    refused(
+        &["kargs", "--sysroot", sr, "--append", "quiet"],
+        "kernel arguments",
+    );
+    assert_identical(&snap, &f.sysroot, "kargs over bad kargs");
+    kiln_ok(&[
+        "deploy",
+        "--sysroot",
+        sr,
+        "--repo",
+        repo,
+        "--karg",
+        "root=LABEL=root",
+        "--karg",
+        "rw",
+        REF,
+    ]);
+    check_default_entry(&f.sysroot);
+    assert_eq!(
+        status_json(&f)["spec"]["kernelArgs"],
+        serde_json::json!(["root=LABEL=root", "rw"])
+    );
+}
+
+#[test]
+fn bad_names_refs_and_indexes_are_refused_at_the_door() {
+    let f = Fixture::new();
+    let sr = s(&f.sysroot);
+    let repo = s(&f.repo);
+    f.commit(1);
+    // Nothing exists yet: a refused deploy must not create the sysroot.
+    for (args, needle) in [
+        (vec!["--os", "../x", REF], "--os"),
+        (vec!["--os", "", REF], "stateroot"),
+        (vec!["kiln/../x"], "invalid ref"),
+        (vec!["-x"], ""),
+        (vec!["o:"], "invalid ref"),
+        (vec!["a b"], "invalid ref"),
+    ] {
+        let mut full = vec!["deploy", "--sysroot", sr, "--repo", repo];
+        full.extend_from_slice(&args);
+        refused(&full, needle);
+        assert!(!f.sysroot.exists(), "{args:?} created the sysroot");
+    }
+    refused(
+        &["deploy", "--sysroot", sr, "--remote=-bad", REF],
+        "remote name",
+    );
+    refused(
+        &[
+            "deploy",
+            "--sysroot",
+            sr,
+            "--remote",
+            "origin",
+            "origin:kiln/x",
+        ],
+        "--remote",
+    );
+    kiln_ok(&["deploy", "--sysroot", sr, "--repo", repo, REF]);
+    let snap = full_snapshot(&f.sysroot);
+    for args in [
+        vec!["pin", "7"],
+        vec!["unpin", "7"],
+        vec!["pin", "-1"],
+        vec!["pin", "x"],
+        vec!["upgrade", "--repo", "/nonexistent"],
+        vec!["cleanup", "--os", "a/b"],
+        vec!["rollback", "--os", "."],
+    ] {
+        let mut full = args.clone();
+        full.extend_from_slice(&["--sysroot", sr]);
+        refused(&full, "");
+        assert_identical(&snap, &f.sysroot, &format!("{args:?}"));
+    }
+}

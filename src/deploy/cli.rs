@@ -8,6 +8,25 @@ use std::path::{Path, PathBuf};
 /// Exit code of `kiln upgrade --check` when an update is available (0: up to date).
 pub const EXIT_UPDATE_AVAILABLE: i32 = 77;
 
+// Value parsers: every value is checked by the one rule for its kind (crate::validate)
+// when the command line is parsed, so a bad one is a usage error (exit 2) before any work.
+
+fn parse_user_karg(s: &str) -> Result<String, String> {
+    crate::validate::user_kernel_arg(s).map(|()| s.to_string())
+}
+
+fn parse_os(s: &str) -> Result<String, String> {
+    crate::validate::os_name(s).map(|()| s.to_string())
+}
+
+fn parse_remote(s: &str) -> Result<String, String> {
+    crate::validate::remote_name(s).map(|()| s.to_string())
+}
+
+fn parse_rev(s: &str) -> Result<String, String> {
+    crate::validate::rev(s).map(|()| s.to_string())
+}
+
 /// Arguments every sysroot command takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SysrootArgs {
@@ -16,7 +35,7 @@ pub struct SysrootArgs {
     #[arg(long, default_value = "/")]
     pub sysroot: PathBuf,
     /// The stateroot (OS name); default: the booted one, else the next boot's, else `kiln`.
-    #[arg(long = "os")]
+    #[arg(long = "os", value_parser = parse_os)]
     pub os: Option<String>,
     /// Machine-readable output on stdout.
     #[arg(long)]
@@ -36,16 +55,17 @@ pub struct DeployArgs {
     #[command(flatten)]
     pub sys: SysrootArgs,
     /// Ref or commit checksum to deploy.
+    #[arg(value_parser = parse_rev)]
     pub rev: String,
     /// Pull from this local repo.
     #[arg(long, conflicts_with = "remote")]
     pub repo: Option<PathBuf>,
     /// Pull from this remote configured in the sysroot's repo.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_remote)]
     pub remote: Option<String>,
     /// Kernel arguments for the new deployment, repeated (replace the inherited ones when
     /// given; a first deployment otherwise takes the commit's kiln.kargs).
-    #[arg(long = "karg")]
+    #[arg(long = "karg", value_parser = parse_user_karg)]
     pub kargs: Vec<String>,
 }
 
@@ -98,13 +118,13 @@ pub struct KargsArgs {
     #[command(flatten)]
     pub sys: SysrootArgs,
     /// Add an argument (KEY or KEY=VALUE); repeatable.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_user_karg)]
     pub append: Vec<String>,
     /// Remove an argument (KEY, or KEY=VALUE when the key has several values); repeatable.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_user_karg)]
     pub delete: Vec<String>,
     /// Change a value: KEY=VALUE (the key must be present once) or KEY=OLD=NEW; repeatable.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_user_karg)]
     pub replace: Vec<String>,
     /// Rewrite the next boot's entry instead of making a new deployment (no rollback
     /// entry with the old arguments is kept).
@@ -418,7 +438,10 @@ pub fn cmd_kargs(a: KargsArgs) -> Result<()> {
         return print_json(&out);
     }
     if !out.changed {
-        println!("Kernel arguments unchanged: {}", out.after.join(" "));
+        println!(
+            "No change: the kernel arguments already are {}; no new deployment was made.",
+            out.after.join(" ")
+        );
     } else if out.in_place {
         println!("Kernel arguments of the next boot's entry changed in place:");
         println!(

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod ops;
 pub mod safety;
 pub mod status;
+use crate::error::InputError;
 use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
 use ostree::glib;
@@ -164,15 +165,34 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 /// does not exist. On a booted OSTree system (`/run/ostree-booted`, sysroot `/`) the
 /// deployment is staged and finalized at shutdown.
 pub fn deploy(req: &DeployRequest) -> Result<DeployOutcome> {
+    // The whole request is checked before anything is written: names, the ref and every
+    // kernel argument the new deployment would get.
     validate_os_name(&req.os)?;
-    if req.rev.trim().is_empty() {
-        bail!("nothing to deploy: the ref or commit is empty");
+    crate::validate::rev(&req.rev)
+        .map_err(|m| InputError::new(CMDLINE, format!("nothing to deploy: {m}")).key("REF"))?;
+    if let Source::Remote(name) = &req.source {
+        crate::validate::remote_name(name)
+            .map_err(|m| InputError::new(CMDLINE, m).key("--remote"))?;
+        if req.rev.contains(':') {
+            return Err(InputError::new(
+                CMDLINE,
+                format!(
+                    "{:?}: with --remote {name}, name the ref alone (without REMOTE:)",
+                    req.rev
+                ),
+            )
+            .key("REF")
+            .into());
+        }
+    }
+    if let Some(k) = &req.kargs {
+        check_kargs(k, CMDLINE, "--karg", true)?;
     }
     safety::guard_host_filesystem(&req.sysroot);
     // Check the source before touching the sysroot, so a typo changes nothing.
     if let Source::LocalRepo(dir) = &req.source {
         let src = open_source_repo(dir)?;
-        crate::repo::resolve(&src, &req.rev)?.ok_or_else(|| {
+        let checksum = crate::repo::resolve(&src, &req.rev)?.ok_or_else(|| {
             anyhow!(
                 "no ref or commit {:?} in the repo {} (see `ostree refs --repo {}`)",
                 req.rev,
@@ -180,6 +200,25 @@ pub fn deploy(req: &DeployRequest) -> Result<DeployOutcome> {
                 dir.display()
             )
         })?;
+        // A first deployment takes the commit's kernel arguments: check them now.
+        let first = !is_initialized(&req.sysroot)
+            || load_readonly(&req.sysroot)?
+                .merge_deployment(Some(&req.os))
+                .is_none();
+        if req.kargs.is_none() && first {
+            let info = crate::repo::read_commit(&src, &checksum)?;
+            check_kargs(
+                &info.meta_list(crate::repo::keys::KARGS),
+                &format!("commit {checksum}"),
+                crate::repo::keys::KARGS,
+                true,
+            )?;
+        }
+    }
+    if req.kargs.is_none() && is_initialized(&req.sysroot) {
+        if let Some(m) = load_readonly(&req.sysroot)?.merge_deployment(Some(&req.os)) {
+            check_inherited_kargs(&m)?;
+        }
     }
     require_root(&req.sysroot, "deploying")?;
     match &req.source {
@@ -270,10 +309,34 @@ pub fn follow_remote(sysroot_path: &Path, os: &str, ref_: &str, remote: &str) ->
     Ok(changed)
 }
 
-/// How to choose the new deployment's kernel arguments.
-pub(crate) enum Kargs {
-    /// Exactly these.
-    Exactly(Vec<String>),
+/// The kernel arguments a new deployment inherits from `merge`, checked.
+pub(crate) fn check_inherited_kargs(merge: &ostree::Deployment) -> Result<Vec<String>> {
+    let k = status::kargs_of(merge);
+    check_kargs(
+        &k,
+        &format!("deployment {}.{}", merge.csum(), merge.deployserial()),
+        "kernel arguments (inherited; give the whole set with `kiln deploy --karg`)",
+        false,
+    )?;
+    Ok(k)
+}
+
+/// "command line": where options given to kiln come from, in [`InputError`]s.
+pub(crate) const CMDLINE: &str = "command line";
+
+/// Checks every kernel argument of `kargs` with the one rule for kernel arguments
+/// ([`crate::validate::user_kernel_arg`] when `user`, else
+/// [`crate::validate::kernel_arg`]); `file` and `key` name where they come from.
+pub(crate) fn check_kargs(kargs: &[String], file: &str, key: &str, user: bool) -> Result<()> {
+    for k in kargs {
+        let r = if user {
+            crate::validate::user_kernel_arg(k)
+        } else {
+            crate::validate::kernel_arg(k)
+        };
+        r.map_err(|m| InputError::new(file, m).key(key))?;
+    }
+    Ok(())
 }
 
 /// Deploys `checksum` (already in the sysroot repo) with origin `refspec` as the next boot.
@@ -292,16 +355,29 @@ pub(crate) fn deploy_locked(
     let repo = sysroot.repo();
     let info = crate::repo::read_commit(&repo, checksum)?;
     let merge = sysroot.merge_deployment(Some(os));
+    // The new deployment's kernel arguments, spelled out and checked before the first
+    // write: a bad one (a newline, `ostree=`) would leave a boot entry libostree itself
+    // cannot load, after the boot-entry swap.
     let kargs = match (kargs, &merge) {
-        (Some(k), _) => Some(Kargs::Exactly(k)),
-        (None, Some(_)) => None,
-        (None, None) => Some(Kargs::Exactly(info.meta_list(crate::repo::keys::KARGS))),
+        (Some(k), _) => {
+            check_kargs(&k, CMDLINE, "--karg", true)?;
+            k
+        }
+        (None, Some(m)) => check_inherited_kargs(m)?,
+        (None, None) => {
+            let k = info.meta_list(crate::repo::keys::KARGS);
+            check_kargs(
+                &k,
+                &format!("commit {checksum}"),
+                crate::repo::keys::KARGS,
+                true,
+            )?;
+            k
+        }
     };
-    let argv: Option<Vec<&str>> = kargs.as_ref().map(|k| match k {
-        Kargs::Exactly(v) => v.iter().map(String::as_str).collect(),
-    });
+    let argv: Vec<&str> = kargs.iter().map(String::as_str).collect();
     let opts = ostree::SysrootDeployTreeOpts {
-        override_kernel_argv: argv.as_deref(),
+        override_kernel_argv: Some(&argv),
         ..Default::default()
     };
     let origin = origin.unwrap_or_else(|| sysroot.origin_new_from_refspec(refspec));
@@ -341,9 +417,14 @@ pub(crate) fn deploy_locked(
             )
             .context("writing the new boot entries")?;
         safety::point("deploy:boot-written");
-        sysroot
-            .cleanup(cancel)
-            .context("removing deployments that are no longer listed")?;
+        // The new boot entries are in place: from here on nothing may turn the deploy
+        // into a failure. Leftovers of a failed cleanup go with the next `kiln cleanup`.
+        if let Err(e) = sysroot.cleanup(cancel) {
+            eprintln!(
+                "kiln: warning: the deployment is complete, but removing deployments that \
+                 are no longer listed failed (run `kiln cleanup`): {e}"
+            );
+        }
         safety::point("deploy:cleaned");
     }
     Ok(DeployOutcome {
@@ -405,29 +486,26 @@ fn resolve_in(repo: &ostree::Repo, rev: &str) -> Result<String> {
 
 pub(crate) fn open_source_repo(dir: &Path) -> Result<ostree::Repo> {
     if !dir.join("config").is_file() {
-        bail!(
-            "{} is not an OSTree repo (no config file); pass the repo `kiln compose` wrote",
-            dir.display()
-        );
+        return Err(InputError::new(
+            CMDLINE,
+            format!(
+                "{} is not an OSTree repo (no config file); pass the repo `kiln compose` wrote",
+                dir.display()
+            ),
+        )
+        .key("--repo")
+        .into());
     }
     crate::repo::open(dir)
 }
 
 /// A 64-character hex string: a commit checksum rather than a ref.
 pub fn is_checksum(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+    crate::validate::is_commit_checksum(s)
 }
 
-pub(crate) fn validate_os_name(os: &str) -> Result<()> {
-    if os.is_empty()
-        || os.starts_with('.')
-        || !os
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        bail!("invalid stateroot name {os:?}: use letters, digits, '-', '_' and '.'");
-    }
-    Ok(())
+fn validate_os_name(os: &str) -> Result<()> {
+    crate::validate::os_name(os).map_err(|m| InputError::new(CMDLINE, m).key("--os").into())
 }
 
 /// True when `path` holds an OSTree sysroot (`ostree/repo` and `ostree/deploy`).
@@ -477,6 +555,8 @@ pub fn is_booted_host(path: &Path) -> bool {
 /// A loaded sysroot holding libostree's sysroot lock; unlocked on drop.
 pub(crate) struct Locked {
     pub sysroot: ostree::Sysroot,
+    /// Reaps libostree's watchdog forks once the sysroot is unlocked.
+    _reaper: safety::ForkReaper,
 }
 
 impl Locked {
@@ -503,6 +583,7 @@ impl Locked {
     }
 
     fn lock(sysroot: ostree::Sysroot, path: &Path) -> Result<Locked> {
+        let reaper = safety::ForkReaper::new();
         let got = sysroot
             .try_lock()
             .with_context(|| format!("locking sysroot {}", path.display()))?;
@@ -515,7 +596,10 @@ impl Locked {
                 .lock()
                 .with_context(|| format!("locking sysroot {}", path.display()))?;
         }
-        Ok(Locked { sysroot })
+        Ok(Locked {
+            sysroot,
+            _reaper: reaper,
+        })
     }
 }
 

@@ -2,7 +2,10 @@
 //! as library functions with typed results. Semantics are documented in docs/updating.md.
 
 use super::status::{self, kargs_of, refspec_of, Host, Roles};
-use super::{deploy_locked, is_checksum, pull, safety, DeployOutcome, Locked, Source};
+use super::{
+    check_kargs, deploy_locked, is_checksum, pull, safety, DeployOutcome, Locked, Source, CMDLINE,
+};
+use crate::error::InputError;
 use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
 use ostree::glib;
@@ -149,18 +152,19 @@ fn deployment_at(
     index: usize,
 ) -> Result<ostree::Deployment> {
     deps.get(index).cloned().ok_or_else(|| {
-        if deps.is_empty() {
-            anyhow!(
+        let m = if deps.is_empty() {
+            format!(
                 "no deployment {index} in {}: it has no deployments",
                 path.display()
             )
         } else {
-            anyhow!(
+            format!(
                 "no deployment {index} in {}: valid indexes are 0..={} (see `kiln status`)",
                 path.display(),
                 deps.len() - 1
             )
-        }
+        };
+        InputError::new(CMDLINE, m).key("INDEX").into()
     })
 }
 
@@ -278,6 +282,26 @@ impl KargsEdit {
         self.delete.is_empty() && self.replace.is_empty() && self.append.is_empty()
     }
 
+    /// Checks every value with the one kernel-argument rule
+    /// ([`crate::validate::user_kernel_arg`]): `--append`/`--delete` take one argument,
+    /// `--replace` one `KEY=VALUE` or `KEY=OLD=NEW` word.
+    pub fn validate(&self) -> Result<()> {
+        check_kargs(&self.delete, CMDLINE, "--delete", true)?;
+        check_kargs(&self.replace, CMDLINE, "--replace", true)?;
+        check_kargs(&self.append, CMDLINE, "--append", true)?;
+        for r in &self.replace {
+            if !r.contains('=') {
+                return Err(InputError::new(
+                    CMDLINE,
+                    format!("{r:?}: expected KEY=VALUE or KEY=OLD=NEW"),
+                )
+                .key("--replace")
+                .into());
+            }
+        }
+        Ok(())
+    }
+
     /// Applies the edits to `current`. The rules are libostree's (`ostree admin kargs`),
     /// except that `--replace KEY=VALUE` where VALUE itself contains `=` (as in
     /// `root=LABEL=boot`) sets the value unless its start names an existing value.
@@ -373,19 +397,67 @@ fn kargs_base(path: &Path, sysroot: &ostree::Sysroot, os: &str) -> Result<ostree
     Ok(share(&deps[base_i]))
 }
 
+/// The kernel arguments `edit` makes of `before`, checked: an edit that cannot apply is
+/// an [`InputError`], and the result must hold only valid kernel arguments.
+fn edited_kargs(
+    edit: &KargsEdit,
+    before: &[String],
+    base: &ostree::Deployment,
+) -> Result<Vec<String>> {
+    let after = edit
+        .apply(before)
+        .map_err(|e| InputError::new(CMDLINE, e.to_string()))?;
+    check_kargs(
+        &after,
+        &format!("deployment {}.{}", base.csum(), base.deployserial()),
+        "kernel arguments (give the whole set with `kiln deploy --karg`)",
+        false,
+    )?;
+    Ok(after)
+}
+
 pub fn kargs(path: &Path, os: &str, edit: &KargsEdit, in_place: bool) -> Result<KargsOutcome> {
+    edit.validate()?;
     super::ensure_initialized(path)?;
+    if edit.is_empty() {
+        // Reading only: no root, no lock.
+        let ro = super::load_readonly(path)?;
+        let base = kargs_base(path, &ro, os)?;
+        let before = kargs_of(&base);
+        return Ok(KargsOutcome {
+            changed: false,
+            in_place,
+            deployment: dref(&ro, &base),
+            staged: base.is_staged(),
+            after: before.clone(),
+            before,
+        });
+    }
     super::require_root(path, "changing kernel arguments")?;
-    // Reject impossible edits before taking the lock.
+    // Reject impossible edits before taking the lock; an edit that changes nothing
+    // touches nothing (no new deployment, the rollback stays).
     {
         let ro = super::load_readonly(path)?;
-        edit.apply(&kargs_of(&kargs_base(path, &ro, os)?))?;
+        let base = kargs_base(path, &ro, os)?;
+        let before = kargs_of(&base);
+        let after = edited_kargs(edit, &before, &base)?;
+        if after == before {
+            return Ok(KargsOutcome {
+                changed: false,
+                in_place,
+                deployment: dref(&ro, &base),
+                staged: base.is_staged(),
+                before,
+                after,
+            });
+        }
     }
     let locked = Locked::open(path)?;
     let sysroot = &locked.sysroot;
     let base = kargs_base(path, sysroot, os)?;
     let before = kargs_of(&base);
-    let after = edit.apply(&before)?;
+    let after = edited_kargs(edit, &before, &base)?;
+    // Nothing changes: no new deployment, the rollback stays.
     if after == before {
         return Ok(KargsOutcome {
             changed: false,
@@ -615,6 +687,11 @@ pub fn upgrade(path: &Path, os: &str, opts: &UpgradeOptions) -> Result<UpgradeOu
     {
         let ro = super::load_readonly(path)?;
         let base = upgrade_base(&ro, path, os, opts)?;
+        if !opts.check {
+            if let Some(m) = ro.merge_deployment(Some(os)) {
+                super::check_inherited_kargs(&m)?;
+            }
+        }
         if let Source::LocalRepo(dir) = &base.source {
             let src = super::open_source_repo(dir)?;
             let newest = crate::repo::resolve(&src, &base.ref_)?

@@ -140,3 +140,96 @@ fn install_fifreeze_filter() -> std::io::Result<()> {
         "no FIFREEZE filter for this architecture",
     ))
 }
+
+/// Keeps libostree's fsfreeze watchdogs from outliving kiln as zombies.
+///
+/// Every boot-entry write (`write_deployments` and what calls it: deploy, rollback,
+/// cleanup, kargs) forks a watchdog that `daemon()`s: the first child exits at once and
+/// libostree never waits for it; the grandchild exits when the write is done, reparented
+/// to init. Under a PID 1 that does not reap (containers, build sandboxes), each run left
+/// a defunct `kiln` behind. While a `ForkReaper` lives, kiln is a child subreaper
+/// (`PR_SET_CHILD_SUBREAPER`) so the grandchild comes back to kiln; dropping it reaps
+/// every child that is a fork of kiln itself (same command name, never exec'd), waiting
+/// a moment for one still running.
+pub(crate) struct ForkReaper(());
+
+/// (live reapers, whether the process was a subreaper before the first one).
+static REAPERS: std::sync::Mutex<(usize, bool)> = std::sync::Mutex::new((0, false));
+
+impl ForkReaper {
+    pub(crate) fn new() -> ForkReaper {
+        let mut g = REAPERS.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 == 0 {
+            let mut cur: libc::c_int = 0;
+            // SAFETY: prctl with an out-pointer to a c_int, and with integer arguments.
+            unsafe {
+                libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut cur as *mut libc::c_int);
+                g.1 = cur != 0;
+                if !g.1 {
+                    libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+                }
+            }
+        }
+        g.0 += 1;
+        ForkReaper(())
+    }
+}
+
+impl Drop for ForkReaper {
+    fn drop(&mut self) {
+        reap_forked_children(Duration::from_secs(10));
+        let mut g = REAPERS.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 -= 1;
+        if g.0 == 0 && !g.1 {
+            // SAFETY: prctl with integer arguments.
+            unsafe {
+                libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0);
+            }
+        }
+    }
+}
+
+/// The children of this process (of all its threads).
+fn children() -> Vec<libc::pid_t> {
+    let mut v = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                v.extend(
+                    s.split_whitespace()
+                        .filter_map(|p| p.parse::<libc::pid_t>().ok()),
+                );
+            }
+        }
+    }
+    v
+}
+
+fn comm(pid: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()
+}
+
+/// Reaps the children that are forks of this process (libostree's watchdogs): same
+/// command name as kiln, so never exec'd. Children that run other programs (the ones
+/// `Cmd` waits for) are left alone. Waits up to `patience` for forks still running.
+pub(crate) fn reap_forked_children(patience: Duration) {
+    let Some(me) = comm("self") else { return };
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let mut running = false;
+        for pid in children() {
+            if comm(&pid.to_string()).as_deref() != Some(me.as_str()) {
+                continue;
+            }
+            let mut status = 0;
+            // SAFETY: waitpid on one of our own children, without blocking.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
+                running = true;
+            }
+        }
+        if !running || std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

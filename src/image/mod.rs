@@ -730,7 +730,7 @@ fn check_args(a: &ImageArgs) -> Result<()> {
     for k in &a.kargs {
         crate::validate::user_kernel_arg(k).map_err(|m| bad("--karg", m))?;
     }
-    crate::deploy::validate_os_name(&a.os).map_err(|e| bad("--os", format!("{e:#}")))?;
+    crate::validate::os_name(&a.os).map_err(|m| bad("--os", m))?;
     if let Some(ign) = &a.ignition {
         crate::validate::open_regular(ign).map_err(|m| bad("--ignition", m))?;
         read_ignition_config(ign)?;
