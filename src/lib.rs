@@ -12,6 +12,7 @@ pub mod error;
 pub mod ignition;
 pub mod image;
 pub mod install;
+pub mod output;
 pub mod progress;
 pub mod publish;
 pub mod qemu;
