@@ -80,3 +80,25 @@ mod tests {
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
     }
 }
+
+/// A command that did its work and whose answer is "no": not a failure to report, but an
+/// exit status that scripts test. Handlers return it as an error; `main` alone turns it
+/// into the exit code ([`Verdict::code`]) without printing anything more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Verdict {
+    /// `kiln upgrade --check`: an update is available (exit 77).
+    #[error("an update is available")]
+    UpdateAvailable,
+    /// `kiln verify-reproducible`: the two builds differ (exit 1).
+    #[error("the two builds differ")]
+    NotReproducible,
+}
+
+impl Verdict {
+    pub fn code(self) -> i32 {
+        match self {
+            Verdict::UpdateAvailable => 77,
+            Verdict::NotReproducible => 1,
+        }
+    }
+}
