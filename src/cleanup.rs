@@ -354,6 +354,14 @@ impl TempDir {
     }
 }
 
+/// Runs `f` where a SIGINT or SIGTERM cannot end the process: the signal thread waits
+/// until `f` returns. For a few system calls that must come in pairs (freeze and thaw a
+/// filesystem); `f` must not drop a [`TempDir`].
+pub fn uninterruptible<T>(f: impl FnOnce() -> T) -> T {
+    let _g = REMOVING.lock().unwrap_or_else(|e| e.into_inner());
+    f()
+}
+
 fn unregister(path: &Path) {
     let mut r = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(i) = r.iter().rposition(|p| p == path) {

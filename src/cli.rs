@@ -61,4 +61,7 @@ pub enum Command {
     /// Ignition configs: build from TOML, validate JSON.
     #[command(subcommand)]
     Ignition(crate::ignition::IgnitionCommand),
+    /// Finalize a staged deployment at shutdown (run by ostree-finalize-staged.service).
+    #[command(hide = true)]
+    FinalizeStaged,
 }

@@ -30,6 +30,7 @@ fn main() {
         Command::Install(a) => kiln::install::cmd_install(a),
         Command::Run(a) => kiln::qemu::cmd_run(a),
         Command::Ignition(c) => kiln::ignition::cmd(c),
+        Command::FinalizeStaged => kiln::deploy::cli::cmd_finalize_staged(),
         Command::VerifyReproducible(a) => kiln::reproducible::cmd_verify(a),
     };
     // An interrupted command ends with the signal thread's exit status, after its cleanup.

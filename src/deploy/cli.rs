@@ -511,3 +511,17 @@ pub fn cmd_diff(a: DiffArgs) -> Result<()> {
 fn open_repo(p: &Path) -> Result<ostree::Repo> {
     super::open_source_repo(p)
 }
+
+/// `kiln finalize-staged` (hidden): what `ostree-finalize-staged.service` runs at shutdown
+/// in kiln images (overlays/base, a drop-in for libostree's unit). libostree's own
+/// finalization writes the staged deployment's boot entries; then kiln checkpoints /boot
+/// so that GRUB, which does not replay the ext4 journal, sees them after a power loss
+/// (see [`super::safety::flush_boot`]).
+pub fn cmd_finalize_staged() -> Result<()> {
+    crate::cmd::Cmd::new("ostree")
+        .args(["admin", "finalize-staged"])
+        .run()
+        .context("finalizing the staged deployment")?;
+    super::safety::flush_boot(std::path::Path::new("/"));
+    Ok(())
+}

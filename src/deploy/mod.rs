@@ -416,6 +416,9 @@ pub(crate) fn deploy_locked(
                 cancel,
             )
             .context("writing the new boot entries")?;
+        if let Some(p) = sysroot.path().path() {
+            safety::flush_boot(&p);
+        }
         safety::point("deploy:boot-written");
         // The new boot entries are in place: from here on nothing may turn the deploy
         // into a failure. Leftovers of a failed cleanup go with the next `kiln cleanup`.

@@ -128,6 +128,7 @@ pub fn rollback(path: &Path) -> Result<RollbackOutcome> {
             gio::Cancellable::NONE,
         )
         .context("writing the reordered boot entries")?;
+    safety::flush_boot(path);
     safety::point("rollback:written");
     Ok(RollbackOutcome {
         default: dref(sysroot, &deps[target]),
@@ -247,6 +248,7 @@ pub fn cleanup(path: &Path, os: &str, remove_rollback: bool) -> Result<CleanupOu
                 cancel,
             )
             .context("writing the boot entries without the removed deployments")?;
+        safety::flush_boot(path);
         safety::point("cleanup:written");
     }
     sysroot
@@ -474,6 +476,7 @@ pub fn kargs(path: &Path, os: &str, edit: &KargsEdit, in_place: bool) -> Result<
         sysroot
             .deployment_set_kargs(&base, &argv, gio::Cancellable::NONE)
             .context("rewriting the boot entry with the new kernel arguments")?;
+        safety::flush_boot(path);
         safety::point("kargs:written");
         return Ok(KargsOutcome {
             changed: true,

@@ -203,17 +203,23 @@ fn stage(vm: &mut Vm, s: &Setup, target: &str) {
     eprintln!("staged {target}: {out}");
 }
 
+/// The image's finalization (overlays/base: libostree's finalization, then /boot
+/// checkpointed), run between the marks exactly as the image runs it.
+const IMAGE_DROPIN: &str = "/usr/lib/systemd/system/ostree-finalize-staged.service.d/kiln.conf";
+const FINALIZE_CMD: &str = "ExecStop=/usr/bin/kiln finalize-staged";
+
 /// Reboots with marks around the finalization and resets at `when`; returns how far into
 /// the finalization the reset came (host time between the start mark and the reset).
 fn reset_in_finalization(vm: &mut Vm, when: Finalize, took: Duration) -> Duration {
     let dropin = "/run/systemd/system/ostree-finalize-staged.service.d";
     vm.run_ok(
         &format!(
-            "mkdir -p {dropin} && cat > {dropin}/kiln-powerloss.conf <<'EOF'\n\
+            "grep -qx '{FINALIZE_CMD}' {IMAGE_DROPIN} && \
+             mkdir -p {dropin} && cat > {dropin}/kiln-powerloss.conf <<'EOF'\n\
              [Service]\n\
              ExecStop=\n\
              ExecStop=/bin/sh -c 'echo {FINALIZE_START} > /dev/console'\n\
-             ExecStop=/usr/bin/ostree admin finalize-staged\n\
+             {FINALIZE_CMD}\n\
              ExecStop=/bin/sh -c 'echo {FINALIZE_DONE} > /dev/console'\n\
              EOF\n\
              systemctl daemon-reload && systemctl is-active ostree-finalize-staged.service"
