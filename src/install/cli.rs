@@ -129,3 +129,90 @@ pub fn cmd_install(a: InstallArgs) -> Result<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use crate::install::{IgnitionHash, IgnitionSource, ImageSource, Sha256};
+    use clap::Parser;
+
+    fn parse(extra: &[&str]) -> Result<super::InstallArgs, clap::Error> {
+        let mut argv = vec!["kiln", "install", "/dev/null"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Install(a) => Ok(a),
+            _ => unreachable!("not the install command"),
+        }
+    }
+
+    #[test]
+    fn arguments_are_parsed_into_types_at_the_door() {
+        let sha = "AB".repeat(32);
+        let a = parse(&[
+            "--image",
+            "https://h:8080/d/base.raw",
+            "--image-sha256",
+            &sha,
+            "--ignition",
+            "http://10.0.0.1/c.ign",
+            "--ignition-hash",
+            &format!("sha512-{}", "cd".repeat(64)),
+            "--karg",
+            "console=ttyS0",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.image,
+            Some(ImageSource::Url("https://h:8080/d/base.raw".into()))
+        );
+        assert_eq!(a.image_sha256, Some(Sha256::parse(&sha).unwrap()));
+        assert_eq!(a.image_sha256.unwrap().as_str(), "ab".repeat(32));
+        assert_eq!(
+            a.ignition,
+            Some(IgnitionSource::Url("http://10.0.0.1/c.ign".into()))
+        );
+        assert_eq!(a.ignition_hash, Some(IgnitionHash::Sha512("cd".repeat(64))));
+        let a = parse(&["--image", "base.qcow2", "--ignition", "c.ign"]).unwrap();
+        assert_eq!(a.image, Some(ImageSource::File("base.qcow2".into())));
+        assert_eq!(a.ignition, Some(IgnitionSource::File("c.ign".into())));
+
+        // Each bad value is refused by clap (exit 2) naming its option, before any work.
+        for (bad, option, why) in [
+            (
+                vec!["--image", "http://h:0/base.raw"],
+                "--image",
+                "invalid port",
+            ),
+            (vec!["--image", "https:///base.raw"], "--image", "no host"),
+            (
+                vec!["--image", "x.raw", "--image-sha256", "abc"],
+                "--image-sha256",
+                "not a sha256",
+            ),
+            (
+                vec!["--image", "x.raw", "--ignition", "ftp://h/c.ign"],
+                "--ignition",
+                "not supported",
+            ),
+            (
+                vec![
+                    "--image",
+                    "x.raw",
+                    "--ignition",
+                    "c.ign",
+                    "--ignition-hash",
+                    "md5-00",
+                ],
+                "--ignition-hash",
+                "not an Ignition config hash",
+            ),
+            (vec!["--image", "x.raw", "--karg", "a b"], "--karg", ""),
+        ] {
+            let e = parse(&bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}");
+            let m = e.to_string();
+            assert!(m.contains(option) && m.contains(why), "{bad:?}: {m}");
+        }
+    }
+}
