@@ -53,7 +53,7 @@ pub enum Command {
     #[command(subcommand)]
     Iso(crate::image::iso::IsoCommand),
     /// Install a disk image (file, URL or commit) on a disk, with an Ignition config.
-    Install(crate::install::InstallArgs),
+    Install(crate::install::cli::InstallArgs),
     /// Boot an image in QEMU with the serial console on stdout.
     Run(crate::qemu::RunArgs),
     /// Build a recipe twice from scratch and check commits and images are bit-identical.

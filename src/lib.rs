@@ -3,6 +3,7 @@
 //! The pipeline: [`recipe`] → [`compose`] → [`repo`] → [`deploy`] / [`image`] →
 //! [`qemu`]; [`ignition`] builds and validates first-boot configs.
 
+pub mod blockdev;
 pub mod cleanup;
 pub mod cli;
 pub mod cmd;

@@ -27,7 +27,7 @@ fn main() {
         Command::Remote(c) => kiln::remote::cmd(c),
         Command::Image(a) => kiln::image::cmd_image(a),
         Command::Iso(c) => kiln::image::iso::cmd(c),
-        Command::Install(a) => kiln::install::cmd_install(a),
+        Command::Install(a) => kiln::install::cli::cmd_install(a),
         Command::Run(a) => kiln::qemu::cmd_run(a),
         Command::Ignition(c) => kiln::ignition::cmd(c),
         Command::FinalizeStaged => kiln::deploy::cli::cmd_finalize_staged(),

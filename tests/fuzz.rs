@@ -493,7 +493,7 @@ mod iso {
 
 mod gpt {
     use super::*;
-    use kiln::install::{partitions, Partition};
+    use kiln::blockdev::{partitions, Partition};
 
     pub const ENTRIES_LBA: u64 = 2;
 

@@ -8,8 +8,8 @@
 mod common;
 
 use common::install::{images, install_json, sparse, tmp, KARG, MIB};
+use kiln::blockdev::LoopDev;
 use kiln::cmd::Cmd;
-use kiln::install::LoopDev;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, PermissionsExt};
