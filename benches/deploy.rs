@@ -5,6 +5,7 @@
 mod common;
 
 use common::{median, secs, unlock_deployments};
+use kiln::deploy::upgrade::{upgrade, UpgradeOptions, UpgradeOutcome};
 use kiln::deploy::{self, ops, DeployRequest, Source};
 use kiln::repo::{self, keys, CommitOptions, MetaValue};
 use std::path::Path;
@@ -106,17 +107,17 @@ fn main() {
     let first = secs(t);
     commit(&repo_path, td.path(), 2);
     let t = Instant::now();
-    let up = ops::upgrade(
+    let up = upgrade(
         &sysroot,
         "kiln",
-        &ops::UpgradeOptions {
+        &UpgradeOptions {
             repo: Some(repo_path.clone()),
             ..Default::default()
         },
     )
     .unwrap();
     let upgrade = secs(t);
-    assert!(matches!(up, ops::UpgradeOutcome::Deployed { .. }));
+    assert!(matches!(up, UpgradeOutcome::Deployed { .. }));
 
     let mut rb = Vec::new();
     for _ in 0..9 {

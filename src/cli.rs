@@ -21,9 +21,9 @@ pub enum Command {
     #[command(subcommand)]
     Recipe(crate::recipe::cli::RecipeCommand),
     /// Show the commit history of a ref.
-    Log(crate::compose::LogArgs),
+    Log(crate::repo::cli::RevArgs),
     /// Show one commit's metadata and package list.
-    Show(crate::compose::ShowArgs),
+    Show(crate::repo::cli::RevArgs),
     /// Deploy a commit to a sysroot and make it the next boot.
     Deploy(crate::deploy::cli::DeployArgs),
     /// Show the deployments of a sysroot.
@@ -41,12 +41,12 @@ pub enum Command {
     /// Change kernel arguments (new deployment, or in place).
     Kargs(crate::deploy::cli::KargsArgs),
     /// Packages added, removed and changed between two commits.
-    Diff(crate::deploy::cli::DiffArgs),
+    Diff(crate::repo::cli::DiffArgs),
     /// Publish commits to an archive repo for HTTP clients (deltas, signatures, retention).
     Publish(crate::publish::PublishArgs),
     /// Update servers of a sysroot: add, list, delete.
     #[command(subcommand)]
-    Remote(crate::remote::RemoteCommand),
+    Remote(crate::remote::cli::RemoteCommand),
     /// Build a bootable disk image from a commit.
     Image(crate::image::ImageArgs),
     /// Live ISOs: embed an Ignition config, change kernel arguments, in place.

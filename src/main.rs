@@ -1,6 +1,6 @@
 use clap::Parser;
 use kiln::cli::{Cli, Command};
-use kiln::error::{InputError, EXIT_USAGE};
+use kiln::error::{InputError, Verdict, EXIT_USAGE};
 
 fn main() {
     end_quietly_when_the_reader_goes_away();
@@ -12,8 +12,8 @@ fn main() {
     let result = match cli.command {
         Command::Compose(a) => kiln::compose::cmd_compose(a),
         Command::Recipe(c) => kiln::recipe::cli::cmd(c),
-        Command::Log(a) => kiln::compose::cmd_log(a),
-        Command::Show(a) => kiln::compose::cmd_show(a),
+        Command::Log(a) => kiln::repo::cli::cmd_log(a),
+        Command::Show(a) => kiln::repo::cli::cmd_show(a),
         Command::Deploy(a) => kiln::deploy::cli::cmd_deploy(a),
         Command::Status(a) => kiln::deploy::cli::cmd_status(a),
         Command::Upgrade(a) => kiln::deploy::cli::cmd_upgrade(a),
@@ -22,9 +22,9 @@ fn main() {
         Command::Unpin(a) => kiln::deploy::cli::cmd_pin(a, false),
         Command::Cleanup(a) => kiln::deploy::cli::cmd_cleanup(a),
         Command::Kargs(a) => kiln::deploy::cli::cmd_kargs(a),
-        Command::Diff(a) => kiln::deploy::cli::cmd_diff(a),
+        Command::Diff(a) => kiln::repo::cli::cmd_diff(a),
         Command::Publish(a) => kiln::publish::cmd_publish(a),
-        Command::Remote(c) => kiln::remote::cmd(c),
+        Command::Remote(c) => kiln::remote::cli::cmd(c),
         Command::Image(a) => kiln::image::cmd_image(a),
         Command::Iso(c) => kiln::image::iso::cmd(c),
         Command::Install(a) => kiln::install::cli::cmd_install(a),
@@ -36,6 +36,11 @@ fn main() {
     // An interrupted command ends with the signal thread's exit status, after its cleanup.
     kiln::cleanup::wait_if_interrupted();
     if let Err(e) = result {
+        // A "no" answer that is an exit status (upgrade --check: 77): the command printed
+        // its answer already.
+        if let Some(v) = e.chain().find_map(|c| c.downcast_ref::<Verdict>()) {
+            std::process::exit(v.code());
+        }
         let code = if e.downcast_ref::<InputError>().is_some()
             || e.chain().any(|c| c.downcast_ref::<InputError>().is_some())
         {

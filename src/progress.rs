@@ -204,6 +204,57 @@ impl Stage<'_> {
     }
 }
 
+/// How often a [`Live`] line prints a plain line when stderr is not a terminal.
+const LIVE_EVERY: Duration = Duration::from_secs(2);
+
+/// A one-line status that a callback keeps current (a network pull's counters): on a TTY a
+/// spinner with the latest message; otherwise a plain `kiln: MESSAGE` line at most every
+/// few seconds; nothing when quiet. Clones share the line, so one can move into a
+/// callback; [`Live::finish`] clears it.
+#[derive(Clone)]
+pub struct Live {
+    bar: Option<ProgressBar>,
+    /// When not quiet and not on a TTY: when the last plain line was printed (or the start).
+    plain: Option<std::rc::Rc<std::cell::Cell<Instant>>>,
+}
+
+impl Live {
+    pub fn new(quiet: bool) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let bar = (!quiet && tty).then(|| {
+            let b = ProgressBar::new_spinner();
+            b.set_style(
+                ProgressStyle::with_template("{spinner} kiln: {msg} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        });
+        let plain =
+            (!quiet && !tty).then(|| std::rc::Rc::new(std::cell::Cell::new(Instant::now())));
+        Live { bar, plain }
+    }
+
+    /// Shows the message `msg` makes (only called when it will be shown).
+    pub fn update(&self, msg: impl FnOnce() -> String) {
+        if let Some(b) = &self.bar {
+            b.set_message(msg());
+        } else if let Some(last) = &self.plain {
+            if last.get().elapsed() >= LIVE_EVERY {
+                last.set(Instant::now());
+                eprintln!("kiln: {}", msg());
+            }
+        }
+    }
+
+    /// Clears the line (a TTY's spinner); the caller prints its summary after it.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
 /// `1.5 GiB`, `12.0 MiB`, `512 B`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
@@ -262,6 +313,14 @@ mod tests {
             "1.0 GiB of 4.0 GiB (25%), 512.0 MiB/s"
         );
         assert_eq!(byte_line(2048, None, 0.0), "2.0 KiB");
+    }
+
+    #[test]
+    fn quiet_live_line_shows_nothing() {
+        let l = Live::new(true);
+        assert!(l.bar.is_none() && l.plain.is_none());
+        l.update(|| unreachable!("a quiet line makes no message"));
+        l.finish();
     }
 
     #[test]

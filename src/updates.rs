@@ -1,13 +1,11 @@
-//! Automatic updates: the recipe's `[updates]` policy, written into the tree as
-//! `/usr/lib/kiln/updates.toml` (plus a timer drop-in for the random delay), and
-//! `kiln upgrade --auto`, which `kiln-upgrade.service` runs from `kiln-upgrade.timer`:
-//! check, stage or apply the newest commit of the booted ref, reboot as the policy says,
-//! and record the result in `/var/lib/kiln/last-check.json` for `kiln status`.
+//! The update policy: the recipe's `[updates]` table, written into the tree as
+//! `/usr/lib/kiln/updates.toml` (plus a timer drop-in for the random delay) and read back
+//! on the machine. A leaf: the agent that follows it (`kiln upgrade --auto`) is
+//! [`crate::deploy::agent`].
 
-use crate::deploy::ops::{self, UpgradeOptions, UpgradeOutcome};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Where the policy lives inside a tree.
 pub const POLICY_PATH: &str = "usr/lib/kiln/updates.toml";
@@ -22,8 +20,6 @@ const TIMER_PATH: &str = "usr/lib/systemd/system/kiln-upgrade.timer";
 const SERVICE_UNIT: &str =
     include_str!("../overlays/base/usr/lib/systemd/system/kiln-upgrade.service");
 const TIMER_UNIT: &str = include_str!("../overlays/base/usr/lib/systemd/system/kiln-upgrade.timer");
-/// Name of the status file in /var/lib/kiln.
-pub const LAST_CHECK: &str = "last-check.json";
 
 /// What the timer does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,222 +210,6 @@ pub fn read_policy(p: &Path) -> Result<Updates> {
             .map_err(|m| crate::error::InputError::new(p.display().to_string(), m))?;
     }
     Ok(u)
-}
-
-/// The result of one automatic run, as stored in `last-check.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct LastCheck {
-    /// Seconds since the epoch.
-    pub time: u64,
-    pub time_utc: String,
-    pub mode: Mode,
-    /// `off`, `upToDate`, `available`, `staged`, `deployed` or `error`.
-    pub result: String,
-    pub refspec: Option<String>,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub to_version: Option<String>,
-    /// `none`, `requested` (kiln asked systemd to reboot) or `waitingForWindow`.
-    pub reboot: String,
-    pub error: Option<String>,
-    /// Where the policy came from.
-    pub policy: Option<String>,
-}
-
-/// Where `/var/lib/kiln` of stateroot `os` is: the running system's /var on a booted
-/// host, the stateroot's var directory in a sysroot directory.
-pub fn state_dir(sysroot: &Path, os: &str) -> PathBuf {
-    if crate::deploy::is_booted_host(sysroot) {
-        PathBuf::from("/var/lib/kiln")
-    } else {
-        sysroot.join("ostree/deploy").join(os).join("var/lib/kiln")
-    }
-}
-
-/// The last automatic run of stateroot `os`, if any.
-pub fn last_check(sysroot: &Path, os: &str) -> Option<LastCheck> {
-    let text = std::fs::read_to_string(state_dir(sysroot, os).join(LAST_CHECK)).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-/// The policy of the running (booted) deployment, else of the next boot's: the
-/// deployment's `/etc/kiln/updates.toml` when present, else its `/usr/lib/kiln/updates.toml`.
-fn find_policy(sysroot: &Path, os: &str) -> Result<Option<(PathBuf, Updates)>> {
-    let host = ops::status(sysroot)?;
-    let d = host
-        .status
-        .booted
-        .clone()
-        .or(host.status.default.clone())
-        .filter(|d| d.stateroot == os)
-        .or_else(|| {
-            host.status
-                .deployments
-                .iter()
-                .find(|d| d.stateroot == os && !d.staged)
-                .cloned()
-        });
-    let Some(d) = d else {
-        bail!(
-            "no deployment of stateroot {os:?} in {}: nothing to update",
-            sysroot.display()
-        );
-    };
-    let root = if d.booted {
-        PathBuf::from("/")
-    } else {
-        sysroot.join(&d.path)
-    };
-    for rel in [POLICY_OVERRIDE_PATH, POLICY_PATH] {
-        let p = root.join(rel);
-        if p.is_file() {
-            return Ok(Some((p.clone(), read_policy(&p)?)));
-        }
-    }
-    Ok(None)
-}
-
-/// `kiln upgrade --auto`: follows the deployment's policy, records the result, and
-/// reboots when the policy says so (only on a booted host). `now` is seconds since the
-/// epoch (the clock, except in tests).
-pub fn run_auto(sysroot: &Path, os: &str, now: u64) -> Result<LastCheck> {
-    let policy = find_policy(sysroot, os);
-    let mut rec = LastCheck {
-        time: now,
-        time_utc: crate::deploy::status::format_utc(now),
-        mode: Mode::Off,
-        result: "off".into(),
-        refspec: None,
-        from: None,
-        to: None,
-        to_version: None,
-        reboot: "none".into(),
-        error: None,
-        policy: None,
-    };
-    let (path, pol) = match policy {
-        Ok(Some(x)) => x,
-        Ok(None) => {
-            rec.error =
-                Some("the deployment has no update policy (usr/lib/kiln/updates.toml)".into());
-            save(sysroot, os, &rec)?;
-            return Ok(rec);
-        }
-        Err(e) => {
-            rec.result = "error".into();
-            rec.error = Some(format!("{e:#}"));
-            save(sysroot, os, &rec)?;
-            return Err(e);
-        }
-    };
-    rec.policy = Some(path.display().to_string());
-    rec.mode = pol.mode;
-    if pol.mode == Mode::Off {
-        save(sysroot, os, &rec)?;
-        return Ok(rec);
-    }
-    let res = ops::upgrade(
-        sysroot,
-        os,
-        &UpgradeOptions {
-            repo: None,
-            check: pol.mode == Mode::Check,
-            allow_downgrade: false,
-            quiet: false,
-        },
-    );
-    let deployed = match res {
-        Err(e) => {
-            rec.result = "error".into();
-            rec.error = Some(format!("{e:#}"));
-            save(sysroot, os, &rec)?;
-            return Err(e);
-        }
-        Ok(UpgradeOutcome::UpToDate {
-            refspec,
-            checksum,
-            version,
-        }) => {
-            rec.result = "upToDate".into();
-            rec.refspec = Some(refspec);
-            rec.to = Some(checksum);
-            rec.to_version = version;
-            false
-        }
-        Ok(UpgradeOutcome::Available {
-            refspec,
-            from,
-            to,
-            to_version,
-            ..
-        }) => {
-            rec.result = "available".into();
-            rec.refspec = Some(refspec);
-            rec.from = Some(from);
-            rec.to = Some(to);
-            rec.to_version = to_version;
-            false
-        }
-        Ok(UpgradeOutcome::Deployed {
-            refspec,
-            from,
-            outcome,
-            ..
-        }) => {
-            rec.result = if outcome.staged { "staged" } else { "deployed" }.into();
-            rec.refspec = Some(refspec);
-            rec.from = Some(from);
-            rec.to = Some(outcome.commit);
-            rec.to_version = outcome.version;
-            true
-        }
-    };
-    // A pending update from an earlier run also waits for the window.
-    let pending = deployed || pending_update(sysroot)?;
-    if pol.mode == Mode::Apply && pending {
-        let reboot_now = match pol.reboot {
-            Reboot::Never => false,
-            Reboot::Immediate => true,
-            Reboot::Window => pol
-                .window
-                .as_ref()
-                .map(|w| w.contains(now))
-                .unwrap_or(false),
-        };
-        rec.reboot = match (pol.reboot, reboot_now) {
-            (Reboot::Never, _) => "none".into(),
-            (_, true) => "requested".into(),
-            (_, false) => "waitingForWindow".into(),
-        };
-        save(sysroot, os, &rec)?;
-        if reboot_now && crate::deploy::is_booted_host(sysroot) {
-            crate::cmd::Cmd::new("systemctl")
-                .arg("reboot")
-                .run()
-                .context("asking systemd to reboot into the update")?;
-        }
-        return Ok(rec);
-    }
-    save(sysroot, os, &rec)?;
-    Ok(rec)
-}
-
-/// True when the next boot is not the running deployment (an update waits for a reboot).
-fn pending_update(sysroot: &Path) -> Result<bool> {
-    let host = ops::status(sysroot)?;
-    Ok(host.status.deployments.iter().any(|d| d.pending)
-        && (host.status.booted.is_some() || host.status.staged.is_some()))
-}
-
-fn save(sysroot: &Path, os: &str, rec: &LastCheck) -> Result<()> {
-    let dir = state_dir(sysroot, os);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let text = serde_json::to_string_pretty(rec).context("serializing the check result")?;
-    let p = dir.join(LAST_CHECK);
-    let tmp = dir.join(format!(".{LAST_CHECK}.tmp"));
-    std::fs::write(&tmp, text.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &p).with_context(|| format!("renaming into {}", p.display()))
 }
 
 #[cfg(test)]

@@ -920,3 +920,43 @@ fn bad_names_refs_and_indexes_are_refused_at_the_door() {
         assert_identical(&snap, &f.sysroot, &format!("{args:?}"));
     }
 }
+
+#[test]
+fn remote_and_inspection_arguments_are_refused_at_the_door() {
+    let f = Fixture::new();
+    let sr = s(&f.sysroot);
+    // `kiln remote add NAME URL`: both values are typed when the command line is parsed,
+    // before the sysroot is created or root is asked for.
+    refused(
+        &[
+            "remote",
+            "add",
+            "--sysroot",
+            sr,
+            "a b",
+            "http://example.org/repo",
+        ],
+        "a b",
+    );
+    refused(
+        &[
+            "remote",
+            "add",
+            "--sysroot",
+            sr,
+            "origin",
+            "ftp://example.org/repo",
+        ],
+        "remote URL",
+    );
+    refused(&["remote", "delete", "--sysroot", sr, "a/b"], "a/b");
+    assert!(
+        !f.sysroot.exists(),
+        "a refused remote add created the sysroot"
+    );
+    // log, show and diff take revs by the one rev rule.
+    let repo = s(&f.repo);
+    refused(&["log", "--repo", repo, "kiln/../x"], "invalid ref");
+    refused(&["show", "--repo", repo, "a b"], "invalid ref");
+    refused(&["diff", "--repo", repo, "o:", REF], "invalid ref");
+}

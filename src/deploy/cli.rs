@@ -1,29 +1,27 @@
 //! Command-line front end of the deployment commands. Semantics: docs/updating.md.
 
-use super::ops::{self, KargsEdit, UpgradeOptions, UpgradeOutcome};
+use super::ops::{self, KargsEdit};
+use super::upgrade::{UpgradeOptions, UpgradeOutcome};
 use super::{status, DeployRequest, Source};
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
-
-/// Exit code of `kiln upgrade --check` when an update is available (0: up to date).
-pub const EXIT_UPDATE_AVAILABLE: i32 = 77;
+use std::path::PathBuf;
 
 // Value parsers: every value is checked by the one rule for its kind (crate::validate)
 // when the command line is parsed, so a bad one is a usage error (exit 2) before any work.
 
-fn parse_user_karg(s: &str) -> Result<String, String> {
+pub(crate) fn parse_user_karg(s: &str) -> Result<String, String> {
     crate::validate::user_kernel_arg(s).map(|()| s.to_string())
 }
 
-fn parse_os(s: &str) -> Result<String, String> {
+pub(crate) fn parse_os(s: &str) -> Result<String, String> {
     crate::validate::os_name(s).map(|()| s.to_string())
 }
 
-fn parse_remote(s: &str) -> Result<String, String> {
+pub(crate) fn parse_remote(s: &str) -> Result<String, String> {
     crate::validate::remote_name(s).map(|()| s.to_string())
 }
 
-fn parse_rev(s: &str) -> Result<String, String> {
+pub(crate) fn parse_rev(s: &str) -> Result<String, String> {
     crate::validate::rev(s).map(|()| s.to_string())
 }
 
@@ -132,35 +130,11 @@ pub struct KargsArgs {
     pub in_place: bool,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct DiffArgs {
-    /// Ref or checksum of the older commit.
-    pub from: String,
-    /// Ref or checksum of the newer commit.
-    pub to: String,
-    /// The repo holding both commits.
-    #[arg(long, default_value = "build/repo", conflicts_with = "sysroot")]
-    pub repo: PathBuf,
-    /// Look the commits up in this sysroot's repo instead.
-    #[arg(long)]
-    pub sysroot: Option<PathBuf>,
-    #[arg(long)]
-    pub json: bool,
-}
-
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).context("serializing the result as JSON")?
-    );
-    Ok(())
-}
-
-fn short(c: &str) -> &str {
+pub(crate) fn short(c: &str) -> &str {
     &c[..c.len().min(12)]
 }
 
-fn ver(v: &Option<String>) -> &str {
+pub(crate) fn ver(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("(no version)")
 }
 
@@ -193,7 +167,7 @@ pub fn cmd_deploy(a: DeployArgs) -> Result<()> {
     }
     let out = out?;
     if a.sys.json {
-        return print_json(&out);
+        return crate::output::json(&out);
     }
     if out.staged {
         println!(
@@ -215,7 +189,7 @@ pub fn cmd_deploy(a: DeployArgs) -> Result<()> {
 pub fn cmd_status(a: StatusArgs) -> Result<()> {
     let host = ops::status(&a.sys.sysroot)?;
     if a.sys.json {
-        return print_json(&host);
+        return crate::output::json(&host);
     }
     print!("{}", status::render_text(&host));
     Ok(())
@@ -230,10 +204,10 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
             .unwrap_or(0);
         let rec = {
             let _stdout = a.sys.json.then(StdoutToStderr::new);
-            crate::updates::run_auto(&a.sys.sysroot, &os, now)?
+            super::agent::run_auto(&a.sys.sysroot, &os, now)?
         };
         if a.sys.json {
-            return print_json(&rec);
+            return crate::output::json(&rec);
         }
         println!(
             "Automatic update ({:?}): {}{}{}",
@@ -260,7 +234,7 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
     // libostree prints "Freed objects: ..." on stdout when it prunes: keep stdout for
     // the JSON answer alone.
     let _stdout = a.sys.json.then(StdoutToStderr::new);
-    let out = ops::upgrade(
+    let out = super::upgrade::upgrade(
         &a.sys.sysroot,
         &os,
         &UpgradeOptions {
@@ -276,7 +250,7 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
     }
     let out = out?;
     if a.sys.json {
-        print_json(&out)?;
+        crate::output::json(&out)?;
     } else {
         match &out {
             UpgradeOutcome::UpToDate {
@@ -322,7 +296,8 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
         }
     }
     if a.check && matches!(out, UpgradeOutcome::Available { .. }) {
-        std::process::exit(EXIT_UPDATE_AVAILABLE);
+        // main turns this into exit code 77, printing nothing more.
+        return Err(crate::error::Verdict::UpdateAvailable.into());
     }
     Ok(())
 }
@@ -358,7 +333,7 @@ impl Drop for StdoutToStderr {
 pub fn cmd_rollback(a: SysrootArgs) -> Result<()> {
     let out = ops::rollback(&a.sysroot)?;
     if a.json {
-        return print_json(&out);
+        return crate::output::json(&out);
     }
     if let Some(s) = &out.discarded_staged {
         println!(
@@ -381,7 +356,7 @@ pub fn cmd_pin(a: PinArgs, pin: bool) -> Result<()> {
     let changed = ops::set_pinned(&a.sys.sysroot, a.index, pin)?;
     let what = if pin { "pinned" } else { "unpinned" };
     if a.sys.json {
-        return print_json(
+        return crate::output::json(
             &serde_json::json!({ "index": a.index, "pinned": pin, "changed": changed }),
         );
     }
@@ -397,7 +372,7 @@ pub fn cmd_cleanup(a: CleanupArgs) -> Result<()> {
     let os = a.sys.os();
     let out = ops::cleanup(&a.sys.sysroot, &os, a.rollback)?;
     if a.sys.json {
-        return print_json(&out);
+        return crate::output::json(&out);
     }
     if out.removed.is_empty() {
         println!("No deployments to remove.");
@@ -427,7 +402,7 @@ pub fn cmd_kargs(a: KargsArgs) -> Result<()> {
         // Just show the next boot's arguments.
         let host = ops::status(&a.sys.sysroot)?;
         if a.sys.json {
-            return print_json(&host.spec.kernel_args);
+            return crate::output::json(&host.spec.kernel_args);
         }
         println!("{}", host.spec.kernel_args.join(" "));
         return Ok(());
@@ -435,7 +410,7 @@ pub fn cmd_kargs(a: KargsArgs) -> Result<()> {
     let os = a.sys.os();
     let out = ops::kargs(&a.sys.sysroot, &os, &edit, a.in_place)?;
     if a.sys.json {
-        return print_json(&out);
+        return crate::output::json(&out);
     }
     if !out.changed {
         println!(
@@ -462,54 +437,6 @@ pub fn cmd_kargs(a: KargsArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-pub fn cmd_diff(a: DiffArgs) -> Result<()> {
-    let (repo, name) = match &a.sysroot {
-        Some(s) => {
-            super::ensure_initialized(s)?;
-            let p = s.join("ostree/repo");
-            (
-                crate::repo::open(&p)?,
-                format!("the repo of sysroot {}", s.display()),
-            )
-        }
-        None => (
-            open_repo(&a.repo)?,
-            format!("the repo {}", a.repo.display()),
-        ),
-    };
-    let d = ops::diff(&repo, &name, &a.from, &a.to)?;
-    if a.json {
-        return print_json(&d);
-    }
-    println!(
-        "Packages from {} (commit {}) to {} (commit {}):",
-        ver(&d.from.version),
-        short(&d.from.checksum),
-        ver(&d.to.version),
-        short(&d.to.checksum)
-    );
-    for p in &d.added {
-        println!("  added:   {} {}", p.name, p.version);
-    }
-    for p in &d.removed {
-        println!("  removed: {} {}", p.name, p.version);
-    }
-    for p in &d.changed {
-        println!("  changed: {} {} -> {}", p.name, p.from, p.to);
-    }
-    println!(
-        "{} added, {} removed, {} changed.",
-        d.added.len(),
-        d.removed.len(),
-        d.changed.len()
-    );
-    Ok(())
-}
-
-fn open_repo(p: &Path) -> Result<ostree::Repo> {
-    super::open_source_repo(p)
 }
 
 /// `kiln finalize-staged` (hidden): what `ostree-finalize-staged.service` runs at shutdown

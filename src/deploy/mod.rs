@@ -6,10 +6,13 @@
 //! `boot/loader.N/syslinux.cfg` on every deployment change and swaps the `boot/loader`
 //! symlink atomically; a static GRUB config reads it with `syslinux_source`.
 
+pub mod agent;
 pub mod cli;
+pub mod last_check;
 pub mod ops;
 pub mod safety;
 pub mod status;
+pub mod upgrade;
 use crate::error::InputError;
 use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
@@ -473,8 +476,13 @@ pub(crate) fn pull(repo: &ostree::Repo, source: &Source, rev: &str) -> Result<St
                 .with_context(|| format!("pulling {rev:?} from remote {name:?}"))?;
                 resolve_in(repo, rev)
             } else {
-                let (c, _stats) =
-                    crate::remote::pull(repo, name, rev, crate::remote::PullKind::Full, false)?;
+                let (c, _stats) = crate::repo::pull::pull(
+                    repo,
+                    name,
+                    rev,
+                    crate::repo::pull::PullKind::Full,
+                    false,
+                )?;
                 Ok(c)
             }
         }

@@ -1,17 +1,15 @@
-//! The sysroot operations behind `kiln status/upgrade/rollback/pin/unpin/cleanup/kargs/diff`,
+//! The sysroot operations behind `kiln status/rollback/pin/unpin/cleanup/kargs`
+//! (`upgrade`: [`super::upgrade`]; `diff`: [`crate::repo::diff`]),
 //! as library functions with typed results. Semantics are documented in docs/updating.md.
 
 use super::status::{self, kargs_of, refspec_of, Host, Roles};
-use super::{
-    check_kargs, deploy_locked, is_checksum, pull, safety, DeployOutcome, Locked, Source, CMDLINE,
-};
+use super::{check_kargs, deploy_locked, safety, Locked, CMDLINE};
 use crate::error::InputError;
 use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
 use ostree::glib;
 use serde::Serialize;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The status of the sysroot at `path` (read-only: no lock, no root needed).
 pub fn status(path: &Path) -> Result<Host> {
@@ -58,7 +56,7 @@ pub struct DeploymentRef {
 /// Another reference to the same deployment object. libostree compares deployments by
 /// pointer, and `ostree::Deployment::clone` (inherent) is `ostree_deployment_clone`, a
 /// copy: never use it for deployments handed back to libostree.
-fn share(d: &ostree::Deployment) -> ostree::Deployment {
+pub(crate) fn share(d: &ostree::Deployment) -> ostree::Deployment {
     Clone::clone(d)
 }
 
@@ -521,53 +519,6 @@ pub fn kargs(path: &Path, os: &str, edit: &KargsEdit, in_place: bool) -> Result<
     })
 }
 
-/// What `upgrade` found or did.
-#[derive(Debug, Clone, Serialize)]
-#[serde(
-    tag = "result",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
-pub enum UpgradeOutcome {
-    /// The next boot already runs the newest commit of its ref.
-    UpToDate {
-        refspec: String,
-        checksum: String,
-        version: Option<String>,
-    },
-    /// `--check`: a newer commit exists.
-    Available {
-        refspec: String,
-        from: String,
-        to: String,
-        from_version: Option<String>,
-        to_version: Option<String>,
-    },
-    /// A newer commit was deployed.
-    Deployed {
-        refspec: String,
-        from: String,
-        from_version: Option<String>,
-        outcome: DeployOutcome,
-        /// What the network pull transferred (remote sources only).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pull: Option<crate::remote::PullStats>,
-    },
-}
-
-/// Options of [`upgrade`].
-#[derive(Debug, Clone, Default)]
-pub struct UpgradeOptions {
-    /// Pull from this local repo instead of the origin's remote.
-    pub repo: Option<PathBuf>,
-    /// Only report whether an update exists.
-    pub check: bool,
-    /// Deploy even when the newest commit is older than the current one.
-    pub allow_downgrade: bool,
-    /// No progress lines on stderr.
-    pub quiet: bool,
-}
-
 /// Splits an origin refspec into (remote, ref).
 pub fn split_refspec(refspec: &str) -> (Option<&str>, &str) {
     match refspec.split_once(':') {
@@ -576,314 +527,9 @@ pub fn split_refspec(refspec: &str) -> (Option<&str>, &str) {
     }
 }
 
-/// What an upgrade starts from.
-struct UpgradeBase {
-    checksum: String,
-    info: crate::repo::CommitInfo,
-    refspec: String,
-    ref_: String,
-    source: Source,
-}
-
-fn upgrade_base(
-    sysroot: &ostree::Sysroot,
-    path: &Path,
-    os: &str,
-    opts: &UpgradeOptions,
-) -> Result<UpgradeBase> {
-    let deps = sysroot.deployments();
-    let roles = Roles::of(&deps, sysroot.booted_deployment().as_ref());
-    let base = roles
-        .next_boot
-        .map(|i| share(&deps[i]))
-        .filter(|d| d.osname() == os)
-        .or_else(|| deps.iter().find(|d| d.osname() == os).cloned())
-        .ok_or_else(|| {
-            anyhow!(
-                "no deployment of stateroot {os:?} in {}: deploy one first with `kiln deploy`",
-                path.display()
-            )
-        })?;
-    let refspec = refspec_of(&base)
-        .ok_or_else(|| anyhow!("the deployment to upgrade has no origin refspec"))?;
-    if is_checksum(&refspec) {
-        bail!(
-            "the next boot follows the fixed commit {refspec}, not a ref; deploy a ref \
-             (kiln deploy REF) to follow updates"
-        );
-    }
-    let (remote, ref_) = split_refspec(&refspec);
-    let source = match (&opts.repo, remote) {
-        (Some(dir), _) => {
-            super::open_source_repo(dir)?;
-            Source::LocalRepo(dir.clone())
-        }
-        (None, Some(r)) => {
-            if !sysroot.repo().remote_list().iter().any(|x| x.as_str() == r) {
-                bail!(
-                    "the origin {refspec:?} names the remote {r:?}, which is not configured \
-                     in the sysroot's repo; pass --repo DIR to upgrade from a local repo"
-                );
-            }
-            Source::Remote(r.to_string())
-        }
-        (None, None) => bail!(
-            "the origin {refspec:?} names no remote: pass --repo DIR (a local repo holding {ref_})"
-        ),
-    };
-    let checksum = base.csum().to_string();
-    let info = crate::repo::read_commit(&sysroot.repo(), &checksum)?;
-    Ok(UpgradeBase {
-        checksum,
-        info,
-        ref_: ref_.to_string(),
-        refspec,
-        source,
-    })
-}
-
-/// Compares the newest commit with the base: `Some` when there is nothing to deploy.
-fn upgrade_decision(
-    base: &UpgradeBase,
-    newest: &str,
-    newest_info: &crate::repo::CommitInfo,
-    opts: &UpgradeOptions,
-) -> Result<Option<UpgradeOutcome>> {
-    if newest == base.checksum {
-        return Ok(Some(UpgradeOutcome::UpToDate {
-            refspec: base.refspec.clone(),
-            checksum: base.checksum.clone(),
-            version: base.info.version.clone(),
-        }));
-    }
-    if newest_info.timestamp < base.info.timestamp && !opts.allow_downgrade {
-        bail!(
-            "the newest commit of {} ({newest}, {}) is older than the next boot's \
-             ({}, {}); refusing to downgrade (pass --allow-downgrade to deploy it)",
-            base.refspec,
-            status::format_utc(newest_info.timestamp),
-            base.checksum,
-            status::format_utc(base.info.timestamp)
-        );
-    }
-    if opts.check {
-        return Ok(Some(UpgradeOutcome::Available {
-            refspec: base.refspec.clone(),
-            from: base.checksum.clone(),
-            to: newest.to_string(),
-            from_version: base.info.version.clone(),
-            to_version: newest_info.version.clone(),
-        }));
-    }
-    Ok(None)
-}
-
-/// Looks up the newest commit of the next boot's origin ref and deploys it when it is new
-/// (its /etc merged from the next boot's, its kernel arguments inherited). With a local
-/// repo, the lookup reads only: "up to date", `check` and errors leave the sysroot as it
-/// was, and need no root.
-pub fn upgrade(path: &Path, os: &str, opts: &UpgradeOptions) -> Result<UpgradeOutcome> {
-    super::ensure_initialized(path)?;
-    if !opts.check {
-        super::require_root(path, "upgrading")?;
-    }
-    {
-        let ro = super::load_readonly(path)?;
-        let base = upgrade_base(&ro, path, os, opts)?;
-        if !opts.check {
-            if let Some(m) = ro.merge_deployment(Some(os)) {
-                super::check_inherited_kargs(&m)?;
-            }
-        }
-        if let Source::LocalRepo(dir) = &base.source {
-            let src = super::open_source_repo(dir)?;
-            let newest = crate::repo::resolve(&src, &base.ref_)?
-                .ok_or_else(|| anyhow!("no ref {:?} in the repo {}", base.ref_, dir.display()))?;
-            let info = crate::repo::read_commit(&src, &newest)?;
-            if let Some(done) = upgrade_decision(&base, &newest, &info, opts)? {
-                return Ok(done);
-            }
-        }
-    }
-    let locked = Locked::open(path)?;
-    let sysroot = &locked.sysroot;
-    // Again under the lock: another process may have changed the sysroot meanwhile.
-    let base = upgrade_base(sysroot, path, os, opts)?;
-    let repo = sysroot.repo();
-    let (newest, stats) = match &base.source {
-        Source::LocalRepo(_) => (pull(&repo, &base.source, &base.ref_)?, None),
-        Source::Remote(r) => {
-            let kind = if opts.check {
-                crate::remote::PullKind::CommitOnly
-            } else {
-                crate::remote::PullKind::Full
-            };
-            let (c, s) = crate::remote::pull(&repo, r, &base.ref_, kind, opts.quiet)?;
-            (c, Some(s).filter(|_| !opts.check))
-        }
-        Source::Sysroot => unreachable!("upgrade_base never picks the sysroot itself"),
-    };
-    let info = crate::repo::read_commit(&repo, &newest)?;
-    if let Some(done) = upgrade_decision(&base, &newest, &info, opts)? {
-        return Ok(done);
-    }
-    safety::point("upgrade:pulled");
-    let outcome = deploy_locked(&locked, os, &newest, &base.refspec, None, None)?;
-    Ok(UpgradeOutcome::Deployed {
-        refspec: base.refspec,
-        from: base.checksum,
-        from_version: base.info.version,
-        outcome,
-        pull: stats,
-    })
-}
-
-/// Packages added, removed and changed between two commits.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PackageDiff {
-    pub from: CommitRef,
-    pub to: CommitRef,
-    pub added: Vec<Package>,
-    pub removed: Vec<Package>,
-    pub changed: Vec<PackageChange>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CommitRef {
-    pub rev: String,
-    pub checksum: String,
-    pub version: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Package {
-    pub name: String,
-    pub version: String,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PackageChange {
-    pub name: String,
-    pub from: String,
-    pub to: String,
-}
-
-/// Parses a `kiln.packages` list (`name=version` strings) into a sorted map.
-pub fn parse_packages(list: &[String]) -> Result<BTreeMap<String, String>> {
-    let mut m = BTreeMap::new();
-    for item in list {
-        let (n, v) = item
-            .split_once('=')
-            .ok_or_else(|| anyhow!("malformed package entry {item:?} (expected name=version)"))?;
-        m.insert(n.to_string(), v.to_string());
-    }
-    Ok(m)
-}
-
-/// Compares two package maps.
-pub fn diff_packages(
-    a: &BTreeMap<String, String>,
-    b: &BTreeMap<String, String>,
-) -> (Vec<Package>, Vec<Package>, Vec<PackageChange>) {
-    let mut added = Vec::new();
-    let mut removed = Vec::new();
-    let mut changed = Vec::new();
-    for (n, v) in b {
-        match a.get(n) {
-            None => added.push(Package {
-                name: n.clone(),
-                version: v.clone(),
-            }),
-            Some(old) if old != v => changed.push(PackageChange {
-                name: n.clone(),
-                from: old.clone(),
-                to: v.clone(),
-            }),
-            _ => {}
-        }
-    }
-    for (n, v) in a {
-        if !b.contains_key(n) {
-            removed.push(Package {
-                name: n.clone(),
-                version: v.clone(),
-            });
-        }
-    }
-    (added, removed, changed)
-}
-
-/// The package difference between revs `from` and `to` of `repo`.
-pub fn diff(repo: &ostree::Repo, repo_name: &str, from: &str, to: &str) -> Result<PackageDiff> {
-    let load = |rev: &str| -> Result<(CommitRef, BTreeMap<String, String>)> {
-        let c = crate::repo::resolve(repo, rev)?
-            .ok_or_else(|| anyhow!("no ref or commit {rev:?} in {repo_name}"))?;
-        let info = crate::repo::read_commit(repo, &c)?;
-        if !info.metadata.contains_key(crate::repo::keys::PACKAGES) {
-            bail!(
-                "commit {c} ({rev}) has no {} metadata: it was not made by kiln compose",
-                crate::repo::keys::PACKAGES
-            );
-        }
-        let pk = parse_packages(&info.meta_list(crate::repo::keys::PACKAGES))
-            .with_context(|| format!("reading the package list of {rev}"))?;
-        Ok((
-            CommitRef {
-                rev: rev.to_string(),
-                checksum: c,
-                version: info.version,
-            },
-            pk,
-        ))
-    };
-    let (fa, pa) = load(from)?;
-    let (fb, pb) = load(to)?;
-    let (added, removed, changed) = diff_packages(&pa, &pb);
-    Ok(PackageDiff {
-        from: fa,
-        to: fb,
-        added,
-        removed,
-        changed,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn m(items: &[&str]) -> BTreeMap<String, String> {
-        parse_packages(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
-    }
-
-    #[test]
-    fn package_diff() {
-        let (a, r, c) = diff_packages(&m(&["a=1", "b=2", "c=3"]), &m(&["b=2", "c=4", "d=1"]));
-        assert_eq!(
-            a,
-            vec![Package {
-                name: "d".into(),
-                version: "1".into()
-            }]
-        );
-        assert_eq!(
-            r,
-            vec![Package {
-                name: "a".into(),
-                version: "1".into()
-            }]
-        );
-        assert_eq!(
-            c,
-            vec![PackageChange {
-                name: "c".into(),
-                from: "3".into(),
-                to: "4".into()
-            }]
-        );
-        assert!(parse_packages(&["nover".to_string()]).is_err());
-    }
 
     #[test]
     fn kargs_edits_follow_libostree_rules() {

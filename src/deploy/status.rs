@@ -44,7 +44,7 @@ pub struct HostStatus {
     /// Every deployment, in boot order; `index` is what `kiln pin N` takes.
     pub deployments: Vec<DeploymentStatus>,
     /// The last run of `kiln upgrade --auto` (from /var/lib/kiln/last-check.json).
-    pub last_update_check: Option<crate::updates::LastCheck>,
+    pub last_update_check: Option<super::last_check::LastCheck>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -120,7 +120,7 @@ pub(crate) fn host_from(sysroot: &ostree::Sysroot, path: &Path) -> Result<Host> 
         last_update_check: spec
             .stateroot
             .as_deref()
-            .and_then(|os| crate::updates::last_check(path, os)),
+            .and_then(|os| super::last_check::last_check(path, os)),
         deployments: list,
     };
     Ok(Host {

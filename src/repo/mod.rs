@@ -1,6 +1,10 @@
 //! The OSTree repository: create/open, commit a directory tree with metadata, read
 //! commits back. Everything goes through libostree (the `ostree` crate).
 
+pub mod cli;
+pub mod diff;
+pub mod pull;
+
 use anyhow::{anyhow, Context, Result};
 use ostree::gio;
 use ostree::glib;
