@@ -215,7 +215,7 @@ fn reset_in_finalization(vm: &mut Vm, when: Finalize, took: Duration) -> Duratio
     vm.run_ok(
         &format!(
             "grep -qx '{FINALIZE_CMD}' {IMAGE_DROPIN} && \
-             mkdir -p {dropin} && cat > {dropin}/kiln-powerloss.conf <<'EOF'\n\
+             mkdir -p {dropin} && cat > {dropin}/powerloss.conf <<'EOF'\n\
              [Service]\n\
              ExecStop=\n\
              ExecStop=/bin/sh -c 'echo {FINALIZE_START} > /dev/console'\n\

@@ -8,20 +8,30 @@ set -euo pipefail
 . /usr/libexec/kiln-ignition/lib.sh
 
 conf=/sysroot/etc/selinux/config
-made=$KILN_RUN/selinux-config-written
+# The marker lives beside the file, on the disk: a boot cut short after `start` (power
+# loss, a VM killed in the emergency shell) leaves both behind, and the next boot, which
+# runs Ignition again, rewrites the file (which may have lost its contents) and removes
+# both at `stop`. A marker in /run would be gone, and the stale file would stay forever.
+made=/sysroot/etc/selinux/.kiln-ignition-written
 
 case "${1:-}" in
 start)
-    if [[ -e "$conf" || -L "$conf" ]]; then
+    if [[ ( -e "$conf" || -L "$conf" ) && ! -e "$made" ]]; then
         exit 0
     fi
-    mkdir -p "$KILN_RUN" /sysroot/etc/selinux
-    cp /usr/libexec/kiln-ignition/selinux-config.template "$conf"
+    mkdir -p /sysroot/etc/selinux
     : > "$made"
+    sync -f "$made"
+    cp /usr/libexec/kiln-ignition/selinux-config.template "$conf.tmp"
+    sync "$conf.tmp"
+    mv -f "$conf.tmp" "$conf"
+    sync -f "$conf"
     ;;
 stop)
     if [[ -e "$made" ]]; then
-        rm -f "$conf" "$made"
+        rm -f "$conf" "$conf.tmp"
+        rm -f "$made"
+        sync -f /sysroot/etc
         # The directory stays when a package put more in it (semanage.conf).
         rmdir --ignore-fail-on-non-empty /sysroot/etc/selinux || true
     fi
