@@ -1,6 +1,6 @@
 use clap::Parser;
 use kiln::cli::{Cli, Command};
-use kiln::error::{InputError, EXIT_USAGE};
+use kiln::error::{InputError, Verdict, EXIT_USAGE};
 
 fn main() {
     end_quietly_when_the_reader_goes_away();
@@ -25,16 +25,21 @@ fn main() {
         Command::Diff(a) => kiln::deploy::cli::cmd_diff(a),
         Command::Publish(a) => kiln::publish::cmd_publish(a),
         Command::Remote(c) => kiln::remote::cmd(c),
-        Command::Image(a) => kiln::image::cmd_image(a),
-        Command::Iso(c) => kiln::image::iso::cmd(c),
+        Command::Image(a) => kiln::image::cli::cmd_image(a),
+        Command::Iso(c) => kiln::image::cli::cmd_iso(c),
         Command::Install(a) => kiln::install::cmd_install(a),
         Command::Run(a) => kiln::qemu::cmd_run(a),
         Command::Ignition(c) => kiln::ignition::cmd(c),
-        Command::VerifyReproducible(a) => kiln::reproducible::cmd_verify(a),
+        Command::VerifyReproducible(a) => kiln::reproducible::cli::cmd_verify(a),
     };
     // An interrupted command ends with the signal thread's exit status, after its cleanup.
     kiln::cleanup::wait_if_interrupted();
     if let Err(e) = result {
+        // A "no" answer (an update is available, the builds differ): its exit status and
+        // nothing more; the command printed its own report.
+        if let Some(v) = e.chain().find_map(|c| c.downcast_ref::<Verdict>()) {
+            std::process::exit(v.code());
+        }
         let code = if e.downcast_ref::<InputError>().is_some()
             || e.chain().any(|c| c.downcast_ref::<InputError>().is_some())
         {

@@ -325,7 +325,7 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<LiveResult> {
                 vec![0u8; iso::IGNITION_AREA as usize],
             )
             .context("writing the Ignition area")?;
-            crate::reproducible::clamp_times(&files, epoch)?;
+            super::normalize::clamp_times(&files, epoch)?;
             let staged = work.path().join("out.iso");
             Cmd::new("grub-mkrescue")
                 .arg("-o")

@@ -17,6 +17,7 @@
 //! baked in, so that every machine made from the image is its own.
 
 pub mod bootloader;
+pub mod cli;
 pub mod cpio;
 pub mod disk;
 pub mod firstboot;
@@ -24,6 +25,7 @@ pub mod formats;
 pub mod iso;
 pub mod live;
 pub mod manifest;
+pub mod normalize;
 pub mod platform;
 pub mod template;
 
@@ -46,72 +48,6 @@ pub const IMAGE_KARGS: &[&str] = &["root=LABEL=root", "rw"];
 pub const CONSOLE_KARGS: &[&str] = &["console=tty0", "console=ttyS0,115200n8"];
 /// The stateroot name images use unless told otherwise.
 pub const DEFAULT_OS: &str = "kiln";
-
-#[derive(Debug, clap::Args)]
-pub struct ImageArgs {
-    /// OSTree repository holding the commit.
-    #[arg(long, default_value = "build/repo")]
-    pub repo: PathBuf,
-    /// Ref or commit checksum to put in the image.
-    #[arg(long = "ref")]
-    pub ref_: String,
-    /// Output format (default: from the output's extension, else the platform's first
-    /// format, else qcow2). docs/cloud.md lists which formats each platform takes.
-    #[arg(long, value_enum)]
-    pub format: Option<Format>,
-    /// Disk size (K, M, G, T suffixes).
-    #[arg(long, default_value = "4G")]
-    pub size: String,
-    /// Boot on BIOS only.
-    #[arg(long, conflicts_with_all = ["uefi", "hybrid"])]
-    pub bios: bool,
-    /// Boot on UEFI only.
-    #[arg(long, conflicts_with_all = ["bios", "hybrid"])]
-    pub uefi: bool,
-    /// Boot on both BIOS and UEFI (the default).
-    #[arg(long, conflicts_with_all = ["bios", "uefi"])]
-    pub hybrid: bool,
-    /// Where to write the image; `manifest.json` is updated beside it. A directory (an
-    /// existing one, or a path ending in `/`) gets `<name>-<platform>.<extension>`, where
-    /// name is the ref's last component (`base` for `kiln/bookworm/x86_64/base`).
-    #[arg(long)]
-    pub output: PathBuf,
-    /// Stateroot (OS name) of the deployment.
-    #[arg(long, default_value = DEFAULT_OS)]
-    pub os: String,
-    /// Extra kernel argument for the image's deployment (repeatable).
-    #[arg(long = "karg")]
-    pub kargs: Vec<String>,
-    /// Ignition config to embed as /boot/ignition/config.ign (bare-metal provisioning;
-    /// platform `metal`).
-    #[arg(long)]
-    pub ignition: Option<PathBuf>,
-    /// Platform the image is for: sets `ignition.platform.id` (where Ignition finds the
-    /// machine's config: fw_cfg for `qemu`, the cloud's metadata for `aws`, `gcp`,
-    /// `azure`, `openstack`, guestinfo for `vmware`, /boot/ignition/config.ign or
-    /// `ignition.config.url=` for `metal`), the console arguments, and the default format
-    /// (docs/cloud.md). Default: `metal` with --ignition, else `qemu`.
-    #[arg(long, value_enum)]
-    pub platform: Option<Platform>,
-    /// Update server the machine follows, as NAME=URL: the image's repo gets the remote and
-    /// the deployment's origin becomes NAME:REF, so `kiln upgrade` and automatic updates
-    /// pull from it out of the box. Needs --ref to name a ref, not a checksum.
-    #[arg(long, value_name = "NAME=URL")]
-    pub remote: Option<String>,
-    /// GPG public key (armored or binary) trusted for --remote's commits (repeatable).
-    #[arg(long, value_name = "FILE", requires = "remote")]
-    pub remote_gpg_key: Vec<PathBuf>,
-    /// Do not verify --remote's signatures (default: verify, with --remote-gpg-key's keys
-    /// and those in the image's /usr/share/ostree/trusted.gpg.d).
-    #[arg(long, requires = "remote", conflicts_with = "remote_gpg_key")]
-    pub remote_no_gpg_verify: bool,
-    /// Root image filesystem of a live ISO or PXE system.
-    #[arg(long, value_enum, default_value_t = LiveFs::Squashfs)]
-    pub live_fs: LiveFs,
-    /// Print one JSON object with the result on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// Everything [`build`] needs.
 #[derive(Debug, Clone)]
@@ -146,18 +82,21 @@ pub struct ImageRemote {
     pub gpg_verify: bool,
 }
 
-impl ImageRemote {
-    /// Parses `NAME=URL`.
-    pub fn parse(spec: &str) -> Result<ImageRemote> {
+impl std::str::FromStr for ImageRemote {
+    type Err = crate::error::InputError;
+
+    /// Parses `NAME=URL` (the value of `--remote`): the remote-name rule and the URL rule
+    /// of [`crate::validate`], checked when the command line is read.
+    fn from_str(spec: &str) -> Result<ImageRemote, Self::Err> {
+        let bad = |m: String| crate::error::InputError::new("command line", m).key("--remote");
         let (name, url) = spec.split_once('=').ok_or_else(|| {
-            crate::error::InputError::new(
-                "command line",
-                format!("--remote {spec:?}: expected NAME=URL, e.g. origin=https://updates.example.com/repo"),
-            )
-            .key("--remote")
+            bad(format!(
+                "{spec:?}: expected NAME=URL, e.g. origin=https://updates.example.com/repo"
+            ))
         })?;
-        crate::remote::validate_name(name)?;
-        crate::remote::validate_url(url)?;
+        crate::validate::remote_name(name).map_err(bad)?;
+        crate::validate::url(url, crate::validate::Schemes::HttpOrFile)
+            .map_err(|m| bad(format!("remote URL: {m}")))?;
         Ok(ImageRemote {
             name: name.to_string(),
             url: url.to_string(),
@@ -401,11 +340,11 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<ImageResult> {
     // whose order depends on names only, with every time at the epoch
     // (docs/reproducible.md).
     let sorted_boot = work.path().join("bootfs.sorted");
-    crate::reproducible::sorted_link_tree(&bootdir, &sorted_boot)?;
-    crate::reproducible::clamp_times(&sorted_boot, epoch)?;
+    normalize::sorted_link_tree(&bootdir, &sorted_boot)?;
+    normalize::clamp_times(&sorted_boot, epoch)?;
     let sorted_root = work.path().join("sysroot.sorted");
-    crate::reproducible::sorted_link_tree(&sysroot, &sorted_root)?;
-    crate::reproducible::clamp_times(&sorted_root, epoch)?;
+    normalize::sorted_link_tree(&sysroot, &sorted_root)?;
+    normalize::clamp_times(&sorted_root, epoch)?;
     let boot_fs = work.path().join("boot.ext4");
     disk::mkfs_ext4(
         &sorted_boot,
@@ -416,7 +355,7 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<ImageResult> {
         Some(epoch),
         &log,
     )?;
-    crate::reproducible::clamp_ext4_ctimes(&boot_fs, epoch, &log)?;
+    normalize::clamp_ext4_ctimes(&boot_fs, epoch, &log)?;
     let root_fs = work.path().join("root.ext4");
     disk::mkfs_ext4(
         &sorted_root,
@@ -427,7 +366,7 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<ImageResult> {
         Some(epoch),
         &log,
     )?;
-    crate::reproducible::clamp_ext4_ctimes(&root_fs, epoch, &log)?;
+    normalize::clamp_ext4_ctimes(&root_fs, epoch, &log)?;
     let esp = work.path().join("esp.vfat");
     let efi_files: Vec<(&str, &Path)> = match &efi {
         Some(e) => vec![("EFI/BOOT/BOOTX64.EFI", e.as_path())],
@@ -719,119 +658,6 @@ pub fn artifact_path(
         .find(|s| !s.is_empty())
         .unwrap_or("kiln");
     output.join(format!("{name}-{}.{}", platform.id(), format.extension()))
-}
-
-/// Checks the values of `kiln image` (disk, ISO and PXE alike) before any work: every
-/// `--karg` by the shared kernel-argument rule, the stateroot name, the Ignition config
-/// (read and validated now, not after the deploy), and the GPG key files (regular files,
-/// never a FIFO to block on).
-fn check_args(a: &ImageArgs) -> Result<()> {
-    let bad = |key: &str, m: String| crate::error::InputError::new("command line", m).key(key);
-    for k in &a.kargs {
-        crate::validate::user_kernel_arg(k).map_err(|m| bad("--karg", m))?;
-    }
-    crate::validate::os_name(&a.os).map_err(|m| bad("--os", m))?;
-    if let Some(ign) = &a.ignition {
-        crate::validate::open_regular(ign).map_err(|m| bad("--ignition", m))?;
-        read_ignition_config(ign)?;
-    }
-    for k in &a.remote_gpg_key {
-        crate::validate::open_regular(k).map_err(|m| bad("--remote-gpg-key", m))?;
-    }
-    Ok(())
-}
-
-/// `kiln image`.
-pub fn cmd_image(a: ImageArgs) -> Result<()> {
-    let firmware = if a.bios {
-        Firmware::Bios
-    } else if a.uefi {
-        Firmware::Uefi
-    } else {
-        Firmware::Hybrid
-    };
-    let size = disk::parse_size(&a.size).map_err(|e| {
-        crate::error::InputError::new("command line", format!("{e:#}")).key("--size")
-    })?;
-    check_args(&a)?;
-    let output = artifact_path(
-        &a.output,
-        &a.ref_,
-        a.format,
-        a.platform,
-        a.ignition.is_some(),
-    );
-    let format = resolve_format(a.format, a.platform, &output)?;
-    let opts = ImageOptions {
-        repo: a.repo,
-        rev: a.ref_,
-        format,
-        firmware,
-        size,
-        output,
-        os: a.os,
-        extra_kargs: a.kargs,
-        ignition: a.ignition,
-        platform: a.platform,
-        epoch: None,
-        remote: match &a.remote {
-            Some(spec) => {
-                let mut r = ImageRemote::parse(spec)?;
-                r.gpg_keys = a.remote_gpg_key;
-                r.gpg_verify = !a.remote_no_gpg_verify;
-                Some(r)
-            }
-            None => None,
-        },
-        live_fs: a.live_fs,
-    };
-    let mut p = Progress::new(false);
-    if format.is_live() {
-        let r = live::build(&opts, &mut p)?;
-        if a.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&r).context("encoding JSON")?
-            );
-        } else {
-            eprintln!(
-                "kiln: wrote {} ({}, root image {} {} bytes) with commit {}{}",
-                r.output.display(),
-                r.format.name(),
-                r.root_fs.name(),
-                r.root_image_size,
-                r.commit,
-                r.version
-                    .as_deref()
-                    .map(|v| format!(" (version {v})"))
-                    .unwrap_or_default()
-            );
-        }
-        return Ok(());
-    }
-    let r = build(&opts, &mut p)?;
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).context("encoding JSON")?
-        );
-    } else {
-        eprintln!(
-            "kiln: wrote {} ({} for {}, {}, {} bytes, sha256 {}) with commit {}{}",
-            r.output.display(),
-            r.format.name(),
-            r.platform.id(),
-            format!("{:?}", r.firmware).to_lowercase(),
-            r.size,
-            r.sha256,
-            r.commit,
-            r.version
-                .as_deref()
-                .map(|v| format!(" (version {v})"))
-                .unwrap_or_default()
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]
