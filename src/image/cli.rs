@@ -385,6 +385,66 @@ mod tests {
     use super::*;
     use crate::image::iso::tests::fake_iso;
     use crate::image::iso::IGNITION_AREA;
+    use clap::Parser;
+
+    fn image_args(extra: &[&str]) -> Result<ImageArgs, clap::Error> {
+        let mut argv = vec!["kiln", "image", "--ref", "r", "--output", "o.qcow2"];
+        argv.extend(extra);
+        match crate::cli::Cli::try_parse_from(argv)?.command {
+            crate::cli::Command::Image(a) => Ok(a),
+            c => panic!("parsed as {c:?}"),
+        }
+    }
+
+    #[test]
+    fn firmware_option_and_the_old_flags() {
+        assert_eq!(image_args(&[]).unwrap().firmware(), Firmware::Hybrid);
+        for (args, want) in [
+            (&["--firmware", "bios"][..], Firmware::Bios),
+            (&["--firmware", "uefi"], Firmware::Uefi),
+            (&["--firmware", "hybrid"], Firmware::Hybrid),
+            (&["--bios"], Firmware::Bios),
+            (&["--uefi"], Firmware::Uefi),
+            (&["--hybrid"], Firmware::Hybrid),
+        ] {
+            assert_eq!(image_args(args).unwrap().firmware(), want, "{args:?}");
+        }
+        for args in [
+            &["--firmware", "uefi", "--bios"][..],
+            &["--bios", "--uefi"],
+            &["--firmware", "coreboot"],
+        ] {
+            assert!(image_args(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_remotes_are_parsed_with_the_command_line() {
+        let a = image_args(&["--size", "2GiB"]).unwrap();
+        assert_eq!(a.size.bytes(), 2048 * super::super::disk::MIB);
+        assert_eq!(
+            image_args(&[]).unwrap().size.bytes(),
+            4096 * super::super::disk::MIB
+        );
+        let e = image_args(&["--size", "4X"]).unwrap_err().to_string();
+        assert!(
+            e.contains("command line: --size: ") && e.contains("unknown unit"),
+            "{e}"
+        );
+        let r = image_args(&["--remote", "origin=https://u.example.com/repo"])
+            .unwrap()
+            .remote
+            .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.url.as_str()),
+            ("origin", "https://u.example.com/repo")
+        );
+        assert!(r.gpg_verify && r.gpg_keys.is_empty());
+        for bad in ["origin", "ori gin=https://x/r", "origin=ftp://x/repo"] {
+            let e = image_args(&["--remote", bad]).unwrap_err().to_string();
+            assert!(e.contains("command line: --remote: "), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn embedded_configs_are_private_and_copies_leave_nothing_behind() {
