@@ -48,16 +48,16 @@ pub enum Command {
     #[command(subcommand)]
     Remote(crate::remote::cli::RemoteCommand),
     /// Build a bootable disk image from a commit.
-    Image(crate::image::ImageArgs),
+    Image(crate::image::cli::ImageArgs),
     /// Live ISOs: embed an Ignition config, change kernel arguments, in place.
     #[command(subcommand)]
-    Iso(crate::image::iso::IsoCommand),
+    Iso(crate::image::cli::IsoCommand),
     /// Install a disk image (file, URL or commit) on a disk, with an Ignition config.
     Install(crate::install::cli::InstallArgs),
     /// Boot an image in QEMU with the serial console on stdout.
     Run(crate::qemu::RunArgs),
     /// Build a recipe twice from scratch and check commits and images are bit-identical.
-    VerifyReproducible(crate::reproducible::VerifyArgs),
+    VerifyReproducible(crate::reproducible::cli::VerifyArgs),
     /// Ignition configs: build from TOML, validate JSON.
     #[command(subcommand)]
     Ignition(crate::ignition::IgnitionCommand),

@@ -25,19 +25,19 @@ fn main() {
         Command::Diff(a) => kiln::repo::cli::cmd_diff(a),
         Command::Publish(a) => kiln::publish::cmd_publish(a),
         Command::Remote(c) => kiln::remote::cli::cmd(c),
-        Command::Image(a) => kiln::image::cmd_image(a),
-        Command::Iso(c) => kiln::image::iso::cmd(c),
+        Command::Image(a) => kiln::image::cli::cmd_image(a),
+        Command::Iso(c) => kiln::image::cli::cmd_iso(c),
         Command::Install(a) => kiln::install::cli::cmd_install(a),
         Command::Run(a) => kiln::qemu::cmd_run(a),
         Command::Ignition(c) => kiln::ignition::cmd(c),
         Command::FinalizeStaged => kiln::deploy::cli::cmd_finalize_staged(),
-        Command::VerifyReproducible(a) => kiln::reproducible::cmd_verify(a),
+        Command::VerifyReproducible(a) => kiln::reproducible::cli::cmd_verify(a),
     };
     // An interrupted command ends with the signal thread's exit status, after its cleanup.
     kiln::cleanup::wait_if_interrupted();
     if let Err(e) = result {
-        // A "no" answer that is an exit status (upgrade --check: 77): the command printed
-        // its answer already.
+        // A "no" answer (an update is available, the builds differ): its exit status and
+        // nothing more; the command printed its own report.
         if let Some(v) = e.chain().find_map(|c| c.downcast_ref::<Verdict>()) {
             std::process::exit(v.code());
         }

@@ -154,6 +154,28 @@ pub fn parse_size(s: &str) -> Result<u64> {
     crate::validate::size(s).map_err(anyhow::Error::msg)
 }
 
+/// A size given on the command line (`--size 4G`): parsed by the shared size rule
+/// ([`crate::validate::size`]) when the command line is read, so a bad one is refused
+/// (exit 2) before any work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for Size {
+    type Err = crate::error::InputError;
+
+    fn from_str(s: &str) -> Result<Size, Self::Err> {
+        crate::validate::size(s)
+            .map(Size)
+            .map_err(|m| crate::error::InputError::new("command line", m).key("--size"))
+    }
+}
+
 /// Environment for e2fsprogs so that filesystem timestamps follow the build epoch.
 fn e2fs_env(cmd: Cmd, epoch: Option<u64>) -> Cmd {
     match epoch {

@@ -18,7 +18,7 @@ use super::cpio;
 use crate::error::InputError;
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Size of the Ignition area (`images/ignition.img`).
 pub const IGNITION_AREA: u64 = 256 * 1024;
@@ -91,7 +91,7 @@ fn not_kiln_iso(iso: &Path) -> anyhow::Error {
     .into()
 }
 
-fn open(iso: &Path, write: bool) -> Result<std::fs::File> {
+pub(super) fn open(iso: &Path, write: bool) -> Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(write)
@@ -421,209 +421,13 @@ pub fn file_extent(iso: &Path, path: &str) -> Result<(u64, u64)> {
     }
 }
 
-// ---- command line ----
-
-#[derive(Debug, clap::Subcommand)]
-pub enum IsoCommand {
-    /// The Ignition config the live system applies at boot.
-    #[command(subcommand)]
-    Ignition(IgnitionCmd),
-    /// The live system's kernel arguments.
-    #[command(subcommand)]
-    Kargs(KargsCmd),
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum IgnitionCmd {
-    /// Embed an Ignition config (checked first) into the ISO, in place or into a copy.
-    Embed(EmbedArgs),
-    /// Print the embedded Ignition config (exit 1 when there is none).
-    Show(IsoArg),
-    /// Remove the embedded Ignition config.
-    Remove(IsoOutArgs),
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum KargsCmd {
-    /// Append or delete kernel arguments.
-    Modify(KargsModifyArgs),
-    /// Print the kernel arguments, one line.
-    Show(IsoArg),
-}
-
-#[derive(Debug, clap::Args)]
-pub struct IsoArg {
-    /// The live ISO (`kiln image --format iso`).
-    pub iso: PathBuf,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct IsoOutArgs {
-    /// The live ISO (`kiln image --format iso`).
-    pub iso: PathBuf,
-    /// Write a modified copy here instead of changing ISO in place.
-    #[arg(short, long)]
-    pub output: Option<PathBuf>,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct EmbedArgs {
-    /// Ignition config (JSON) to embed.
-    #[arg(short, long)]
-    pub ignition: PathBuf,
-    /// Replace a config already embedded.
-    #[arg(short, long)]
-    pub force: bool,
-    #[command(flatten)]
-    pub target: IsoOutArgs,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct KargsModifyArgs {
-    /// Kernel argument to add (repeatable).
-    #[arg(short, long, allow_hyphen_values = true)]
-    pub append: Vec<String>,
-    /// Kernel argument to remove: exact `NAME=VALUE`, or every `NAME=...` for a bare NAME
-    /// (repeatable).
-    #[arg(short, long, allow_hyphen_values = true)]
-    pub delete: Vec<String>,
-    #[command(flatten)]
-    pub target: IsoOutArgs,
-}
-
-/// The ISO to change: `iso` itself, or a copy beside `output` (a temporary file, renamed
-/// into place by [`Target::commit`], removed when dropped uncommitted).
-struct Target {
-    path: PathBuf,
-    copy: Option<(tempfile::NamedTempFile, PathBuf)>,
-}
-
-impl Target {
-    /// `private`: the copy will hold an Ignition config, so it is created 0600.
-    fn new(a: &IsoOutArgs, private: bool) -> Result<Target> {
-        use std::os::unix::fs::PermissionsExt;
-        // Check the source first, so a wrong file is named as such.
-        areas(&a.iso)?;
-        match &a.output {
-            None => Ok(Target {
-                path: a.iso.clone(),
-                copy: None,
-            }),
-            Some(out) => {
-                crate::ignition::check_output_file(out, "--output")?;
-                let name = out
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "out.iso".into());
-                let dir = out
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                let mode = if private {
-                    0o600
-                } else {
-                    std::fs::metadata(&a.iso)
-                        .with_context(|| format!("reading {}", a.iso.display()))?
-                        .permissions()
-                        .mode()
-                        & 0o777
-                };
-                let mut tmp = tempfile::Builder::new()
-                    .prefix(&format!(".{name}."))
-                    .suffix(".kiln-tmp")
-                    .permissions(std::fs::Permissions::from_mode(mode))
-                    .tempfile_in(dir)
-                    .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-                let mut src = open(&a.iso, false)?;
-                std::io::copy(&mut src, tmp.as_file_mut()).with_context(|| {
-                    format!("copying {} to {}", a.iso.display(), tmp.path().display())
-                })?;
-                Ok(Target {
-                    path: tmp.path().to_path_buf(),
-                    copy: Some((tmp, out.clone())),
-                })
-            }
-        }
-    }
-
-    fn commit(self) -> Result<PathBuf> {
-        match self.copy {
-            None => Ok(self.path),
-            Some((tmp, out)) => {
-                tmp.persist(&out).map_err(|e| e.error).with_context(|| {
-                    format!("moving {} to {}", self.path.display(), out.display())
-                })?;
-                Ok(out)
-            }
-        }
-    }
-}
-
-fn with_target<T>(
-    a: &IsoOutArgs,
-    private: bool,
-    f: impl FnOnce(&Path) -> Result<T>,
-) -> Result<(PathBuf, T)> {
-    let t = Target::new(a, private)?;
-    // On an error the Target is dropped, and with it a temporary copy.
-    let v = f(&t.path)?;
-    Ok((t.commit()?, v))
-}
-
-/// `kiln iso ...`.
-pub fn cmd(c: IsoCommand) -> Result<()> {
-    match c {
-        IsoCommand::Ignition(IgnitionCmd::Embed(a)) => {
-            let config = super::read_ignition_config(&a.ignition)?;
-            let (out, ()) =
-                with_target(&a.target, true, |iso| ignition_embed(iso, &config, a.force))?;
-            eprintln!(
-                "kiln: embedded {} into {}",
-                a.ignition.display(),
-                out.display()
-            );
-        }
-        IsoCommand::Ignition(IgnitionCmd::Show(a)) => match ignition_show(&a.iso)? {
-            Some(c) => {
-                print!("{c}");
-                if !c.ends_with('\n') {
-                    println!();
-                }
-            }
-            None => bail!("{} has no embedded Ignition config", a.iso.display()),
-        },
-        IsoCommand::Ignition(IgnitionCmd::Remove(a)) => {
-            let (out, had) = with_target(&a, false, ignition_remove)?;
-            if had {
-                eprintln!("kiln: removed the Ignition config from {}", out.display());
-            } else {
-                eprintln!("kiln: {} had no Ignition config", out.display());
-            }
-        }
-        IsoCommand::Kargs(KargsCmd::Show(a)) => println!("{}", kargs_show(&a.iso)?.join(" ")),
-        IsoCommand::Kargs(KargsCmd::Modify(a)) => {
-            if a.append.is_empty() && a.delete.is_empty() {
-                return Err(InputError::new(
-                    "command line",
-                    "nothing to do: give --append and/or --delete",
-                )
-                .into());
-            }
-            let (out, new) = with_target(&a.target, false, |iso| {
-                kargs_modify(iso, &a.append, &a.delete)
-            })?;
-            eprintln!("kiln: kernel arguments of {}:", out.display());
-            println!("{}", new.join(" "));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use std::path::PathBuf;
 
-    fn fake_iso(dir: &Path) -> PathBuf {
+    /// A file laid out like a kiln live ISO: header and both areas (for the CLI's tests too).
+    pub(crate) fn fake_iso(dir: &Path) -> PathBuf {
         let iso = dir.join("x.iso");
         let mut buf = vec![0u8; 40960 + IGNITION_AREA as usize + KARGS_AREA as usize];
         let a = Areas {
@@ -774,66 +578,5 @@ mod tests {
         write(claim(IGNITION_AREA, 40960 + 4096, KARGS_AREA));
         let e = ignition_show(&iso).unwrap_err();
         assert!(format!("{e:#}").contains("overlap"), "{e:#}");
-    }
-
-    #[test]
-    fn embedded_configs_are_private_and_copies_leave_nothing_behind() {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        let d = tempfile::tempdir().unwrap();
-        let iso = fake_iso(d.path());
-        std::fs::set_permissions(&iso, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let cfg = r#"{"ignition":{"version":"3.3.0"}}"#;
-        // Into a copy: 0600 from creation; the source keeps its mode.
-        let out = d.path().join("out.iso");
-        let args = IsoOutArgs {
-            iso: iso.clone(),
-            output: Some(out.clone()),
-        };
-        let (o, ()) = with_target(&args, true, |p| {
-            assert_eq!(mode(p), 0o600, "the temporary copy is private");
-            ignition_embed(p, cfg, false)
-        })
-        .unwrap();
-        assert_eq!(o, out);
-        assert_eq!(mode(&out), 0o600);
-        assert_eq!(mode(&iso), 0o644);
-        assert_eq!(ignition_show(&out).unwrap().as_deref(), Some(cfg));
-        // A failing edit of a copy leaves no temporary file.
-        let out2 = d.path().join("out2.iso");
-        let big = format!("{{\"x\":\"{}\"}}", "a".repeat(IGNITION_AREA as usize));
-        let args = IsoOutArgs {
-            iso: iso.clone(),
-            output: Some(out2.clone()),
-        };
-        assert!(with_target(&args, true, |p| ignition_embed(p, &big, false)).is_err());
-        let mut names: Vec<String> = std::fs::read_dir(d.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["out.iso", "x.iso"]);
-        // A directory as the output is refused before anything is copied.
-        let args = IsoOutArgs {
-            iso: iso.clone(),
-            output: Some(d.path().to_path_buf()),
-        };
-        let e = with_target(&args, true, |p| ignition_embed(p, cfg, false)).unwrap_err();
-        assert!(e.downcast_ref::<InputError>().is_some(), "{e:#}");
-        // In place: the ISO loses group and other access before the config goes in.
-        ignition_embed(&iso, cfg, false).unwrap();
-        assert_eq!(mode(&iso), 0o600);
-        // Copies for other edits keep the source's mode.
-        let d2 = d.path().join("x2");
-        std::fs::create_dir(&d2).unwrap();
-        let iso2 = fake_iso(&d2);
-        std::fs::set_permissions(&iso2, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let out3 = d.path().join("out3.iso");
-        let args = IsoOutArgs {
-            iso: iso2,
-            output: Some(out3.clone()),
-        };
-        with_target(&args, false, |p| kargs_modify(p, &["quiet".into()], &[])).unwrap();
-        assert_eq!(mode(&out3), 0o640);
     }
 }

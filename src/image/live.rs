@@ -23,7 +23,7 @@
 //! the fixed-size `boot/grub/kargs.cfg` and loads `images/ignition.img` last, the two
 //! areas `kiln iso` rewrites in place.
 
-use super::{cpio, iso, manifest, ImageOptions, CONSOLE_KARGS};
+use super::{cpio, iso, manifest, ImageOptions, Source, Work, CONSOLE_KARGS};
 use crate::cmd::Cmd;
 use crate::progress::Progress;
 use anyhow::{anyhow, bail, Context, Result};
@@ -158,17 +158,7 @@ fn preflight(opts: &ImageOptions, fs: LiveFs) -> Result<()> {
             }
         }
     }
-    let missing: Vec<String> = need
-        .iter()
-        .filter(|(p, _)| !crate::cmd::have(p))
-        .map(|(p, pkg)| format!("{p} (package {pkg})"))
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "missing host tools: {} (run `make deps`)",
-            missing.join(", ")
-        );
-    }
+    super::require_tools(&need)?;
     if opts.format == super::Format::Pxe && opts.ignition.is_some() {
         return Err(crate::error::InputError::new(
             "command line",
@@ -227,7 +217,8 @@ fn artifact(path: &Path) -> Result<LiveArtifact> {
     })
 }
 
-/// Builds the live ISO or PXE files described by `opts` (format `iso` or `pxe`).
+/// Builds the live ISO or PXE files described by `opts` (format `iso` or `pxe`): deploy,
+/// root image, then the medium (one progress stage each), recorded in `manifest.json`.
 pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<LiveResult> {
     let fs = opts.live_fs;
     preflight(opts, fs)?;
@@ -235,40 +226,60 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<LiveResult> {
         Some(f) => Some(super::read_ignition_config(f)?),
         None => None,
     };
-    let repo = crate::repo::open(&opts.repo)?;
-    let info = crate::repo::read_commit(&repo, &opts.rev)
-        .with_context(|| format!("looking up {:?} in {}", opts.rev, opts.repo.display()))?;
-    drop(repo);
-    let commit_kargs = info.meta_list(crate::repo::keys::KARGS);
-    let media = opts.format.name();
-    let kargs = live_kargs(&commit_kargs, media, &opts.extra_kargs);
+    let src = Source::read(opts)?;
+    let commit_kargs = src.info.meta_list(crate::repo::keys::KARGS);
+    let kargs = live_kargs(&commit_kargs, opts.format.name(), &opts.extra_kargs);
     for k in &kargs {
         iso::check_karg(k)?;
     }
-    let epoch = opts
-        .epoch
-        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
-        .unwrap_or(info.timestamp);
+    let work = Work::beside(&opts.output, ".kiln-live-", "live.log")?;
 
-    let out_dir = opts
-        .output
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("creating output directory {}", out_dir.display()))?;
-    // Removed on every exit path, SIGINT and SIGTERM included (crate::cleanup).
-    let work = crate::cleanup::TempDir::new_in(&out_dir, ".kiln-live-")?;
-    let log = work.path().join("live.log");
-    let sysroot = work.path().join("sysroot");
-    std::fs::create_dir_all(&sysroot).context("creating the sysroot directory")?;
-
-    // 1. Deploy (the deployment's own kargs do not matter: the live kargs are in the boot
-    //    loader's config).
     let s = p.stage("deploy");
-    let disk_kargs = super::image_kargs(&commit_kargs, &[]);
-    let deployment = super::deploy_into(&sysroot, opts, &info, &disk_kargs)?;
+    let deployment = stage_deploy(opts, &work, &src.info, &commit_kargs)?;
+    s.done();
+    let s = p.stage("root-image");
+    let (files, root_image_size) = stage_root_image(&work, &deployment, fs, src.epoch)?;
+    s.done();
+    let artifacts = match opts.format {
+        super::Format::Iso => {
+            let s = p.stage("iso");
+            let a = stage_iso(opts, &work, &files, &src, &kargs, ignition.as_deref())?;
+            s.done();
+            a
+        }
+        super::Format::Pxe => {
+            let s = p.stage("pxe");
+            let a = stage_pxe(opts, &work, &files, &kargs)?;
+            s.done();
+            a
+        }
+        f => return Err(anyhow!("live::build called for format {}", f.name())),
+    };
+    record(opts, &src.info, &artifacts)?;
+
+    Ok(LiveResult {
+        output: opts.output.clone(),
+        format: opts.format,
+        commit: src.info.checksum,
+        version: src.info.version,
+        artifacts,
+        kargs,
+        root_fs: fs,
+        root_image_size,
+        timings: p.timings_json(),
+    })
+}
+
+/// Deploys the commit into the work sysroot and marks it as live; returns the deployment.
+/// Its own kernel arguments do not matter: the live ones are in the boot loader's config.
+fn stage_deploy(
+    opts: &ImageOptions,
+    work: &Work,
+    info: &crate::repo::CommitInfo,
+    commit_kargs: &[String],
+) -> Result<PathBuf> {
+    let disk_kargs = super::image_kargs(commit_kargs, &[]);
+    let deployment = super::deploy_into(&work.sysroot, opts, info, &disk_kargs)?;
     // The live system names the commit it was made from (boot marker, `kiln status`).
     let marker_dir = deployment.join("usr/lib/kiln");
     std::fs::create_dir_all(&marker_dir)
@@ -278,108 +289,132 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<LiveResult> {
         format!("{}\n", info.checksum),
     )
     .context("writing usr/lib/kiln/live-commit")?;
-    let kver = crate::compose::initramfs::find_kernel(&deployment)?;
-    let moddir = deployment.join("usr/lib/modules").join(&kver);
-    s.done();
+    Ok(deployment)
+}
 
-    // 2. The root image, wrapped as an initramfs.
-    let s = p.stage("root-image");
+/// Stages the medium's files: `images/` with the commit's kernel and initramfs and the root
+/// image wrapped as an initramfs (`rootfs.img`). Returns the staging directory and the
+/// root image's size.
+fn stage_root_image(
+    work: &Work,
+    deployment: &Path,
+    fs: LiveFs,
+    epoch: u64,
+) -> Result<(PathBuf, u64)> {
+    let kver = crate::compose::initramfs::find_kernel(deployment)?;
+    let moddir = deployment.join("usr/lib/modules").join(&kver);
     let files = work.path().join("files");
     let images = files.join("images");
     std::fs::create_dir_all(&images).context("creating the staging directory")?;
     let root_img = work.path().join(format!("root.{}", fs.name()));
-    make_root_image(&deployment, fs, &root_img, epoch, &log)?;
+    make_root_image(deployment, fs, &root_img, epoch, &work.log)?;
     let root_image_size = std::fs::metadata(&root_img)
         .context("reading the root image")?
         .len();
-    let rootfs = images.join("rootfs.img");
-    make_rootfs_img(&root_img, fs, &rootfs, epoch)?;
+    make_rootfs_img(&root_img, fs, &images.join("rootfs.img"), epoch)?;
     std::fs::remove_file(&root_img).ok();
     for (src, dst) in [("vmlinuz", "vmlinuz"), ("initramfs.img", "initramfs.img")] {
         let from = moddir.join(src);
         std::fs::copy(&from, images.join(dst))
             .with_context(|| format!("copying {}", from.display()))?;
     }
-    s.done();
+    Ok((files, root_image_size))
+}
 
+/// Makes the ISO from the staged files (grub.cfg, the kernel-arguments and Ignition
+/// areas, the header that finds them), embeds the Ignition config, renames it into place.
+fn stage_iso(
+    opts: &ImageOptions,
+    work: &Work,
+    files: &Path,
+    src: &Source,
+    kargs: &[String],
+    ignition: Option<&str>,
+) -> Result<Vec<LiveArtifact>> {
+    let (info, epoch) = (&src.info, src.epoch);
     let title = format!(
         "kiln live {} ({})",
         info.version.as_deref().unwrap_or(""),
         &info.checksum[..12]
     );
-    let mut artifacts = Vec::new();
-    match opts.format {
-        super::Format::Iso => {
-            let s = p.stage("iso");
-            let grub = files.join("boot/grub");
-            std::fs::create_dir_all(&grub).context("creating boot/grub")?;
-            std::fs::write(grub.join("grub.cfg"), grub_cfg(title.trim()))
-                .context("writing grub.cfg")?;
-            std::fs::write(
-                files.join(iso::KARGS_PATH),
-                iso::kargs_area(&kargs, iso::KARGS_AREA)?,
-            )
-            .context("writing kargs.cfg")?;
-            std::fs::write(
-                files.join(iso::IGNITION_PATH),
-                vec![0u8; iso::IGNITION_AREA as usize],
-            )
-            .context("writing the Ignition area")?;
-            crate::reproducible::clamp_times(&files, epoch)?;
-            let staged = work.path().join("out.iso");
-            Cmd::new("grub-mkrescue")
-                .arg("-o")
-                .arg(&staged)
-                .arg(&files)
-                .args(["--", "-volid", VOLUME_ID])
-                .env("SOURCE_DATE_EPOCH", epoch.to_string())
-                .run_logged(&log)
-                .context("making the ISO with grub-mkrescue")?;
-            let (ign_off, ign_len) = iso::file_extent(&staged, iso::IGNITION_PATH)?;
-            let (k_off, k_len) = iso::file_extent(&staged, iso::KARGS_PATH)?;
-            if ign_len != iso::IGNITION_AREA || k_len != iso::KARGS_AREA {
-                bail!("xorriso reports unexpected sizes for the ISO's reserved areas");
-            }
-            iso::write_header(
-                &staged,
-                &iso::Areas {
-                    ignition_offset: ign_off,
-                    ignition_len: ign_len,
-                    kargs_offset: k_off,
-                    kargs_len: k_len,
-                },
-            )?;
-            if let Some(cfg) = &ignition {
-                iso::ignition_embed(&staged, cfg, false)?;
-            }
-            std::fs::rename(&staged, &opts.output)
-                .with_context(|| format!("moving the ISO to {}", opts.output.display()))?;
-            artifacts.push(artifact(&opts.output)?);
-            s.done();
-        }
-        super::Format::Pxe => {
-            let s = p.stage("pxe");
-            std::fs::write(images.join("boot.ipxe"), ipxe_script(&kargs))
-                .context("writing boot.ipxe")?;
-            std::fs::write(images.join("kargs.txt"), format!("{}\n", kargs.join(" ")))
-                .context("writing kargs.txt")?;
-            // Replace the output directory as a whole.
-            let old = work.path().join("old");
-            if opts.output.exists() {
-                std::fs::rename(&opts.output, &old)
-                    .with_context(|| format!("moving the old {} aside", opts.output.display()))?;
-            }
-            std::fs::rename(&images, &opts.output)
-                .with_context(|| format!("moving the PXE files to {}", opts.output.display()))?;
-            for f in ["vmlinuz", "initramfs.img", "rootfs.img"] {
-                artifacts.push(artifact(&opts.output.join(f))?);
-            }
-            s.done();
-        }
-        f => return Err(anyhow!("live::build called for format {}", f.name())),
+    let grub = files.join("boot/grub");
+    std::fs::create_dir_all(&grub).context("creating boot/grub")?;
+    std::fs::write(grub.join("grub.cfg"), grub_cfg(title.trim())).context("writing grub.cfg")?;
+    std::fs::write(
+        files.join(iso::KARGS_PATH),
+        iso::kargs_area(kargs, iso::KARGS_AREA)?,
+    )
+    .context("writing kargs.cfg")?;
+    std::fs::write(
+        files.join(iso::IGNITION_PATH),
+        vec![0u8; iso::IGNITION_AREA as usize],
+    )
+    .context("writing the Ignition area")?;
+    super::normalize::clamp_times(files, epoch)?;
+    let staged = work.path().join("out.iso");
+    Cmd::new("grub-mkrescue")
+        .arg("-o")
+        .arg(&staged)
+        .arg(files)
+        .args(["--", "-volid", VOLUME_ID])
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .run_logged(&work.log)
+        .context("making the ISO with grub-mkrescue")?;
+    let (ign_off, ign_len) = iso::file_extent(&staged, iso::IGNITION_PATH)?;
+    let (k_off, k_len) = iso::file_extent(&staged, iso::KARGS_PATH)?;
+    if ign_len != iso::IGNITION_AREA || k_len != iso::KARGS_AREA {
+        bail!("xorriso reports unexpected sizes for the ISO's reserved areas");
     }
+    iso::write_header(
+        &staged,
+        &iso::Areas {
+            ignition_offset: ign_off,
+            ignition_len: ign_len,
+            kargs_offset: k_off,
+            kargs_len: k_len,
+        },
+    )?;
+    if let Some(cfg) = ignition {
+        iso::ignition_embed(&staged, cfg, false)?;
+    }
+    std::fs::rename(&staged, &opts.output)
+        .with_context(|| format!("moving the ISO to {}", opts.output.display()))?;
+    Ok(vec![artifact(&opts.output)?])
+}
 
-    for a in &artifacts {
+/// Writes the iPXE script and kernel arguments beside the staged images and puts the
+/// directory in place of the output as a whole.
+fn stage_pxe(
+    opts: &ImageOptions,
+    work: &Work,
+    files: &Path,
+    kargs: &[String],
+) -> Result<Vec<LiveArtifact>> {
+    let images = files.join("images");
+    std::fs::write(images.join("boot.ipxe"), ipxe_script(kargs)).context("writing boot.ipxe")?;
+    std::fs::write(images.join("kargs.txt"), format!("{}\n", kargs.join(" ")))
+        .context("writing kargs.txt")?;
+    let old = work.path().join("old");
+    if opts.output.exists() {
+        std::fs::rename(&opts.output, &old)
+            .with_context(|| format!("moving the old {} aside", opts.output.display()))?;
+    }
+    std::fs::rename(&images, &opts.output)
+        .with_context(|| format!("moving the PXE files to {}", opts.output.display()))?;
+    ["vmlinuz", "initramfs.img", "rootfs.img"]
+        .iter()
+        .map(|f| artifact(&opts.output.join(f)))
+        .collect()
+}
+
+/// Records each artifact in the `manifest.json` beside it (PXE files: inside their
+/// directory).
+fn record(
+    opts: &ImageOptions,
+    info: &crate::repo::CommitInfo,
+    artifacts: &[LiveArtifact],
+) -> Result<()> {
+    for a in artifacts {
         let name = a.path.file_name().unwrap_or_default().to_string_lossy();
         let format = if opts.format == super::Format::Iso {
             "iso".to_string()
@@ -397,21 +432,9 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<LiveResult> {
             platform: Some("metal".into()),
             virtual_size: None,
         };
-        // PXE files are recorded in the manifest inside their directory.
         manifest::record(&a.path, entry)?;
     }
-
-    Ok(LiveResult {
-        output: opts.output.clone(),
-        format: opts.format,
-        commit: info.checksum,
-        version: info.version,
-        artifacts,
-        kargs,
-        root_fs: fs,
-        root_image_size,
-        timings: p.timings_json(),
-    })
+    Ok(())
 }
 
 #[cfg(test)]

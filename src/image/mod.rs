@@ -17,17 +17,24 @@
 //! baked in, so that every machine made from the image is its own.
 
 pub mod bootloader;
+pub mod cli;
 pub mod cpio;
 pub mod disk;
+pub mod embed;
 pub mod firstboot;
 pub mod formats;
 pub mod iso;
 pub mod live;
 pub mod manifest;
+pub mod normalize;
 pub mod platform;
 pub mod template;
 
 pub use bootloader::Firmware;
+pub use embed::{
+    check_ignition_config, read_ignition_config, write_ignition_config, IGNITION_CONFIG,
+    MAX_IGNITION_CONFIG,
+};
 pub use firstboot::Platform;
 pub use formats::Format;
 pub use live::LiveFs;
@@ -46,72 +53,6 @@ pub const IMAGE_KARGS: &[&str] = &["root=LABEL=root", "rw"];
 pub const CONSOLE_KARGS: &[&str] = &["console=tty0", "console=ttyS0,115200n8"];
 /// The stateroot name images use unless told otherwise.
 pub const DEFAULT_OS: &str = "kiln";
-
-#[derive(Debug, clap::Args)]
-pub struct ImageArgs {
-    /// OSTree repository holding the commit.
-    #[arg(long, default_value = "build/repo")]
-    pub repo: PathBuf,
-    /// Ref or commit checksum to put in the image.
-    #[arg(long = "ref")]
-    pub ref_: String,
-    /// Output format (default: from the output's extension, else the platform's first
-    /// format, else qcow2). docs/cloud.md lists which formats each platform takes.
-    #[arg(long, value_enum)]
-    pub format: Option<Format>,
-    /// Disk size (K, M, G, T suffixes).
-    #[arg(long, default_value = "4G")]
-    pub size: String,
-    /// Boot on BIOS only.
-    #[arg(long, conflicts_with_all = ["uefi", "hybrid"])]
-    pub bios: bool,
-    /// Boot on UEFI only.
-    #[arg(long, conflicts_with_all = ["bios", "hybrid"])]
-    pub uefi: bool,
-    /// Boot on both BIOS and UEFI (the default).
-    #[arg(long, conflicts_with_all = ["bios", "uefi"])]
-    pub hybrid: bool,
-    /// Where to write the image; `manifest.json` is updated beside it. A directory (an
-    /// existing one, or a path ending in `/`) gets `<name>-<platform>.<extension>`, where
-    /// name is the ref's last component (`base` for `kiln/bookworm/x86_64/base`).
-    #[arg(long)]
-    pub output: PathBuf,
-    /// Stateroot (OS name) of the deployment.
-    #[arg(long, default_value = DEFAULT_OS)]
-    pub os: String,
-    /// Extra kernel argument for the image's deployment (repeatable).
-    #[arg(long = "karg")]
-    pub kargs: Vec<String>,
-    /// Ignition config to embed as /boot/ignition/config.ign (bare-metal provisioning;
-    /// platform `metal`).
-    #[arg(long)]
-    pub ignition: Option<PathBuf>,
-    /// Platform the image is for: sets `ignition.platform.id` (where Ignition finds the
-    /// machine's config: fw_cfg for `qemu`, the cloud's metadata for `aws`, `gcp`,
-    /// `azure`, `openstack`, guestinfo for `vmware`, /boot/ignition/config.ign or
-    /// `ignition.config.url=` for `metal`), the console arguments, and the default format
-    /// (docs/cloud.md). Default: `metal` with --ignition, else `qemu`.
-    #[arg(long, value_enum)]
-    pub platform: Option<Platform>,
-    /// Update server the machine follows, as NAME=URL: the image's repo gets the remote and
-    /// the deployment's origin becomes NAME:REF, so `kiln upgrade` and automatic updates
-    /// pull from it out of the box. Needs --ref to name a ref, not a checksum.
-    #[arg(long, value_name = "NAME=URL")]
-    pub remote: Option<String>,
-    /// GPG public key (armored or binary) trusted for --remote's commits (repeatable).
-    #[arg(long, value_name = "FILE", requires = "remote")]
-    pub remote_gpg_key: Vec<PathBuf>,
-    /// Do not verify --remote's signatures (default: verify, with --remote-gpg-key's keys
-    /// and those in the image's /usr/share/ostree/trusted.gpg.d).
-    #[arg(long, requires = "remote", conflicts_with = "remote_gpg_key")]
-    pub remote_no_gpg_verify: bool,
-    /// Root image filesystem of a live ISO or PXE system.
-    #[arg(long, value_enum, default_value_t = LiveFs::Squashfs)]
-    pub live_fs: LiveFs,
-    /// Print one JSON object with the result on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// Everything [`build`] needs.
 #[derive(Debug, Clone)]
@@ -146,18 +87,21 @@ pub struct ImageRemote {
     pub gpg_verify: bool,
 }
 
-impl ImageRemote {
-    /// Parses `NAME=URL`.
-    pub fn parse(spec: &str) -> Result<ImageRemote> {
+impl std::str::FromStr for ImageRemote {
+    type Err = crate::error::InputError;
+
+    /// Parses `NAME=URL` (the value of `--remote`): the remote-name rule and the URL rule
+    /// of [`crate::validate`], checked when the command line is read.
+    fn from_str(spec: &str) -> Result<ImageRemote, Self::Err> {
+        let bad = |m: String| crate::error::InputError::new("command line", m).key("--remote");
         let (name, url) = spec.split_once('=').ok_or_else(|| {
-            crate::error::InputError::new(
-                "command line",
-                format!("--remote {spec:?}: expected NAME=URL, e.g. origin=https://updates.example.com/repo"),
-            )
-            .key("--remote")
+            bad(format!(
+                "{spec:?}: expected NAME=URL, e.g. origin=https://updates.example.com/repo"
+            ))
         })?;
-        crate::remote::validate_name(name)?;
-        crate::remote::validate_url(url)?;
+        crate::validate::remote_name(name).map_err(bad)?;
+        crate::validate::url(url, crate::validate::Schemes::HttpOrFile)
+            .map_err(|m| bad(format!("remote URL: {m}")))?;
         Ok(ImageRemote {
             name: name.to_string(),
             url: url.to_string(),
@@ -310,7 +254,57 @@ pub(crate) fn deploy_into(
     deployment_dir(sysroot, &opts.os, &info.checksum)
 }
 
-/// Builds the image described by `opts`.
+/// The commit an image is made from, and the time every file of the image gets:
+/// `SOURCE_DATE_EPOCH`, else the commit's timestamp (docs/reproducible.md).
+pub(crate) struct Source {
+    pub info: crate::repo::CommitInfo,
+    pub epoch: u64,
+}
+
+impl Source {
+    pub(crate) fn read(opts: &ImageOptions) -> Result<Source> {
+        let repo = crate::repo::open(&opts.repo)?;
+        let info = crate::repo::read_commit(&repo, &opts.rev)
+            .with_context(|| format!("looking up {:?} in {}", opts.rev, opts.repo.display()))?;
+        let epoch = opts
+            .epoch
+            .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
+            .unwrap_or(info.timestamp);
+        Ok(Source { info, epoch })
+    }
+}
+
+/// A private work directory beside the output (so the result is renamed into place),
+/// removed on every exit path, SIGINT and SIGTERM included, immutable deployment
+/// directories and all ([`crate::cleanup`]); it holds the tools' log and a sysroot.
+pub(crate) struct Work {
+    pub dir: crate::cleanup::TempDir,
+    pub log: PathBuf,
+    pub sysroot: PathBuf,
+}
+
+impl Work {
+    pub(crate) fn beside(output: &Path, prefix: &str, log_name: &str) -> Result<Work> {
+        let out_dir = output
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(out_dir)
+            .with_context(|| format!("creating output directory {}", out_dir.display()))?;
+        let dir = crate::cleanup::TempDir::new_in(out_dir, prefix)?;
+        let log = dir.path().join(log_name);
+        let sysroot = dir.path().join("sysroot");
+        std::fs::create_dir_all(&sysroot).context("creating the sysroot directory")?;
+        Ok(Work { dir, log, sysroot })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Builds the image described by `opts`: deploy, check, boot loader, filesystems, disk,
+/// output (one progress stage each).
 pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<ImageResult> {
     if opts.format.is_live() {
         bail!(
@@ -319,117 +313,144 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<ImageResult> {
         );
     }
     preflight(opts)?;
-    let repo = crate::repo::open(&opts.repo)?;
-    let info = crate::repo::read_commit(&repo, &opts.rev)
-        .with_context(|| format!("looking up {:?} in {}", opts.rev, opts.repo.display()))?;
-    drop(repo);
+    let src = Source::read(opts)?;
     let layout = disk::Layout::for_size(opts.size)?;
     let platform = opts
         .platform
         .unwrap_or_else(|| Platform::default_for(opts.ignition.is_some()));
-    let spec = platform.spec();
     let mut extra = firstboot::kargs(platform);
     extra.extend(opts.extra_kargs.iter().cloned());
     let kargs = image_kargs_with_console(
-        &info.meta_list(crate::repo::keys::KARGS),
-        spec.console,
+        &src.info.meta_list(crate::repo::keys::KARGS),
+        platform.spec().console,
         &extra,
     );
-    let epoch = opts
-        .epoch
-        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
-        .unwrap_or(info.timestamp);
+    let work = Work::beside(&opts.output, ".kiln-image-", "image.log")?;
 
-    let out_dir = opts
-        .output
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("creating output directory {}", out_dir.display()))?;
-    // Removed on every exit path, SIGINT and SIGTERM included, immutable deployment
-    // directories and all (crate::cleanup).
-    let work = crate::cleanup::TempDir::new_in(&out_dir, ".kiln-image-")?;
-    let log = work.path().join("image.log");
-    let sysroot = work.path().join("sysroot");
-    std::fs::create_dir_all(&sysroot).context("creating the sysroot directory")?;
-
-    // 1. Deploy.
     let s = p.stage("deploy");
-    let deployment = deploy_into(&sysroot, opts, &info, &kargs)?;
+    let deployment = deploy_into(&work.sysroot, opts, &src.info, &kargs)?;
     s.done();
-
     // Nothing machine-specific may ship: every machine made from the image is its own.
     let s = p.stage("template-check");
-    template::check_sysroot(&sysroot, &opts.os, &deployment)?;
+    template::check_sysroot(&work.sysroot, &opts.os, &deployment)?;
+    s.done();
+    let s = p.stage("boot-loader");
+    let boot = stage_boot(opts, platform, &work, &deployment)?;
+    s.done();
+    let s = p.stage("filesystems");
+    let fs = stage_filesystems(&work, &boot, &layout, &src)?;
+    s.done();
+    let s = p.stage("disk");
+    let raw = stage_disk(&work, &fs, &boot, &layout)?;
+    s.done();
+    let s = p.stage(opts.format.name());
+    let out = stage_output(opts, platform, &work, &raw, &layout, &src.info)?;
     s.done();
 
-    // 2. Split /boot from the root.
-    let s = p.stage("boot-loader");
+    Ok(ImageResult {
+        output: opts.output.clone(),
+        format: opts.format,
+        platform,
+        firmware: opts.firmware,
+        commit: src.info.checksum,
+        version: src.info.version,
+        sha256: out.sha256,
+        size: out.size,
+        virtual_size: out.virtual_size,
+        kargs,
+        manifest: out.manifest,
+        layout,
+        timings: p.timings_json(),
+    })
+}
+
+/// The boot partition's tree and the boot loaders, made by [`stage_boot`].
+struct Boot {
+    dir: PathBuf,
+    /// GRUB's core image and boot.img for BIOS.
+    bios: Option<(PathBuf, PathBuf)>,
+    /// GRUB's EFI binary.
+    efi: Option<PathBuf>,
+}
+
+/// Moves the sysroot's `boot/` aside as the boot partition's tree, with the static
+/// grub.cfg, the first-boot stamp and the Ignition config; builds GRUB for the firmware.
+fn stage_boot(
+    opts: &ImageOptions,
+    platform: Platform,
+    work: &Work,
+    deployment: &Path,
+) -> Result<Boot> {
     let bootdir = work.path().join("bootfs");
-    std::fs::rename(sysroot.join("boot"), &bootdir).context("moving the sysroot's boot/ aside")?;
-    std::fs::create_dir(sysroot.join("boot")).context("recreating the boot/ mount point")?;
+    std::fs::rename(work.sysroot.join("boot"), &bootdir)
+        .context("moving the sysroot's boot/ aside")?;
+    std::fs::create_dir(work.sysroot.join("boot")).context("recreating the boot/ mount point")?;
     let grubdir = bootdir.join("grub");
     std::fs::create_dir_all(&grubdir).context("creating boot/grub")?;
     std::fs::write(
         grubdir.join("grub.cfg"),
-        bootloader::grub_cfg_for(spec.grub_serial),
+        bootloader::grub_cfg_for(platform.spec().grub_serial),
     )
     .context("writing grub.cfg")?;
     // Every fresh image provisions itself with Ignition on its first boot.
     firstboot::write_stamp(&bootdir)?;
     if let Some(ign) = &opts.ignition {
-        embed_ignition(ign, &bootdir)?;
+        embed::embed_ignition(ign, &bootdir)?;
     }
     let bios = if opts.firmware.bios() {
-        Some(bootloader::build_bios_core(&deployment, work.path())?)
+        Some(bootloader::build_bios_core(deployment, work.path())?)
     } else {
         None
     };
     let efi = if opts.firmware.uefi() {
-        Some(bootloader::build_efi(&deployment, work.path())?)
+        Some(bootloader::build_efi(deployment, work.path())?)
     } else {
         None
     };
-    s.done();
+    Ok(Boot {
+        dir: bootdir,
+        bios,
+        efi,
+    })
+}
 
-    // 3. Filesystems and the disk.
-    let s = p.stage("filesystems");
-    let ids = disk::Ids::for_commit(&info.checksum);
-    // mkfs.ext4 -d copies entries in readdir order and copies file times: give it trees
-    // whose order depends on names only, with every time at the epoch
-    // (docs/reproducible.md).
-    let sorted_boot = work.path().join("bootfs.sorted");
-    crate::reproducible::sorted_link_tree(&bootdir, &sorted_boot)?;
-    crate::reproducible::clamp_times(&sorted_boot, epoch)?;
-    let sorted_root = work.path().join("sysroot.sorted");
-    crate::reproducible::sorted_link_tree(&sysroot, &sorted_root)?;
-    crate::reproducible::clamp_times(&sorted_root, epoch)?;
-    let boot_fs = work.path().join("boot.ext4");
-    disk::mkfs_ext4(
-        &sorted_boot,
-        &boot_fs,
-        layout.boot.size,
-        "boot",
-        &ids.boot_fs_uuid,
-        Some(epoch),
-        &log,
-    )?;
-    crate::reproducible::clamp_ext4_ctimes(&boot_fs, epoch, &log)?;
-    let root_fs = work.path().join("root.ext4");
-    disk::mkfs_ext4(
-        &sorted_root,
-        &root_fs,
-        layout.root.size,
-        "root",
-        &ids.root_fs_uuid,
-        Some(epoch),
-        &log,
-    )?;
-    crate::reproducible::clamp_ext4_ctimes(&root_fs, epoch, &log)?;
+/// The three filesystem images of the disk, made by [`stage_filesystems`].
+struct Filesystems {
+    ids: disk::Ids,
+    esp: PathBuf,
+    boot: PathBuf,
+    root: PathBuf,
+}
+
+/// Builds the boot and root ext4 filesystems and the ESP, reproducibly: mkfs.ext4 -d
+/// copies entries in readdir order and copies file times, so it gets trees whose order
+/// depends on names only, with every time at the epoch (docs/reproducible.md).
+fn stage_filesystems(
+    work: &Work,
+    boot: &Boot,
+    layout: &disk::Layout,
+    src: &Source,
+) -> Result<Filesystems> {
+    let (epoch, log) = (src.epoch, &work.log);
+    let ids = disk::Ids::for_commit(&src.info.checksum);
+    let sorted = |tree: &Path, name: &str| -> Result<PathBuf> {
+        let sorted = work.path().join(format!("{name}.sorted"));
+        normalize::sorted_link_tree(tree, &sorted)?;
+        normalize::clamp_times(&sorted, epoch)?;
+        Ok(sorted)
+    };
+    let sorted_boot = sorted(&boot.dir, "bootfs")?;
+    let sorted_root = sorted(&work.sysroot, "sysroot")?;
+    let ext4 = |tree: &Path, label: &str, size: u64, uuid: &str| -> Result<PathBuf> {
+        let fs = work.path().join(format!("{label}.ext4"));
+        disk::mkfs_ext4(tree, &fs, size, label, uuid, Some(epoch), log)?;
+        normalize::clamp_ext4_ctimes(&fs, epoch, log)?;
+        Ok(fs)
+    };
+    let boot_fs = ext4(&sorted_boot, "boot", layout.boot.size, &ids.boot_fs_uuid)?;
+    let root_fs = ext4(&sorted_root, "root", layout.root.size, &ids.root_fs_uuid)?;
     let esp = work.path().join("esp.vfat");
-    let efi_files: Vec<(&str, &Path)> = match &efi {
+    let efi_files: Vec<(&str, &Path)> = match &boot.efi {
         Some(e) => vec![("EFI/BOOT/BOOTX64.EFI", e.as_path())],
         None => vec![],
     };
@@ -439,26 +460,55 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<ImageResult> {
         &efi_files,
         &ids.esp_volume_id,
         epoch,
-        &log,
+        log,
     )?;
-    s.done();
+    Ok(Filesystems {
+        ids,
+        esp,
+        boot: boot_fs,
+        root: root_fs,
+    })
+}
 
-    let s = p.stage("disk");
+/// Partitions a sparse raw disk, writes the filesystems into it and GRUB for BIOS.
+fn stage_disk(
+    work: &Work,
+    fs: &Filesystems,
+    boot: &Boot,
+    layout: &disk::Layout,
+) -> Result<PathBuf> {
     let raw = work.path().join("disk.raw");
-    disk::partition(&raw, &layout, &ids, &log)?;
-    disk::write_at(&raw, &esp, &layout.esp)?;
-    disk::write_at(&raw, &boot_fs, &layout.boot)?;
-    disk::write_at(&raw, &root_fs, &layout.root)?;
-    for f in [&esp, &boot_fs, &root_fs] {
+    disk::partition(&raw, layout, &fs.ids, &work.log)?;
+    disk::write_at(&raw, &fs.esp, &layout.esp)?;
+    disk::write_at(&raw, &fs.boot, &layout.boot)?;
+    disk::write_at(&raw, &fs.root, &layout.root)?;
+    for f in [&fs.esp, &fs.boot, &fs.root] {
         let _ = std::fs::remove_file(f);
     }
-    if let Some((core, boot_img)) = &bios {
-        bootloader::install_bios(&raw, &layout, core, boot_img)?;
+    if let Some((core, boot_img)) = &boot.bios {
+        bootloader::install_bios(&raw, layout, core, boot_img)?;
     }
-    s.done();
+    Ok(raw)
+}
 
-    // 4. Output.
-    let s = p.stage(opts.format.name());
+/// The artifact as [`stage_output`] left it.
+struct Output {
+    sha256: String,
+    size: u64,
+    virtual_size: u64,
+    manifest: PathBuf,
+}
+
+/// Converts the raw disk to the output format, checks it with the real tools, renames it
+/// into place and records it in `manifest.json`.
+fn stage_output(
+    opts: &ImageOptions,
+    platform: Platform,
+    work: &Work,
+    raw: &Path,
+    layout: &disk::Layout,
+    info: &crate::repo::CommitInfo,
+) -> Result<Output> {
     // The final file name: an OVA names its members after it.
     let staged = work.path().join(
         opts.output
@@ -466,7 +516,7 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<ImageResult> {
             .map(|n| n.to_os_string())
             .unwrap_or_else(|| format!("out.{}", opts.format.extension()).into()),
     );
-    formats::convert(&raw, opts.format, &staged, &log)?;
+    formats::convert(raw, opts.format, &staged, &work.log)?;
     let checked = formats::check(&staged, opts.format, layout.disk_size)?;
     let sha256 = manifest::sha256_file(&staged)?;
     let size = std::fs::metadata(&staged)
@@ -480,7 +530,7 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<ImageResult> {
     }
     std::fs::rename(&staged, &opts.output)
         .with_context(|| format!("moving the image to {}", opts.output.display()))?;
-    let mpath = manifest::record(
+    let manifest = manifest::record(
         &opts.output,
         manifest::Artifact {
             sha256: sha256.clone(),
@@ -494,23 +544,28 @@ pub fn build(opts: &ImageOptions, p: &mut Progress) -> Result<ImageResult> {
             virtual_size: Some(checked.virtual_size),
         },
     )?;
-    s.done();
-
-    Ok(ImageResult {
-        output: opts.output.clone(),
-        format: opts.format,
-        platform,
-        firmware: opts.firmware,
-        commit: info.checksum,
-        version: info.version,
+    Ok(Output {
         sha256,
         size,
         virtual_size: checked.virtual_size,
-        kargs,
-        manifest: mpath,
-        layout,
-        timings: p.timings_json(),
+        manifest,
     })
+}
+
+/// Fails naming every tool of `need` (program, Debian package) that is not installed.
+pub(crate) fn require_tools(need: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<String> = need
+        .iter()
+        .filter(|(p, _)| !crate::cmd::have(p))
+        .map(|(p, pkg)| format!("{p} (package {pkg})"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing host tools: {} (run `make deps`)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Checks the host tools before any work starts.
@@ -525,17 +580,7 @@ fn preflight(opts: &ImageOptions) -> Result<()> {
         ("chattr", "e2fsprogs"),
     ];
     need.extend(opts.format.tools().iter().copied());
-    let missing: Vec<String> = need
-        .iter()
-        .filter(|(p, _)| !crate::cmd::have(p))
-        .map(|(p, pkg)| format!("{p} (package {pkg})"))
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "missing host tools: {} (run `make deps`)",
-            missing.join(", ")
-        );
-    }
+    require_tools(&need)?;
     if let Some(ign) = &opts.ignition {
         if !ign.is_file() {
             return Err(crate::error::InputError::new(
@@ -568,100 +613,6 @@ fn preflight(opts: &ImageOptions) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Writes the Ignition config as `ignition/config.ign` (0600) on the boot partition (the
-/// first-boot stamp is written for every image).
-fn embed_ignition(src: &Path, bootdir: &Path) -> Result<()> {
-    let text = read_ignition_config(src)?;
-    write_ignition_config(&text, bootdir)?;
-    Ok(())
-}
-
-/// The largest Ignition config file kiln embeds.
-pub const MAX_IGNITION_CONFIG: u64 = 64 * 1024 * 1024;
-
-/// Reads an Ignition config file and refuses one Ignition would reject
-/// ([`check_ignition_config`]). Returns the text.
-pub fn read_ignition_config(src: &Path) -> Result<String> {
-    if !src.is_file() {
-        return Err(crate::error::InputError::new(
-            src.display().to_string(),
-            "Ignition config not found",
-        )
-        .into());
-    }
-    // A FIFO or device named here is refused, never blocked on.
-    let bytes = crate::validate::read_regular_file(src, MAX_IGNITION_CONFIG)
-        .map_err(|m| crate::error::InputError::new(src.display().to_string(), m))?;
-    let text = String::from_utf8(bytes).map_err(|_| {
-        crate::error::InputError::new(src.display().to_string(), "not UTF-8 text, so not JSON")
-    })?;
-    check_ignition_config(&text, &src.display().to_string())?;
-    Ok(text)
-}
-
-/// Checks an Ignition config the way `kiln ignition validate` does: a config Ignition would
-/// reject at first boot is refused now, not discovered on a machine's console. `source`
-/// names the config in the [`crate::error::InputError`] (a file name or URL).
-pub fn check_ignition_config(text: &str, source: &str) -> Result<()> {
-    if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
-        return Err(
-            crate::error::InputError::new(source, format!("not JSON: {e}"))
-                .at(e.line(), e.column())
-                .into(),
-        );
-    }
-    let report = crate::ignition::validate_json(text);
-    if let Some(d) = report.errors().next() {
-        let more = report.errors().count() - 1;
-        let extra = if more > 0 {
-            format!(" (and {more} more error(s); see `kiln ignition validate`)")
-        } else {
-            String::new()
-        };
-        return Err(crate::error::InputError::new(
-            source,
-            format!("{}: {}{extra}", d.path, d.message),
-        )
-        .at(d.line, d.col)
-        .into());
-    }
-    Ok(())
-}
-
-/// Where the first-boot glue reads the Ignition config, relative to the boot partition
-/// (coreos-installer's contract; docs/firstboot.md).
-pub const IGNITION_CONFIG: &str = "ignition/config.ign";
-
-/// Writes an (already checked) Ignition config as [`IGNITION_CONFIG`] on a boot
-/// partition's directory: directory 0700, file 0600, written to a temp name and renamed
-/// into place. Returns the file's path.
-pub fn write_ignition_config(text: &str, bootdir: &Path) -> Result<PathBuf> {
-    let dir = bootdir.join("ignition");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("chmod {}", dir.display()))?;
-    let dst = bootdir.join(IGNITION_CONFIG);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".config.ign.")
-        .permissions(std::fs::Permissions::from_mode(0o600))
-        .tempfile_in(&dir)
-        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
-    // The umask may have narrowed the mode at creation, never widened it; set it exactly.
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod {}", tmp.path().display()))?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes())
-        .with_context(|| format!("writing {}", tmp.path().display()))?;
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("syncing {}", tmp.path().display()))?;
-    // map_err: the temp file inside a PersistError is deleted here, not kept alive.
-    tmp.persist(&dst)
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing {}", dst.display()))?;
-    Ok(dst)
 }
 
 /// The output format: `--format`, else the output's extension, else the platform's
@@ -719,119 +670,6 @@ pub fn artifact_path(
         .find(|s| !s.is_empty())
         .unwrap_or("kiln");
     output.join(format!("{name}-{}.{}", platform.id(), format.extension()))
-}
-
-/// Checks the values of `kiln image` (disk, ISO and PXE alike) before any work: every
-/// `--karg` by the shared kernel-argument rule, the stateroot name, the Ignition config
-/// (read and validated now, not after the deploy), and the GPG key files (regular files,
-/// never a FIFO to block on).
-fn check_args(a: &ImageArgs) -> Result<()> {
-    let bad = |key: &str, m: String| crate::error::InputError::new("command line", m).key(key);
-    for k in &a.kargs {
-        crate::validate::user_kernel_arg(k).map_err(|m| bad("--karg", m))?;
-    }
-    crate::validate::os_name(&a.os).map_err(|m| bad("--os", m))?;
-    if let Some(ign) = &a.ignition {
-        crate::validate::open_regular(ign).map_err(|m| bad("--ignition", m))?;
-        read_ignition_config(ign)?;
-    }
-    for k in &a.remote_gpg_key {
-        crate::validate::open_regular(k).map_err(|m| bad("--remote-gpg-key", m))?;
-    }
-    Ok(())
-}
-
-/// `kiln image`.
-pub fn cmd_image(a: ImageArgs) -> Result<()> {
-    let firmware = if a.bios {
-        Firmware::Bios
-    } else if a.uefi {
-        Firmware::Uefi
-    } else {
-        Firmware::Hybrid
-    };
-    let size = disk::parse_size(&a.size).map_err(|e| {
-        crate::error::InputError::new("command line", format!("{e:#}")).key("--size")
-    })?;
-    check_args(&a)?;
-    let output = artifact_path(
-        &a.output,
-        &a.ref_,
-        a.format,
-        a.platform,
-        a.ignition.is_some(),
-    );
-    let format = resolve_format(a.format, a.platform, &output)?;
-    let opts = ImageOptions {
-        repo: a.repo,
-        rev: a.ref_,
-        format,
-        firmware,
-        size,
-        output,
-        os: a.os,
-        extra_kargs: a.kargs,
-        ignition: a.ignition,
-        platform: a.platform,
-        epoch: None,
-        remote: match &a.remote {
-            Some(spec) => {
-                let mut r = ImageRemote::parse(spec)?;
-                r.gpg_keys = a.remote_gpg_key;
-                r.gpg_verify = !a.remote_no_gpg_verify;
-                Some(r)
-            }
-            None => None,
-        },
-        live_fs: a.live_fs,
-    };
-    let mut p = Progress::new(false);
-    if format.is_live() {
-        let r = live::build(&opts, &mut p)?;
-        if a.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&r).context("encoding JSON")?
-            );
-        } else {
-            eprintln!(
-                "kiln: wrote {} ({}, root image {} {} bytes) with commit {}{}",
-                r.output.display(),
-                r.format.name(),
-                r.root_fs.name(),
-                r.root_image_size,
-                r.commit,
-                r.version
-                    .as_deref()
-                    .map(|v| format!(" (version {v})"))
-                    .unwrap_or_default()
-            );
-        }
-        return Ok(());
-    }
-    let r = build(&opts, &mut p)?;
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).context("encoding JSON")?
-        );
-    } else {
-        eprintln!(
-            "kiln: wrote {} ({} for {}, {}, {} bytes, sha256 {}) with commit {}{}",
-            r.output.display(),
-            r.format.name(),
-            r.platform.id(),
-            format!("{:?}", r.firmware).to_lowercase(),
-            r.size,
-            r.sha256,
-            r.commit,
-            r.version
-                .as_deref()
-                .map(|v| format!(" (version {v})"))
-                .unwrap_or_default()
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -922,38 +760,5 @@ mod tests {
         assert!(!bootloader::grub_cfg_for(false).contains("terminal_output serial"));
         assert!(bootloader::grub_cfg_for(true).contains("terminal_output serial"));
         assert!(bootloader::grub_cfg_for(false).contains("syslinux_source"));
-    }
-
-    #[test]
-    fn ignition_is_embedded_private() {
-        let td = tempfile::tempdir().unwrap();
-        let cfg = td.path().join("c.ign");
-        std::fs::write(&cfg, r#"{"ignition":{"version":"3.3.0"}}"#).unwrap();
-        let boot = td.path().join("boot");
-        std::fs::create_dir(&boot).unwrap();
-        embed_ignition(&cfg, &boot).unwrap();
-        let dst = boot.join("ignition/config.ign");
-        assert_eq!(
-            std::fs::read_to_string(&dst).unwrap(),
-            r#"{"ignition":{"version":"3.3.0"}}"#
-        );
-        let mode = std::fs::metadata(&dst).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-
-        std::fs::write(&cfg, "{not json").unwrap();
-        let err = embed_ignition(&cfg, &boot).unwrap_err();
-        assert!(
-            err.downcast_ref::<crate::error::InputError>().is_some(),
-            "{err:#}"
-        );
-
-        std::fs::write(
-            &cfg,
-            r#"{"ignition":{"version":"3.3.0"},"storage":{"files":[{"path":"rel"}]}}"#,
-        )
-        .unwrap();
-        let err = embed_ignition(&cfg, &boot).unwrap_err();
-        let msg = format!("{err:#}");
-        assert!(msg.contains("$.storage.files.0.path"), "{msg}");
     }
 }
