@@ -60,59 +60,35 @@ fn main() {
 /// kiln ends quietly, killed by SIGPIPE like cat or git (a shell reports status 141),
 /// instead of panicking with "failed printing to stdout: Broken pipe".
 ///
-/// Setting SIGPIPE back to its default at startup is not enough: libraries kiln loads set
-/// it to "ignore" on first use, because they write to pipes and sockets of their own and
-/// want EPIPE there: gpgme when libostree creates its first `OstreeRepo`, GLib when the
-/// `GSocket` class is first used. After that every write to a closed stdout returned
-/// EPIPE, and `println!` panics on it. So this runs those one-time initializers first
-/// (they never touch SIGPIPE again), then installs a handler: a SIGPIPE while stdout or
-/// stderr is a pipe or socket without a reader ends the process with the default
-/// action; any other SIGPIPE (a library's own pipe) is ignored, so that write gets the
-/// EPIPE the library expects.
+/// SIGPIPE itself stays ignored, as the libraries kiln loads want it (gpgme sets it when
+/// libostree creates its first `OstreeRepo`, GLib when the `GSocket` class is first
+/// used): they write to pipes of their own and expect EPIPE there, and the programs gpgme
+/// starts (gpg) inherit the disposition; with a handler they would start with the default
+/// and die on a pipe gpgme closed early, leaving a verification without its result.
+/// (Programs kiln starts through `cmd.rs` get the default back from the standard library.)
+/// A write to a closed stdout or stderr then fails with EPIPE, `println!` panics, and a
+/// panic hook turns exactly that panic into death by SIGPIPE, before anything is printed.
 fn end_quietly_when_the_reader_goes_away() {
-    use ostree::glib::prelude::StaticType;
-    use ostree::glib::translate::IntoGlib;
-    // gpgme's initialization (SIGPIPE -> SIG_IGN) runs in OstreeRepo's instance init.
-    let _ = ostree::Repo::new(&ostree::gio::File::for_path("/"));
-    // SAFETY: referencing a registered GObject class runs its class_init once; the class
-    // stays alive for the life of the process.
+    // SAFETY: setting a signal disposition before any thread of kiln's own exists.
     unsafe {
-        ostree::glib::gobject_ffi::g_type_class_ref(ostree::gio::Socket::static_type().into_glib());
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    // SAFETY: a zeroed sigaction with a handler that only calls async-signal-safe
-    // functions (poll, signal, raise), installed before any thread of kiln's own exists.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigpipe as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGPIPE, &sa, std::ptr::null_mut());
-    }
-}
-
-extern "C" fn on_sigpipe(_: libc::c_int) {
-    let mut fds = [
-        libc::pollfd {
-            fd: 1,
-            events: 0,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: 2,
-            events: 0,
-            revents: 0,
-        },
-    ];
-    // SAFETY: poll, signal and raise are async-signal-safe; fds is a valid array.
-    unsafe {
-        if libc::poll(fds.as_mut_ptr(), 2, 0) > 0
-            && fds
-                .iter()
-                .any(|p| p.revents & (libc::POLLERR | libc::POLLHUP) != 0)
-        {
-            // Pending until the handler returns, then the default action: exit by SIGPIPE.
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            libc::raise(libc::SIGPIPE);
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            // SAFETY: restoring the default action and raising the signal ends the
+            // process at once, as a reader-less pipe does for any other tool.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
         }
-    }
+        default(info);
+    }));
 }
