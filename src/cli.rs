@@ -55,7 +55,7 @@ pub enum Command {
     /// Install a disk image (file, URL or commit) on a disk, with an Ignition config.
     Install(crate::install::InstallArgs),
     /// Boot an image in QEMU with the serial console on stdout.
-    Run(crate::qemu::RunArgs),
+    Run(crate::qemu::cli::RunArgs),
     /// Build a recipe twice from scratch and check commits and images are bit-identical.
     VerifyReproducible(crate::reproducible::VerifyArgs),
     /// Ignition configs: build from TOML, validate JSON.

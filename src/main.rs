@@ -28,7 +28,7 @@ fn main() {
         Command::Image(a) => kiln::image::cmd_image(a),
         Command::Iso(c) => kiln::image::iso::cmd(c),
         Command::Install(a) => kiln::install::cmd_install(a),
-        Command::Run(a) => kiln::qemu::cmd_run(a),
+        Command::Run(a) => kiln::qemu::cli::cmd_run(a),
         Command::Ignition(c) => kiln::ignition::cmd(c),
         Command::VerifyReproducible(a) => kiln::reproducible::cmd_verify(a),
     };
