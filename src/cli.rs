@@ -43,7 +43,7 @@ pub enum Command {
     /// Packages added, removed and changed between two commits.
     Diff(crate::deploy::cli::DiffArgs),
     /// Publish commits to an archive repo for HTTP clients (deltas, signatures, retention).
-    Publish(crate::publish::PublishArgs),
+    Publish(crate::publish::cli::PublishArgs),
     /// Update servers of a sysroot: add, list, delete.
     #[command(subcommand)]
     Remote(crate::remote::RemoteCommand),

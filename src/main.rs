@@ -23,7 +23,7 @@ fn main() {
         Command::Cleanup(a) => kiln::deploy::cli::cmd_cleanup(a),
         Command::Kargs(a) => kiln::deploy::cli::cmd_kargs(a),
         Command::Diff(a) => kiln::deploy::cli::cmd_diff(a),
-        Command::Publish(a) => kiln::publish::cmd_publish(a),
+        Command::Publish(a) => kiln::publish::cli::cmd_publish(a),
         Command::Remote(c) => kiln::remote::cmd(c),
         Command::Image(a) => kiln::image::cmd_image(a),
         Command::Iso(c) => kiln::image::iso::cmd(c),
