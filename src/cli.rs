@@ -16,7 +16,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an OSTree commit from a recipe.
-    Compose(crate::compose::ComposeArgs),
+    Compose(crate::compose::cli::ComposeArgs),
     /// Recipes: show the resolved recipe (includes and fragments merged).
     #[command(subcommand)]
     Recipe(crate::recipe::cli::RecipeCommand),
@@ -60,5 +60,5 @@ pub enum Command {
     VerifyReproducible(crate::reproducible::VerifyArgs),
     /// Ignition configs: build from TOML, validate JSON.
     #[command(subcommand)]
-    Ignition(crate::ignition::IgnitionCommand),
+    Ignition(crate::ignition::cli::IgnitionCommand),
 }

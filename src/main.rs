@@ -10,7 +10,7 @@ fn main() {
         eprintln!("kiln: warning: {e:#}");
     }
     let result = match cli.command {
-        Command::Compose(a) => kiln::compose::cmd_compose(a),
+        Command::Compose(a) => kiln::compose::cli::cmd_compose(a),
         Command::Recipe(c) => kiln::recipe::cli::cmd(c),
         Command::Log(a) => kiln::compose::cmd_log(a),
         Command::Show(a) => kiln::compose::cmd_show(a),
@@ -29,7 +29,7 @@ fn main() {
         Command::Iso(c) => kiln::image::iso::cmd(c),
         Command::Install(a) => kiln::install::cmd_install(a),
         Command::Run(a) => kiln::qemu::cli::cmd_run(a),
-        Command::Ignition(c) => kiln::ignition::cmd(c),
+        Command::Ignition(c) => kiln::ignition::cli::cmd(c),
         Command::VerifyReproducible(a) => kiln::reproducible::cmd_verify(a),
     };
     // An interrupted command ends with the signal thread's exit status, after its cleanup.
