@@ -16,7 +16,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an OSTree commit from a recipe.
-    Compose(crate::compose::ComposeArgs),
+    Compose(crate::compose::cli::ComposeArgs),
     /// Recipes: show the resolved recipe (includes and fragments merged).
     #[command(subcommand)]
     Recipe(crate::recipe::cli::RecipeCommand),
@@ -43,7 +43,7 @@ pub enum Command {
     /// Packages added, removed and changed between two commits.
     Diff(crate::repo::cli::DiffArgs),
     /// Publish commits to an archive repo for HTTP clients (deltas, signatures, retention).
-    Publish(crate::publish::PublishArgs),
+    Publish(crate::publish::cli::PublishArgs),
     /// Update servers of a sysroot: add, list, delete.
     #[command(subcommand)]
     Remote(crate::remote::cli::RemoteCommand),
@@ -55,12 +55,12 @@ pub enum Command {
     /// Install a disk image (file, URL or commit) on a disk, with an Ignition config.
     Install(crate::install::cli::InstallArgs),
     /// Boot an image in QEMU with the serial console on stdout.
-    Run(crate::qemu::RunArgs),
+    Run(crate::qemu::cli::RunArgs),
     /// Build a recipe twice from scratch and check commits and images are bit-identical.
     VerifyReproducible(crate::reproducible::cli::VerifyArgs),
     /// Ignition configs: build from TOML, validate JSON.
     #[command(subcommand)]
-    Ignition(crate::ignition::IgnitionCommand),
+    Ignition(crate::ignition::cli::IgnitionCommand),
     /// Finalize a staged deployment at shutdown (run by ostree-finalize-staged.service).
     #[command(hide = true)]
     FinalizeStaged,

@@ -10,7 +10,7 @@ fn main() {
         eprintln!("kiln: warning: {e:#}");
     }
     let result = match cli.command {
-        Command::Compose(a) => kiln::compose::cmd_compose(a),
+        Command::Compose(a) => kiln::compose::cli::cmd_compose(a),
         Command::Recipe(c) => kiln::recipe::cli::cmd(c),
         Command::Log(a) => kiln::repo::cli::cmd_log(a),
         Command::Show(a) => kiln::repo::cli::cmd_show(a),
@@ -23,13 +23,13 @@ fn main() {
         Command::Cleanup(a) => kiln::deploy::cli::cmd_cleanup(a),
         Command::Kargs(a) => kiln::deploy::cli::cmd_kargs(a),
         Command::Diff(a) => kiln::repo::cli::cmd_diff(a),
-        Command::Publish(a) => kiln::publish::cmd_publish(a),
+        Command::Publish(a) => kiln::publish::cli::cmd_publish(a),
         Command::Remote(c) => kiln::remote::cli::cmd(c),
         Command::Image(a) => kiln::image::cli::cmd_image(a),
         Command::Iso(c) => kiln::image::cli::cmd_iso(c),
         Command::Install(a) => kiln::install::cli::cmd_install(a),
-        Command::Run(a) => kiln::qemu::cmd_run(a),
-        Command::Ignition(c) => kiln::ignition::cmd(c),
+        Command::Run(a) => kiln::qemu::cli::cmd_run(a),
+        Command::Ignition(c) => kiln::ignition::cli::cmd(c),
         Command::FinalizeStaged => kiln::deploy::cli::cmd_finalize_staged(),
         Command::VerifyReproducible(a) => kiln::reproducible::cli::cmd_verify(a),
     };

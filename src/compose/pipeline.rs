@@ -195,14 +195,92 @@ impl CacheLock {
 /// Composes `recipe` into `opts.repo`.
 pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome> {
     let mut p = Progress::new(opts.quiet);
+    let mut inputs = gather_inputs(recipe, opts, &mut p)?;
+    if let Some(unchanged) = unchanged(recipe, &inputs, &p) {
+        return Ok(unchanged);
+    }
+    require_root()?;
+    // One compose at a time per cache dir (shared .deb cache, apt lists, logs).
+    let _lock = CacheLock::acquire(&inputs.cache_dir.join("lock"))?;
+    let log = inputs.log.clone();
+    std::fs::write(&log, b"").with_context(|| format!("truncating {}", log.display()))?;
+    let work = WorkDir::new(&inputs.cache_dir.join("work"))?;
+    let tree = work.path().join("tree");
+    let reused = bootstrap_tree(recipe, &mut inputs, work.path(), &tree, &mut p)?;
+    customize(recipe, &inputs, &tree, &mut p)?;
+    let s = p.stage("initramfs");
+    let kver = initramfs::build(&tree, &recipe.dracut_modules, inputs.epoch, &log)?;
+    s.done();
+    let packages = to_ostree_layout(&tree, work.path(), &mut p)?;
+    let (res, version) = commit_tree(recipe, &inputs, &tree, packages, &mut p)?;
+    p.note(&format!(
+        "committed {} {version} (kernel {kver}) as {}",
+        recipe.ref_, res.checksum
+    ));
+    if let Some(dst) = &opts.keep_tree {
+        keep_tree(&tree, dst)?;
+    }
+    Ok(ComposeOutcome {
+        ref_: recipe.ref_.clone(),
+        commit: res.checksum,
+        parent: res.parent,
+        version,
+        skipped: false,
+        bootstrap_reused: reused,
+        input_hash: inputs.input_hash,
+        stages: p.timings_json(),
+        objects_written: res.content_objects_written + res.metadata_objects_written,
+        content_bytes_written: res.content_bytes_written,
+        log,
+    })
+}
+
+/// Everything the no-change decision and the later stages need, found before any
+/// download but InRelease.
+struct Inputs {
+    cache_dir: PathBuf,
+    repo: ostree::Repo,
+    srcs: Vec<sources::AptSource>,
+    /// The mirror state (InRelease hashes), updated to what apt saw at bootstrap.
+    mirror: Vec<String>,
+    rjson: serde_json::Value,
+    /// The bytes that go into the tree as usr/bin/kiln, and their sha256.
+    kiln_tree_bin: Vec<u8>,
+    kiln_sha: String,
+    kiln_version: String,
+    /// The epoch everything is built with.
+    epoch: u64,
+    /// The epoch when known before bootstrap: fixed, or remembered for this package set.
+    pinned: Option<u64>,
+    input_hash: String,
+    previous: Option<String>,
+    history: Vec<repo::CommitInfo>,
+    log: PathBuf,
+}
+
+impl Inputs {
+    /// The input hash of `recipe` with `mirror` as the mirror state.
+    fn hash(&self, recipe: &Recipe, mirror: &[String]) -> Result<String> {
+        inputhash::compute(&inputhash::Inputs {
+            recipe_json: &self.rjson,
+            overlays: &recipe.overlays,
+            postprocess: &recipe.postprocess,
+            kiln_sha256: &self.kiln_sha,
+            kiln_version: &self.kiln_version,
+            fixed_epoch: self.pinned,
+            mirror_state: mirror,
+        })
+    }
+}
+
+/// The "inputs" stage: cache dir, repo, apt sources and mirror state, the kiln binary, the
+/// epoch when it is known, the input hash and the ref's history.
+fn gather_inputs(recipe: &Recipe, opts: &ComposeOptions, p: &mut Progress) -> Result<Inputs> {
     let (mut epoch, fixed) = build_epoch(recipe)?;
     let kiln_bin = match &opts.kiln_binary {
         Some(b) => b.clone(),
         None => std::env::current_exe().context("finding the running kiln binary")?,
     };
-    let kiln_version = env!("CARGO_PKG_VERSION").to_string();
-
-    // --- inputs: everything the no-change decision needs, no downloads but InRelease.
     let s = p.stage("inputs");
     std::fs::create_dir_all(&opts.cache_dir)
         .with_context(|| format!("creating cache dir {}", opts.cache_dir.display()))?;
@@ -233,50 +311,64 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
             epoch = e;
         }
     }
-    let hash_of = |mirror: &[String], pinned: Option<u64>| {
-        inputhash::compute(&inputhash::Inputs {
-            recipe_json: &rjson,
-            overlays: &recipe.overlays,
-            postprocess: &recipe.postprocess,
-            kiln_sha256: &kiln_sha,
-            kiln_version: &kiln_version,
-            fixed_epoch: pinned,
-            mirror_state: mirror,
-        })
-    };
-    let mut input_hash = hash_of(&mirror, pinned)?;
     let previous = repo::resolve(&repo, &recipe.ref_)?;
     let history = match &previous {
         Some(_) => repo::log(&repo, &recipe.ref_, usize::MAX)?,
         None => vec![],
     };
+    let mut inputs = Inputs {
+        cache_dir,
+        repo,
+        srcs,
+        mirror,
+        rjson,
+        kiln_tree_bin,
+        kiln_sha,
+        kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+        epoch,
+        pinned,
+        input_hash: String::new(),
+        previous,
+        history,
+        log: PathBuf::new(),
+    };
+    inputs.input_hash = inputs.hash(recipe, &inputs.mirror)?;
     s.done();
-    let logs = cache_dir.join("logs");
+    let logs = inputs.cache_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let log = logs.join(format!("compose-{}.log", sanitize(&recipe.name)));
-    if let Some(prev) = history.first() {
-        if prev.meta_str(keys::INPUT_HASH) == Some(input_hash.as_str()) {
-            p.note(&format!(
-                "nothing changed since {} ({}): recipe, overlays, scripts, kiln and mirror \
-                 state are the same; not composing",
-                prev.checksum,
-                prev.version.as_deref().unwrap_or("no version")
-            ));
-            return Ok(ComposeOutcome {
-                ref_: recipe.ref_.clone(),
-                commit: prev.checksum.clone(),
-                parent: prev.parent.clone(),
-                version: prev.version.clone().unwrap_or_default(),
-                skipped: true,
-                bootstrap_reused: false,
-                input_hash,
-                stages: p.timings_json(),
-                objects_written: 0,
-                content_bytes_written: 0,
-                log,
-            });
-        }
+    inputs.log = logs.join(format!("compose-{}.log", sanitize(&recipe.name)));
+    Ok(inputs)
+}
+
+/// The outcome of a compose that has nothing to do: the ref's newest commit was built
+/// from the same inputs.
+fn unchanged(recipe: &Recipe, inputs: &Inputs, p: &Progress) -> Option<ComposeOutcome> {
+    let prev = inputs.history.first()?;
+    if prev.meta_str(keys::INPUT_HASH) != Some(inputs.input_hash.as_str()) {
+        return None;
     }
+    p.note(&format!(
+        "nothing changed since {} ({}): recipe, overlays, scripts, kiln and mirror \
+         state are the same; not composing",
+        prev.checksum,
+        prev.version.as_deref().unwrap_or("no version")
+    ));
+    Some(ComposeOutcome {
+        ref_: recipe.ref_.clone(),
+        commit: prev.checksum.clone(),
+        parent: prev.parent.clone(),
+        version: prev.version.clone().unwrap_or_default(),
+        skipped: true,
+        bootstrap_reused: false,
+        input_hash: inputs.input_hash.clone(),
+        stages: p.timings_json(),
+        objects_written: 0,
+        content_bytes_written: 0,
+        log: inputs.log.clone(),
+    })
+}
+
+fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -284,64 +376,46 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
              namespace); run kiln compose as root"
         );
     }
-    // One compose at a time per cache dir (shared .deb cache, apt lists, logs).
-    let _lock = CacheLock::acquire(&cache_dir.join("lock"))?;
-    std::fs::write(&log, b"").with_context(|| format!("truncating {}", log.display()))?;
+    Ok(())
+}
 
-    let work = WorkDir::new(&cache_dir.join("work"))?;
-    let tree = work.path().join("tree");
+/// The "bootstrap" stage: the Debian root at `tree`, from the cache when the same packages,
+/// sources and mirror state were bootstrapped before. Learns the epoch first when nothing
+/// fixes it, and updates the mirror state and input hash to what apt saw. Returns whether
+/// the cached root was reused.
+fn bootstrap_tree(
+    recipe: &Recipe,
+    inputs: &mut Inputs,
+    work: &Path,
+    tree: &Path,
+    p: &mut Progress,
+) -> Result<bool> {
+    let log = inputs.log.clone();
+    let cache_dir = inputs.cache_dir.clone();
     let cache = bootstrap::CacheDirs::new(&cache_dir)?;
-
     let s = p.stage("bootstrap");
     let mut epoch_note = None;
-    if pinned.is_none() {
-        // Neither SOURCE_DATE_EPOCH nor the recipe fixes the epoch: install once to learn
-        // the newest changelog date, then bootstrap again with it (docs/reproducible.md).
-        let probe = work.path().join("probe");
-        bootstrap::bootstrap(recipe, &srcs, &probe, &cache, epoch, work.path(), &log)
-            .with_context(|| format!("full log: {}", log.display()))?;
-        let learned = epochs::newest_changelog(&probe)?;
-        super::overlay::remove_any(&probe)?;
-        match learned {
-            Some(e) => {
-                let ukey = bootstrap::key(recipe, &srcs, &mirror, None)?;
-                epochs::remember(&cache_dir, &ukey, e)?;
-                epoch_note = Some(format!(
-                    "build epoch: {e}, the newest changelog date of the installed packages \
-                     (set SOURCE_DATE_EPOCH to choose it)"
-                ));
-                epoch = e;
-                pinned = Some(e);
-                input_hash = hash_of(&mirror, pinned)?;
-            }
-            None => {
-                epoch_note = Some(
-                    "no package changelog has a date: building with the current time, so \
-                     this build is not reproducible (set SOURCE_DATE_EPOCH)"
-                        .to_string(),
-                )
-            }
-        }
+    if inputs.pinned.is_none() {
+        epoch_note = Some(learn_epoch(recipe, inputs, &cache, work)?);
     }
-    let fixed_epoch = pinned;
-    let bkey = bootstrap::key(recipe, &srcs, &mirror, fixed_epoch)?;
-    let reused = bootstrap::restore(&cache_dir, &bkey, &tree, &log)?;
+    let fixed_epoch = inputs.pinned;
+    let srcs = &inputs.srcs;
+    let bkey = bootstrap::key(recipe, srcs, &inputs.mirror, fixed_epoch)?;
+    let reused = bootstrap::restore(&cache_dir, &bkey, tree, &log)?;
     if !reused {
-        bootstrap::bootstrap(recipe, &srcs, &tree, &cache, epoch, work.path(), &log)
+        bootstrap::bootstrap(recipe, srcs, tree, &cache, inputs.epoch, work, &log)
             .with_context(|| format!("full log: {}", log.display()))?;
     }
     // apt may have seen a newer mirror state than the InRelease files fetched above.
-    let seen = sources::mirror_state_from_lists(&srcs, &tree.join("var/lib/apt/lists"))?;
-    let mirror = if seen != mirror {
-        input_hash = hash_of(&seen, pinned)?;
-        seen
-    } else {
-        mirror
-    };
-    check_excluded(recipe, &tree)?;
+    let seen = sources::mirror_state_from_lists(srcs, &tree.join("var/lib/apt/lists"))?;
+    if seen != inputs.mirror {
+        inputs.input_hash = inputs.hash(recipe, &seen)?;
+        inputs.mirror = seen;
+    }
+    check_excluded(recipe, tree)?;
     if !reused {
-        let k = bootstrap::key(recipe, &srcs, &mirror, fixed_epoch)?;
-        bootstrap::save(&cache_dir, &k, &tree, &log)?;
+        let k = bootstrap::key(recipe, &inputs.srcs, &inputs.mirror, fixed_epoch)?;
+        bootstrap::save(&cache_dir, &k, tree, &log)?;
     }
     s.done();
     if let Some(n) = epoch_note {
@@ -350,55 +424,117 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
     if reused {
         p.note("bootstrap: reused the cached root (same packages, sources and mirror state)");
     }
+    Ok(reused)
+}
 
+/// Neither SOURCE_DATE_EPOCH nor the recipe fixes the epoch: installs once to learn the
+/// newest changelog date, remembered for next time (docs/reproducible.md). Sets the epoch
+/// (and the input hash) when one is found; returns the note to show.
+fn learn_epoch(
+    recipe: &Recipe,
+    inputs: &mut Inputs,
+    cache: &bootstrap::CacheDirs,
+    work: &Path,
+) -> Result<String> {
+    let log = &inputs.log;
+    let probe = work.join("probe");
+    bootstrap::bootstrap(recipe, &inputs.srcs, &probe, cache, inputs.epoch, work, log)
+        .with_context(|| format!("full log: {}", log.display()))?;
+    let learned = epochs::newest_changelog(&probe)?;
+    super::overlay::remove_any(&probe)?;
+    let Some(e) = learned else {
+        return Ok(
+            "no package changelog has a date: building with the current time, so \
+                   this build is not reproducible (set SOURCE_DATE_EPOCH)"
+                .to_string(),
+        );
+    };
+    let ukey = bootstrap::key(recipe, &inputs.srcs, &inputs.mirror, None)?;
+    epochs::remember(&inputs.cache_dir, &ukey, e)?;
+    inputs.epoch = e;
+    inputs.pinned = Some(e);
+    inputs.input_hash = inputs.hash(recipe, &inputs.mirror)?;
+    Ok(format!(
+        "build epoch: {e}, the newest changelog date of the installed packages \
+         (set SOURCE_DATE_EPOCH to choose it)"
+    ))
+}
+
+/// The "overlays" and "postprocess" stages: the recipe's files, update policy, units,
+/// scripts and removals, and kiln itself as usr/bin/kiln.
+fn customize(recipe: &Recipe, inputs: &Inputs, tree: &Path, p: &mut Progress) -> Result<()> {
     let s = p.stage("overlays");
-    overlay::apply(&recipe.overlays, &tree)?;
-    crate::updates::write_to_tree(&recipe.updates, &tree)?;
+    overlay::apply(&recipe.overlays, tree)?;
+    crate::updates::write_to_tree(&recipe.updates, tree)?;
     s.done();
 
     let s = p.stage("postprocess");
-    postprocess::apply_units(&recipe.units, &tree, &log)?;
-    postprocess::run_scripts(&recipe.postprocess, &tree, &recipe.name, epoch, &log)?;
-    postprocess::remove_files(&recipe.remove_files, &tree)?;
-    layout::write_file(&tree.join("usr/bin/kiln"), &kiln_tree_bin, 0o755)?;
+    let log = &inputs.log;
+    postprocess::apply_units(&recipe.units, tree, log)?;
+    postprocess::run_scripts(&recipe.postprocess, tree, &recipe.name, inputs.epoch, log)?;
+    postprocess::remove_files(&recipe.remove_files, tree)?;
+    layout::write_file(&tree.join("usr/bin/kiln"), &inputs.kiln_tree_bin, 0o755)?;
     s.done();
+    Ok(())
+}
 
-    let s = p.stage("initramfs");
-    let kver = initramfs::build(&tree, &recipe.dracut_modules, epoch, &log)?;
-    s.done();
-
+/// The "layout" stage: the package list read, then the tree converted to the OSTree
+/// layout. Returns the installed packages.
+fn to_ostree_layout(tree: &Path, work: &Path, p: &mut Progress) -> Result<Vec<String>> {
     let s = p.stage("layout");
     let packages = installed_packages(&tree.join("var/lib/dpkg"))?;
     let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
-    layout::convert(&tree, host_name.as_deref())?;
-    check_no_build_paths(&tree, work.path())?;
+    layout::convert(tree, host_name.as_deref())?;
+    check_no_build_paths(tree, work)?;
     s.done();
+    Ok(packages)
+}
 
+/// The "commit" stage: the tree committed with its metadata. Returns the commit and the
+/// version it got.
+fn commit_tree(
+    recipe: &Recipe,
+    inputs: &Inputs,
+    tree: &Path,
+    packages: Vec<String>,
+    p: &mut Progress,
+) -> Result<(repo::CommitResult, String)> {
     let s = p.stage("commit");
-    let taken: Vec<String> = history.iter().filter_map(|c| c.version.clone()).collect();
+    let epoch = inputs.epoch;
+    let taken: Vec<String> = inputs
+        .history
+        .iter()
+        .filter_map(|c| c.version.clone())
+        .collect();
     let version = expand_version(&recipe.version, epoch, &taken);
     let mut md = vec![
         (keys::VERSION.to_string(), MetaValue::Str(version.clone())),
         (
             keys::RECIPE.to_string(),
-            MetaValue::Str(serde_json::to_string(&rjson).context("encoding the recipe")?),
+            MetaValue::Str(serde_json::to_string(&inputs.rjson).context("encoding the recipe")?),
         ),
         (
             RECIPE_SHA256_KEY.to_string(),
-            MetaValue::Str(recipe_sha256(&rjson)?),
+            MetaValue::Str(recipe_sha256(&inputs.rjson)?),
         ),
         (keys::PACKAGES.to_string(), MetaValue::StrList(packages)),
         (
             keys::INPUT_HASH.to_string(),
-            MetaValue::Str(input_hash.clone()),
+            MetaValue::Str(inputs.input_hash.clone()),
         ),
-        (keys::KILN_VERSION.to_string(), MetaValue::Str(kiln_version)),
+        (
+            keys::KILN_VERSION.to_string(),
+            MetaValue::Str(inputs.kiln_version.clone()),
+        ),
         (
             keys::KARGS.to_string(),
             MetaValue::StrList(recipe.kernel_args.clone()),
         ),
         (keys::SOURCE_DATE_EPOCH.to_string(), MetaValue::U64(epoch)),
-        (MIRROR_STATE_KEY.to_string(), MetaValue::StrList(mirror)),
+        (
+            MIRROR_STATE_KEY.to_string(),
+            MetaValue::StrList(inputs.mirror.clone()),
+        ),
     ];
     for (k, v) in &recipe.metadata {
         md.push((
@@ -407,11 +543,11 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
         ));
     }
     let res = repo::commit_dir(
-        &repo,
-        &tree,
+        &inputs.repo,
+        tree,
         &CommitOptions {
             ref_: recipe.ref_.clone(),
-            parent: previous.clone(),
+            parent: inputs.previous.clone(),
             subject: Some(format!("{} {version}", recipe.name)),
             timestamp: epoch,
             metadata: md,
@@ -419,32 +555,17 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
         },
     )?;
     s.done();
-    p.note(&format!(
-        "committed {} {version} (kernel {kver}) as {}",
-        recipe.ref_, res.checksum
-    ));
+    Ok((res, version))
+}
 
-    if let Some(dst) = &opts.keep_tree {
-        super::overlay::remove_any(dst)?;
-        std::fs::rename(&tree, dst).with_context(|| {
-            format!(
-                "moving the tree to {} (must be on the cache dir's file system)",
-                dst.display()
-            )
-        })?;
-    }
-    Ok(ComposeOutcome {
-        ref_: recipe.ref_.clone(),
-        commit: res.checksum,
-        parent: res.parent,
-        version,
-        skipped: false,
-        bootstrap_reused: reused,
-        input_hash,
-        stages: p.timings_json(),
-        objects_written: res.content_objects_written + res.metadata_objects_written,
-        content_bytes_written: res.content_bytes_written,
-        log,
+/// Moves the final tree to `dst` (`--keep-tree`).
+fn keep_tree(tree: &Path, dst: &Path) -> Result<()> {
+    super::overlay::remove_any(dst)?;
+    std::fs::rename(tree, dst).with_context(|| {
+        format!(
+            "moving the tree to {} (must be on the cache dir's file system)",
+            dst.display()
+        )
     })
 }
 

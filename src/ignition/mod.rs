@@ -2,8 +2,9 @@
 //! validator for Ignition 3.0–3.3 JSON with JSON paths and line:col.
 //!
 //! Library API: [`build_config`] (TOML -> JSON text) and [`validate_json`] (JSON text ->
-//! [`Report`]).
+//! [`Report`]). The `kiln ignition` command lives in [`cli`].
 
+pub mod cli;
 pub mod json;
 pub mod source;
 pub mod transpile;
@@ -13,39 +14,7 @@ pub use validate::{validate_json, Diagnostic, Report, Severity};
 
 use crate::error::InputError;
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
-
-#[derive(Debug, clap::Subcommand)]
-pub enum IgnitionCommand {
-    /// Transpile a TOML config (plus ordered fragments) to Ignition 3.3.0 JSON.
-    Build(BuildArgs),
-    /// Validate an Ignition 3.0–3.3 JSON config; exits 1 when it has errors.
-    Validate(ValidateArgs),
-}
-
-#[derive(Debug, clap::Args)]
-pub struct BuildArgs {
-    /// The TOML config.
-    pub config: PathBuf,
-    /// Directory that `local` references are relative to (default: the config's directory).
-    #[arg(long)]
-    pub files_dir: Option<PathBuf>,
-    /// Directory of NN-*.toml fragments merged over the config in name order.
-    #[arg(short = 'd', long = "fragments")]
-    pub fragments: Option<PathBuf>,
-    /// Where to write the JSON ("-" for stdout).
-    #[arg(short = 'o', long)]
-    pub output: PathBuf,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct ValidateArgs {
-    /// The Ignition JSON config ("-" for stdin).
-    pub file: PathBuf,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
+use std::path::Path;
 
 /// A built config: the JSON text and the validator's warnings about it.
 #[derive(Debug)]
@@ -198,59 +167,4 @@ pub fn make_private(f: &std::fs::File, path: &Path) -> Result<bool> {
     f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7700))
         .with_context(|| format!("making {} private (chmod go-rwx)", path.display()))?;
     Ok(true)
-}
-
-pub fn cmd(c: IgnitionCommand) -> Result<()> {
-    match c {
-        IgnitionCommand::Build(a) => {
-            if a.output.as_os_str() != "-" {
-                check_output_file(&a.output, "--output")?;
-            }
-            let b = build(&a.config, a.files_dir.as_deref(), a.fragments.as_deref())?;
-            for w in &b.warnings {
-                eprintln!("kiln: {w}");
-            }
-            if a.output.as_os_str() == "-" {
-                print!("{}", b.json);
-            } else {
-                write_private_atomic(&a.output, b.json.as_bytes())?;
-            }
-            Ok(())
-        }
-        IgnitionCommand::Validate(a) => {
-            let text = if a.file.as_os_str() == "-" {
-                let mut s = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-                    .context("reading the config from stdin")?;
-                s
-            } else {
-                let bytes = std::fs::read(&a.file)
-                    .with_context(|| format!("reading {}", a.file.display()))?;
-                String::from_utf8(bytes).map_err(|_| {
-                    InputError::new(a.file.display().to_string(), "not UTF-8 text, so not JSON")
-                })?
-            };
-            let report = validate_json(&text);
-            if a.json {
-                let out = serde_json::json!({
-                    "file": a.file.display().to_string(),
-                    "valid": !report.has_errors(),
-                    "version": report.version,
-                    "diagnostics": report.diagnostics,
-                });
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                eprint!("{report}");
-            }
-            if report.has_errors() {
-                let n = report.errors().count();
-                return Err(InputError::new(
-                    a.file.display().to_string(),
-                    format!("invalid Ignition config: {n} error(s)"),
-                )
-                .into());
-            }
-            Ok(())
-        }
-    }
 }

@@ -90,21 +90,13 @@ fn cmd_show(a: ShowArgs) -> Result<()> {
     if let Some(field) = &a.field {
         let v = lookup(&json, field)?;
         if a.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(v).context("encoding JSON")?
-            );
-            return Ok(());
+            return crate::output::json(v);
         }
         print_plain(v);
         return Ok(());
     }
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json).context("encoding JSON")?
-        );
-        return Ok(());
+        return crate::output::json(&json);
     }
     print!("{}", render_toml(&recipe)?);
     Ok(())

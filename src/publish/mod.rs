@@ -14,52 +14,24 @@
 //!    regenerated and signed — the summary is the one file a client reads to find the
 //!    refs, and it is written last, when everything it names is in place;
 //! 5. objects of commits that retention drops are pruned.
+//!
+//! Files: [`cli`] (`kiln publish`), [`deltas`] (static deltas); this file runs the steps.
+
+pub mod cli;
+pub mod deltas;
+
+pub use deltas::{delta_dir, parse_delta_name};
 
 use anyhow::{anyhow, bail, Context, Result};
+use deltas::generate_deltas;
 use ostree::gio;
 use ostree::glib;
 use ostree::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Instant;
-
-#[derive(Debug, clap::Args)]
-pub struct PublishArgs {
-    /// The build repo holding the commits (any mode).
-    #[arg(long, default_value = "build/repo")]
-    pub repo: PathBuf,
-    /// The published repo (mode archive; created when missing).
-    #[arg(long)]
-    pub to: PathBuf,
-    /// Refs to publish, repeatable; default: every ref of the build repo.
-    #[arg(long = "ref")]
-    pub refs: Vec<String>,
-    /// GPG key to sign new commits and the summary with, repeatable (key id or fingerprint).
-    #[arg(long = "gpg-sign")]
-    pub gpg_sign: Vec<String>,
-    /// GnuPG home holding the secret key (default: gpg's own, ~/.gnupg).
-    #[arg(long)]
-    pub gpg_homedir: Option<PathBuf>,
-    /// Generate static deltas to each new commit from this many previous commits of its ref.
-    #[arg(long, default_value_t = 1)]
-    pub deltas_from_previous: usize,
-    /// Also generate a delta from nothing (one-file download for fresh installs).
-    #[arg(long)]
-    pub delta_from_empty: bool,
-    /// Keep only the newest K commits of each ref; older commits, their objects and their
-    /// deltas are removed.
-    #[arg(long)]
-    pub keep: Option<usize>,
-    /// Parallel delta generators (default: the number of CPUs).
-    #[arg(long)]
-    pub jobs: Option<usize>,
-    /// One JSON object on stdout describing what was added and pruned.
-    #[arg(long)]
-    pub json: bool,
-}
+use std::path::Path;
+use std::path::PathBuf;
 
 /// What to publish and how.
 #[derive(Debug, Clone, Default)]
@@ -119,113 +91,6 @@ pub struct DeltaReport {
     pub to: String,
     pub bytes: u64,
     pub seconds: f64,
-}
-
-pub fn cmd_publish(a: PublishArgs) -> Result<()> {
-    let report = publish(&PublishOptions {
-        repo: a.repo,
-        to: a.to,
-        refs: a.refs,
-        gpg_sign: a.gpg_sign,
-        gpg_homedir: a.gpg_homedir,
-        deltas_from_previous: a.deltas_from_previous,
-        delta_from_empty: a.delta_from_empty,
-        keep: a.keep,
-        jobs: a.jobs,
-        quiet: false,
-    })?;
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).context("serializing the report")?
-        );
-        return Ok(());
-    }
-    for r in &report.refs {
-        match &r.from {
-            Some(f) if f == &r.to => println!("{}: unchanged at {}", r.ref_, short(&r.to)),
-            Some(f) => println!(
-                "{}: {} -> {} ({}, {} new commit(s))",
-                r.ref_,
-                short(f),
-                short(&r.to),
-                r.version.as_deref().unwrap_or("no version"),
-                r.commits_added.len()
-            ),
-            None => println!(
-                "{}: new at {} ({})",
-                r.ref_,
-                short(&r.to),
-                r.version.as_deref().unwrap_or("no version")
-            ),
-        }
-    }
-    for d in &report.deltas_added {
-        println!("delta {}: {} bytes in {:.2}s", d.name, d.bytes, d.seconds);
-    }
-    println!(
-        "{} objects added; {} commit(s), {} delta(s), {} objects ({} bytes) pruned; summary {}.",
-        report.objects_added,
-        report.commits_pruned.len(),
-        report.deltas_pruned.len(),
-        report.objects_pruned,
-        report.bytes_pruned,
-        if report.summary_signed {
-            "signed"
-        } else {
-            "unsigned"
-        }
-    );
-    Ok(())
-}
-
-fn short(c: &str) -> &str {
-    &c[..c.len().min(12)]
-}
-
-/// libostree's "modified base64" of a checksum, as used in delta paths: standard base64
-/// without padding, `/` replaced by `_`.
-fn mbase64(checksum: &str) -> Result<String> {
-    let bytes = hex::decode(checksum).with_context(|| format!("bad checksum {checksum:?}"))?;
-    let v = glib::base64_encode(&bytes).to_string();
-    Ok(v.trim_end_matches('=').replace('/', "_"))
-}
-
-/// The directory of a static delta inside a repo (`deltas/AB/CDE...-XYZ...`).
-pub fn delta_dir(repo: &Path, from: Option<&str>, to: &str) -> Result<PathBuf> {
-    let to64 = mbase64(to)?;
-    let rel = match from {
-        Some(f) => {
-            let f64_ = mbase64(f)?;
-            format!("{}/{}-{}", &f64_[..2], &f64_[2..], to64)
-        }
-        None => format!("{}/{}", &to64[..2], &to64[2..]),
-    };
-    Ok(repo.join("deltas").join(rel))
-}
-
-/// Splits a delta name as libostree lists it (`FROM-TO` or `TO`).
-pub fn parse_delta_name(name: &str) -> (Option<&str>, &str) {
-    match name.split_once('-') {
-        Some((f, t)) => (Some(f), t),
-        None => (None, name),
-    }
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let mut n = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            if let Ok(md) = e.metadata() {
-                n += if md.is_dir() {
-                    dir_size(&e.path())
-                } else {
-                    md.len()
-                };
-            }
-        }
-    }
-    n
 }
 
 /// Takes an exclusive lock on the published repo for the life of the returned file, so
@@ -293,19 +158,70 @@ fn gpg_homedir(opts: &PublishOptions) -> Result<Option<String>> {
 /// Publishes the refs of `opts.repo` into the archive repo `opts.to`; see the module
 /// documentation for the order of the steps.
 pub fn publish(opts: &PublishOptions) -> Result<PublishReport> {
+    let mut progress = crate::progress::Progress::new(opts.quiet);
+    // Every check of the input comes before anything is created.
+    let plan = plan(opts)?;
+    let dest = open_published(&opts.to)?;
+    let _lock = lock_publish_dir(&opts.to)?;
+    let objects_before = count_objects(&opts.to);
+    let copied = copy_objects(&dest, opts, &plan, &mut progress)?;
+    let signed = sign_commits(&dest, opts, &plan, &copied, &mut progress)?;
+    let retained = retention(&dest, opts, &plan, &copied)?;
+    let deltas_added = make_deltas(&dest, opts, &plan, &retained, &mut progress)?;
+    let deltas_pruned = write_refs_and_summary(&dest, opts, &plan, &retained, &mut progress)?;
+    let (objects_pruned, bytes_pruned) = prune_dropped(&dest, opts, &retained, &mut progress)?;
+    let objects_after = count_objects(&opts.to);
+    Ok(PublishReport {
+        repo: opts.to.display().to_string(),
+        refs: ref_reports(&dest, &plan, copied)?,
+        signed,
+        deltas_added,
+        deltas_pruned,
+        commits_pruned: retained.dropped.into_iter().collect(),
+        objects_added: (objects_after + objects_pruned).saturating_sub(objects_before),
+        objects_pruned,
+        bytes_pruned,
+        summary_signed: !opts.gpg_sign.is_empty(),
+        timings: progress.timings_json(),
+    })
+}
+
+/// What a publish works from, all checked before anything is written.
+struct Plan {
+    /// Each ref to publish and its commit in the build repo.
+    tips: BTreeMap<String, String>,
+    /// The GnuPG home, when one was named.
+    homedir: Option<String>,
+    /// Commits to keep per ref (`usize::MAX`: all).
+    keep: usize,
+}
+
+/// What step 1 found and copied.
+struct Copied {
+    /// Each ref's commit in the published repo before this run.
+    before: BTreeMap<String, Option<String>>,
+    /// Commits that joined each ref's published history, newest first.
+    new_commits: BTreeMap<String, Vec<String>>,
+}
+
+/// What retention keeps and drops of the published history.
+struct Retained {
+    kept: BTreeSet<String>,
+    dropped: BTreeSet<String>,
+}
+
+/// Checks the options and finds the refs and where they point in the build repo.
+fn plan(opts: &PublishOptions) -> Result<Plan> {
     if opts.keep == Some(0) {
         bail!("--keep 0 would remove every commit; keep at least 1");
     }
     if opts.gpg_sign.is_empty() && opts.gpg_homedir.is_some() {
         bail!("--gpg-homedir given without --gpg-sign KEYID");
     }
-    let cancel = gio::Cancellable::NONE;
-    let mut progress = crate::progress::Progress::new(opts.quiet);
     let src = crate::deploy::open_source_repo(&opts.repo)?;
-    // Which refs and where they point in the build repo; fail before creating anything.
     let refs: Vec<String> = if opts.refs.is_empty() {
         let all = src
-            .list_refs(None, cancel)
+            .list_refs(None, gio::Cancellable::NONE)
             .with_context(|| format!("listing the refs of {}", opts.repo.display()))?;
         let mut v: Vec<String> = all.into_keys().filter(|r| !r.contains(':')).collect();
         v.sort();
@@ -333,27 +249,40 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport> {
             bail!("the GnuPG home {h} does not exist");
         }
     }
+    Ok(Plan {
+        tips,
+        homedir,
+        keep: opts.keep.unwrap_or(usize::MAX),
+    })
+}
 
-    if let Some(parent) = opts.to.parent().filter(|p| !p.as_os_str().is_empty()) {
+/// Opens the published repo at `to`, creating it (mode archive) when missing.
+fn open_published(to: &Path) -> Result<ostree::Repo> {
+    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    let dest = crate::repo::open_or_create(&opts.to, ostree::RepoMode::Archive)?;
+    let dest = crate::repo::open_or_create(to, ostree::RepoMode::Archive)?;
     if dest.mode() != ostree::RepoMode::Archive {
         bail!(
             "{} is a {:?} repo; a published repo must be mode archive (served file by file \
              over HTTP)",
-            opts.to.display(),
+            to.display(),
             dest.mode()
         );
     }
-    let _lock = lock_publish_dir(&opts.to)?;
-    let objects_before = count_objects(&opts.to);
-    let keep = opts.keep.unwrap_or(usize::MAX);
-    // History to copy: what the deltas start from, never more than retention keeps.
-    let depth = opts.deltas_from_previous.min(keep - 1).min(1024);
+    Ok(dest)
+}
 
-    // 1. Objects.
+/// Step 1: pulls each tip and the history the deltas start from into `dest`.
+fn copy_objects(
+    dest: &ostree::Repo,
+    opts: &PublishOptions,
+    plan: &Plan,
+    progress: &mut crate::progress::Progress,
+) -> Result<Copied> {
+    // History to copy: what the deltas start from, never more than retention keeps.
+    let depth = opts.deltas_from_previous.min(plan.keep - 1).min(1024);
     let stage = progress.stage("copying new objects");
     let abs = opts
         .repo
@@ -361,19 +290,19 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport> {
         .with_context(|| format!("finding {}", opts.repo.display()))?;
     let mut before = BTreeMap::new();
     let mut new_commits: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (r, tip) in &tips {
-        let old = crate::repo::resolve(&dest, r)?;
+    for (r, tip) in &plan.tips {
+        let old = crate::repo::resolve(dest, r)?;
         // The published history before this run: the old tip and its ancestors.
         let published: BTreeSet<String> = match &old {
-            Some(o) => chain(&dest, o, usize::MAX)?.into_iter().collect(),
+            Some(o) => chain(dest, o, usize::MAX)?.into_iter().collect(),
             None => BTreeSet::new(),
         };
         // Pulling is idempotent and completes a commit an interrupted publish left
         // partial; a ref already published at this commit needs nothing.
         if !published.contains(tip) {
-            pull_local(&dest, &abs, r, tip, depth)?;
+            pull_local(dest, &abs, r, tip, depth)?;
         }
-        let added: Vec<String> = chain(&dest, tip, depth + 1)?
+        let added: Vec<String> = chain(dest, tip, depth + 1)?
             .into_iter()
             .take_while(|c| !published.contains(c))
             .collect();
@@ -381,43 +310,64 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport> {
         new_commits.insert(r.clone(), added);
     }
     stage.done();
+    Ok(Copied {
+        before,
+        new_commits,
+    })
+}
 
-    // 2. Commit signatures.
+/// Step 2: signs every new commit with every key; returns the commits signed.
+fn sign_commits(
+    dest: &ostree::Repo,
+    opts: &PublishOptions,
+    plan: &Plan,
+    copied: &Copied,
+    progress: &mut crate::progress::Progress,
+) -> Result<Vec<String>> {
     let mut signed = Vec::new();
-    if !opts.gpg_sign.is_empty() {
-        let stage = progress.stage("signing commits");
-        let all: BTreeSet<&String> = new_commits.values().flatten().collect();
-        for c in all {
-            for key in &opts.gpg_sign {
-                match dest.sign_commit(c, key, homedir.as_deref(), cancel) {
-                    Ok(()) => {}
-                    // A re-run after an interrupted publish: keep the existing signature.
-                    Err(e) if e.to_string().contains("already signed") => {}
-                    Err(e) => {
-                        return Err(anyhow!(e)).with_context(|| {
-                            format!(
-                                "signing commit {c} with GPG key {key}{}",
-                                homedir
-                                    .as_deref()
-                                    .map(|h| format!(" (GnuPG home {h})"))
-                                    .unwrap_or_default()
-                            )
-                        })
-                    }
+    if opts.gpg_sign.is_empty() {
+        return Ok(signed);
+    }
+    let homedir = plan.homedir.as_deref();
+    let stage = progress.stage("signing commits");
+    let all: BTreeSet<&String> = copied.new_commits.values().flatten().collect();
+    for c in all {
+        for key in &opts.gpg_sign {
+            match dest.sign_commit(c, key, homedir, gio::Cancellable::NONE) {
+                Ok(()) => {}
+                // A re-run after an interrupted publish: keep the existing signature.
+                Err(e) if e.to_string().contains("already signed") => {}
+                Err(e) => {
+                    return Err(anyhow!(e)).with_context(|| {
+                        format!(
+                            "signing commit {c} with GPG key {key}{}",
+                            homedir
+                                .map(|h| format!(" (GnuPG home {h})"))
+                                .unwrap_or_default()
+                        )
+                    })
                 }
             }
-            signed.push(c.clone());
         }
-        stage.done();
+        signed.push(c.clone());
     }
+    stage.done();
+    Ok(signed)
+}
 
-    // Retention: what stays of each ref's history.
+/// Retention: what stays of each ref's history, and what goes.
+fn retention(
+    dest: &ostree::Repo,
+    opts: &PublishOptions,
+    plan: &Plan,
+    copied: &Copied,
+) -> Result<Retained> {
     let mut kept: BTreeSet<String> = BTreeSet::new();
     let mut dropped: BTreeSet<String> = BTreeSet::new();
-    for tip in tips.values() {
-        let ch = chain(&dest, tip, usize::MAX)?;
+    for tip in plan.tips.values() {
+        let ch = chain(dest, tip, usize::MAX)?;
         for (i, c) in ch.into_iter().enumerate() {
-            if i < keep {
+            if i < plan.keep {
                 kept.insert(c);
             } else {
                 dropped.insert(c);
@@ -427,8 +377,8 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport> {
     // Commits of the old tips that are no longer in any ref's kept history (a ref reset
     // to an unrelated commit) are dropped too when retention is asked for.
     if opts.keep.is_some() {
-        for old in before.values().flatten() {
-            for c in chain(&dest, old, usize::MAX)? {
+        for old in copied.before.values().flatten() {
+            for c in chain(dest, old, usize::MAX)? {
                 if !kept.contains(&c) {
                     dropped.insert(c);
                 }
@@ -436,20 +386,29 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport> {
         }
     }
     let dropped: BTreeSet<String> = dropped.difference(&kept).cloned().collect();
+    Ok(Retained { kept, dropped })
+}
 
-    // 3. Deltas.
+/// Step 3: the static deltas asked for and missing, from kept commits only.
+fn make_deltas(
+    dest: &ostree::Repo,
+    opts: &PublishOptions,
+    plan: &Plan,
+    retained: &Retained,
+    progress: &mut crate::progress::Progress,
+) -> Result<Vec<DeltaReport>> {
     let existing: BTreeSet<String> = dest
-        .list_static_delta_names(cancel)
+        .list_static_delta_names(gio::Cancellable::NONE)
         .context("listing static deltas")?
         .into_iter()
         .map(|s| s.to_string())
         .collect();
     let mut jobs: VecDeque<(Option<String>, String)> = VecDeque::new();
-    for tip in tips.values() {
+    for tip in plan.tips.values() {
         // Unchanged refs too: a delta asked for and missing is made.
-        let froms = chain(&dest, tip, opts.deltas_from_previous + 1)?;
+        let froms = chain(dest, tip, opts.deltas_from_previous + 1)?;
         for f in froms.into_iter().skip(1) {
-            if !kept.contains(&f) {
+            if !retained.kept.contains(&f) {
                 continue;
             }
             if !existing.contains(&format!("{f}-{tip}")) {
@@ -460,16 +419,26 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport> {
             jobs.push_back((None, tip.clone()));
         }
     }
-    let deltas_added = if jobs.is_empty() {
-        Vec::new()
-    } else {
-        let stage = progress.stage(&format!("generating {} static delta(s)", jobs.len()));
-        let d = generate_deltas(&opts.to, jobs, opts.jobs)?;
-        stage.done();
-        d
-    };
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stage = progress.stage(&format!("generating {} static delta(s)", jobs.len()));
+    let d = generate_deltas(&opts.to, jobs, opts.jobs)?;
+    stage.done();
+    Ok(d)
+}
 
-    // 4. Refs and summary, after dropping the deltas of dropped commits.
+/// Step 4: deltas of dropped commits go, refs move, and the summary is written last;
+/// returns the names of the deltas removed.
+fn write_refs_and_summary(
+    dest: &ostree::Repo,
+    opts: &PublishOptions,
+    plan: &Plan,
+    retained: &Retained,
+    progress: &mut crate::progress::Progress,
+) -> Result<Vec<String>> {
+    let cancel = gio::Cancellable::NONE;
+    let dropped = &retained.dropped;
     let stage = progress.stage("writing refs and summary");
     let mut deltas_pruned = Vec::new();
     let all_deltas = dest
@@ -485,53 +454,50 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport> {
             deltas_pruned.push(name.to_string());
         }
     }
-    for (r, tip) in &tips {
+    for (r, tip) in &plan.tips {
         dest.set_ref_immediate(None, r, Some(tip), cancel)
             .with_context(|| format!("setting ref {r} to {tip}"))?;
     }
-    write_summary(&dest, &opts.gpg_sign, homedir.as_deref())?;
+    write_summary(dest, &opts.gpg_sign, plan.homedir.as_deref())?;
     stage.done();
+    Ok(deltas_pruned)
+}
 
-    // 5. Objects of dropped commits.
-    let (mut objects_pruned, mut bytes_pruned) = (0u64, 0u64);
-    if opts.keep.is_some() && !dropped.is_empty() {
-        let stage = progress.stage("pruning old commits");
-        let (_total, pruned, freed) = dest
-            .prune(
-                ostree::RepoPruneFlags::REFS_ONLY,
-                (keep - 1).min(i32::MAX as usize) as i32,
-                cancel,
-            )
-            .context("pruning objects of dropped commits")?;
-        objects_pruned = pruned.max(0) as u64;
-        bytes_pruned = freed;
-        stage.done();
-    }
+/// Step 5: prunes the objects of dropped commits; returns (objects, bytes) removed.
+fn prune_dropped(
+    dest: &ostree::Repo,
+    opts: &PublishOptions,
+    retained: &Retained,
+    progress: &mut crate::progress::Progress,
+) -> Result<(u64, u64)> {
+    let Some(keep) = opts.keep.filter(|_| !retained.dropped.is_empty()) else {
+        return Ok((0, 0));
+    };
+    let stage = progress.stage("pruning old commits");
+    let (_total, pruned, freed) = dest
+        .prune(
+            ostree::RepoPruneFlags::REFS_ONLY,
+            (keep - 1).min(i32::MAX as usize) as i32,
+            gio::Cancellable::NONE,
+        )
+        .context("pruning objects of dropped commits")?;
+    stage.done();
+    Ok((pruned.max(0) as u64, freed))
+}
 
-    let mut ref_reports = Vec::new();
-    for (r, tip) in &tips {
-        ref_reports.push(RefReport {
+/// One report per published ref.
+fn ref_reports(dest: &ostree::Repo, plan: &Plan, mut copied: Copied) -> Result<Vec<RefReport>> {
+    let mut out = Vec::new();
+    for (r, tip) in &plan.tips {
+        out.push(RefReport {
             ref_: r.clone(),
-            from: before[r].clone(),
+            from: copied.before.remove(r).flatten(),
             to: tip.clone(),
-            version: crate::repo::read_commit(&dest, tip)?.version,
-            commits_added: new_commits[r].clone(),
+            version: crate::repo::read_commit(dest, tip)?.version,
+            commits_added: copied.new_commits.remove(r).unwrap_or_default(),
         });
     }
-    let objects_after = count_objects(&opts.to);
-    Ok(PublishReport {
-        repo: opts.to.display().to_string(),
-        refs: ref_reports,
-        signed,
-        deltas_added,
-        deltas_pruned,
-        commits_pruned: dropped.into_iter().collect(),
-        objects_added: (objects_after + objects_pruned).saturating_sub(objects_before),
-        objects_pruned,
-        bytes_pruned,
-        summary_signed: !opts.gpg_sign.is_empty(),
-        timings: progress.timings_json(),
-    })
+    Ok(out)
 }
 
 /// Copies `tip` and up to `depth` ancestors from the build repo (any mode) at `src`.
@@ -563,88 +529,6 @@ fn write_summary(dest: &ostree::Repo, keys: &[String], homedir: Option<&str>) ->
             .with_context(|| format!("signing the summary with {}", keys.join(", ")))?;
     }
     Ok(())
-}
-
-/// Generates static deltas `(from, to)` in `repo`, up to `jobs` at once (default: one per
-/// CPU), each thread with its own libostree repo object.
-fn generate_deltas(
-    repo: &Path,
-    work: VecDeque<(Option<String>, String)>,
-    jobs: Option<usize>,
-) -> Result<Vec<DeltaReport>> {
-    let n = jobs
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
-        .clamp(1, work.len().max(1));
-    let queue = Mutex::new(work);
-    let results: Mutex<Vec<Result<DeltaReport>>> = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..n {
-            s.spawn(|| {
-                let r = match crate::repo::open(repo) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        results
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(Err(e));
-                        return;
-                    }
-                };
-                loop {
-                    let job = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-                    let Some((from, to)) = job else { break };
-                    let res = generate_one(&r, repo, from.as_deref(), &to);
-                    results.lock().unwrap_or_else(|p| p.into_inner()).push(res);
-                }
-            });
-        }
-    });
-    let mut out = Vec::new();
-    for r in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        out.push(r?);
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-fn generate_one(
-    r: &ostree::Repo,
-    path: &Path,
-    from: Option<&str>,
-    to: &str,
-) -> Result<DeltaReport> {
-    let start = Instant::now();
-    // An explicit a{sv}: libostree 2022.7 crashes when params is NULL.
-    let params = glib::VariantDict::new(None);
-    params.insert_value("verbose", &false.to_variant());
-    params.insert_value("bsdiff-enabled", &true.to_variant());
-    r.static_delta_generate(
-        ostree::StaticDeltaGenerateOpt::Major,
-        from,
-        to,
-        None,
-        Some(&params.end()),
-        gio::Cancellable::NONE,
-    )
-    .with_context(|| match from {
-        Some(f) => format!("generating the static delta {f} -> {to}"),
-        None => format!("generating the static delta from empty to {to}"),
-    })?;
-    let dir = delta_dir(path, from, to)?;
-    Ok(DeltaReport {
-        name: match from {
-            Some(f) => format!("{f}-{to}"),
-            None => to.to_string(),
-        },
-        from: from.map(String::from),
-        to: to.to_string(),
-        bytes: dir_size(&dir),
-        seconds: (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-    })
 }
 
 #[cfg(test)]
@@ -813,13 +697,5 @@ mod tests {
         crate::repo::open_or_create(&to, ostree::RepoMode::BareUser).unwrap();
         let e = publish(&base).unwrap_err();
         assert!(e.to_string().contains("must be mode archive"), "{e}");
-    }
-
-    #[test]
-    fn mbase64_matches_libostree_delta_names() {
-        let c = "a".repeat(64);
-        let b = mbase64(&c).unwrap();
-        assert_eq!(b.len(), 43);
-        assert!(!b.contains('/') && !b.contains('='));
     }
 }

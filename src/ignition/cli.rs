@@ -1,0 +1,92 @@
+//! `kiln ignition build|validate`.
+
+use super::{build, check_output_file, validate_json, write_private_atomic};
+use crate::error::InputError;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum IgnitionCommand {
+    /// Transpile a TOML config (plus ordered fragments) to Ignition 3.3.0 JSON.
+    Build(BuildArgs),
+    /// Validate an Ignition 3.0–3.3 JSON config; exits 1 when it has errors.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// The TOML config.
+    pub config: PathBuf,
+    /// Directory that `local` references are relative to (default: the config's directory).
+    #[arg(long)]
+    pub files_dir: Option<PathBuf>,
+    /// Directory of NN-*.toml fragments merged over the config in name order.
+    #[arg(short = 'd', long = "fragments")]
+    pub fragments: Option<PathBuf>,
+    /// Where to write the JSON ("-" for stdout).
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// The Ignition JSON config ("-" for stdin).
+    pub file: PathBuf,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn cmd(c: IgnitionCommand) -> Result<()> {
+    match c {
+        IgnitionCommand::Build(a) => {
+            if a.output.as_os_str() != "-" {
+                check_output_file(&a.output, "--output")?;
+            }
+            let b = build(&a.config, a.files_dir.as_deref(), a.fragments.as_deref())?;
+            for w in &b.warnings {
+                eprintln!("kiln: {w}");
+            }
+            if a.output.as_os_str() == "-" {
+                print!("{}", b.json);
+            } else {
+                write_private_atomic(&a.output, b.json.as_bytes())?;
+            }
+            Ok(())
+        }
+        IgnitionCommand::Validate(a) => {
+            let text = if a.file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .context("reading the config from stdin")?;
+                s
+            } else {
+                let bytes = std::fs::read(&a.file)
+                    .with_context(|| format!("reading {}", a.file.display()))?;
+                String::from_utf8(bytes).map_err(|_| {
+                    InputError::new(a.file.display().to_string(), "not UTF-8 text, so not JSON")
+                })?
+            };
+            let report = validate_json(&text);
+            if a.json {
+                crate::output::json(&serde_json::json!({
+                    "file": a.file.display().to_string(),
+                    "valid": !report.has_errors(),
+                    "version": report.version,
+                    "diagnostics": report.diagnostics,
+                }))?;
+            } else {
+                eprint!("{report}");
+            }
+            if report.has_errors() {
+                let n = report.errors().count();
+                return Err(InputError::new(
+                    a.file.display().to_string(),
+                    format!("invalid Ignition config: {n} error(s)"),
+                )
+                .into());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! `kiln run`: boot an image in QEMU with the serial console on stdout.
+
+use super::accel::{accel, Accel};
+use super::options::{qemu_args, Disk, VmOptions};
+use crate::cmd::Cmd;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The disk image (raw or qcow2).
+    pub image: PathBuf,
+    /// The firmware the VM boots with: SeaBIOS or OVMF.
+    #[arg(long, value_enum, default_value_t = Firmware::Bios)]
+    pub firmware: Firmware,
+    /// The same as `--firmware uefi` (kept for scripts).
+    #[arg(long, hide = true, conflicts_with = "firmware")]
+    pub uefi: bool,
+    /// Ignition config handed to the VM by fw_cfg (`opt/com.coreos/config`).
+    #[arg(long)]
+    pub ignition: Option<PathBuf>,
+    /// Throw away every write when QEMU exits.
+    #[arg(long)]
+    pub snapshot: bool,
+    /// Memory: MiB (`2048`), or a size with a unit (`2G`, `512M`).
+    #[arg(long, default_value = "2048", value_parser = memory_mib, value_name = "MiB")]
+    pub memory: u32,
+    /// Virtual CPUs [default: 2 with KVM, 1 under TCG (see `default_cpus`)].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=255))]
+    pub cpus: Option<u32>,
+    /// Extra disk image attached as a virtio disk (repeatable).
+    #[arg(long = "disk")]
+    pub disks: Vec<PathBuf>,
+}
+
+/// The firmware of `kiln run`'s VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firmware {
+    /// SeaBIOS.
+    Bios,
+    /// OVMF (UEFI).
+    Uefi,
+}
+
+/// `--memory`: a bare number is MiB (QEMU's `-m`); with a unit, a size
+/// ([`crate::validate::size`]) that is a whole number of MiB.
+pub fn memory_mib(s: &str) -> Result<u32, String> {
+    const MIB: u64 = 1024 * 1024;
+    let t = s.trim();
+    let bytes = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        t.parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(MIB))
+            .ok_or_else(|| format!("{s:?} is too large"))?
+    } else {
+        crate::validate::size(t)?
+    };
+    if bytes == 0 || bytes % MIB != 0 {
+        return Err(format!("{s:?}: expected whole MiB, e.g. 2048 or 2G"));
+    }
+    u32::try_from(bytes / MIB).map_err(|_| format!("{s:?} is too large"))
+}
+
+/// `kiln run`.
+pub fn cmd_run(a: RunArgs) -> Result<()> {
+    let mut opts = VmOptions::new(&a.image, "run");
+    opts.uefi = a.uefi || a.firmware == Firmware::Uefi;
+    opts.snapshot = a.snapshot;
+    opts.memory_mb = a.memory;
+    if let Some(n) = a.cpus {
+        opts.cpus = n;
+    }
+    opts.disks = a
+        .disks
+        .iter()
+        .map(|p| Disk {
+            path: p.clone(),
+            read_only: false,
+            serial: None,
+        })
+        .collect();
+    if let Some(ign) = &a.ignition {
+        if !ign.is_file() {
+            return Err(crate::error::InputError::new(
+                ign.display().to_string(),
+                "Ignition config not found",
+            )
+            .into());
+        }
+        opts.fw_cfg
+            .push(("opt/com.coreos/config".into(), ign.clone()));
+    }
+    let work = tempfile::tempdir().context("creating a temp directory")?;
+    let mut args = qemu_args(&opts, work.path())?;
+    args.extend(["-serial".to_string(), "mon:stdio".to_string()]);
+    if accel() == Accel::Tcg {
+        eprintln!("kiln: KVM is not usable here; using TCG (slow). Ctrl-a x quits.");
+    } else {
+        eprintln!("kiln: using KVM. Ctrl-a x quits.");
+    }
+    let st = Cmd::new("qemu-system-x86_64").args(&args).run_inherit()?;
+    if !st.success() {
+        bail!("QEMU exited with {st}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn memory_is_mib_or_a_size() {
+        assert_eq!(memory_mib("2048"), Ok(2048));
+        assert_eq!(memory_mib("2048M"), Ok(2048));
+        assert_eq!(memory_mib("2G"), Ok(2048));
+        assert!(memory_mib("0").is_err());
+        assert!(memory_mib("1000K").is_err());
+        assert!(memory_mib("lots").is_err());
+        assert!(memory_mib("99999999999").is_err());
+    }
+
+    #[test]
+    fn firmware_is_one_option_and_uefi_still_works() {
+        let t = T::try_parse_from(["t", "img", "--firmware", "uefi"]).unwrap();
+        assert_eq!(t.run.firmware, Firmware::Uefi);
+        let t = T::try_parse_from(["t", "img", "--uefi", "--memory", "1G"]).unwrap();
+        assert!(t.run.uefi);
+        assert_eq!(t.run.memory, 1024);
+        let t = T::try_parse_from(["t", "img"]).unwrap();
+        assert_eq!((t.run.firmware, t.run.memory), (Firmware::Bios, 2048));
+        assert!(T::try_parse_from(["t", "img", "--uefi", "--firmware", "bios"]).is_err());
+        assert!(T::try_parse_from(["t", "img", "--memory", "x"]).is_err());
+    }
+}

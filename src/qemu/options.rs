@@ -1,0 +1,322 @@
+//! How to boot a VM ([`VmOptions`]) and QEMU's command line for it.
+
+use super::accel::{accel, default_cpus, Accel};
+use super::optstr::{opt_path, opt_value};
+use anyhow::{bail, Context, Result};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Where the OVMF firmware lives (Debian's `ovmf` package).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// An extra disk for the VM.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// Shows up in the guest as `/dev/disk/by-id/virtio-SERIAL`.
+    pub serial: Option<String>,
+}
+
+/// How to boot a VM.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// The boot disk; an empty path means none (boot from `cdrom` or the network).
+    pub image: PathBuf,
+    /// Name used for the console log artifact (`NAME.log`).
+    pub name: String,
+    pub uefi: bool,
+    pub memory_mb: u32,
+    pub cpus: u32,
+    /// Writes go to a temp overlay dropped when QEMU exits (they survive guest reboots).
+    pub snapshot: bool,
+    pub disks: Vec<Disk>,
+    /// `-fw_cfg name=NAME,file=PATH` entries (Ignition: `opt/com.coreos/config`).
+    pub fw_cfg: Vec<(String, PathBuf)>,
+    /// User networking with `restrict=on` (nothing leaves the VM) ...
+    pub network: bool,
+    /// ... except these forwards: guest `ADDR:PORT` → host `127.0.0.1:PORT`.
+    pub guestfwd: Vec<(String, u16)>,
+    /// Where the console log goes on failure; default `build/test-artifacts`.
+    pub artifacts: PathBuf,
+    /// An ISO in a CD drive (`-cdrom`: the q35 AHCI controller), booted first.
+    pub cdrom: Option<PathBuf>,
+    /// Network boot: QEMU's built-in TFTP server serves DIR and DHCP hands out FILE as
+    /// the boot file (firmware's iPXE boots it); the NIC is booted first. Implies
+    /// `network` (still `restrict=on`).
+    pub tftp: Option<(PathBuf, String)>,
+    /// A QMP monitor socket ([`Vm::qmp`], [`Vm::reset`], [`Vm::monitor`]): tests that
+    /// hard-reset the guest ask for it.
+    pub monitor: bool,
+}
+
+impl VmOptions {
+    pub fn new(image: impl Into<PathBuf>, name: impl Into<String>) -> Self {
+        VmOptions {
+            image: image.into(),
+            name: name.into(),
+            uefi: false,
+            memory_mb: 2048,
+            cpus: default_cpus(),
+            snapshot: true,
+            disks: Vec::new(),
+            fw_cfg: Vec::new(),
+            network: false,
+            guestfwd: Vec::new(),
+            artifacts: PathBuf::from("build/test-artifacts"),
+            cdrom: None,
+            tftp: None,
+            monitor: false,
+        }
+    }
+}
+
+/// The disk format QEMU should assume (never let it guess: a raw image guessed as
+/// something else is a security issue, and QEMU warns).
+pub fn image_format(path: &Path) -> Result<&'static str> {
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let n = f.read(&mut magic).unwrap_or(0);
+    Ok(if n == 4 && &magic == b"QFI\xfb" {
+        "qcow2"
+    } else {
+        "raw"
+    })
+}
+
+/// The `cache=` mode of a writable disk. `unsafe` ignores the guest's flushes: only where
+/// every write is thrown away anyway (`snapshot=on`: a temp overlay dropped when QEMU
+/// exits). A disk that keeps its writes gets `writeback`, which honours flushes, so a host
+/// crash cannot corrupt what the guest had synced.
+fn cache_mode(snapshot: bool) -> &'static str {
+    if snapshot {
+        "unsafe"
+    } else {
+        "writeback"
+    }
+}
+
+/// QEMU's command line for `opts`, console excluded. `work` holds the OVMF vars copy.
+pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+    match accel() {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        // Not `max`: it offers ERMS, so the guest kernel zeroes pages with `rep stosb`,
+        // which TCG runs a byte at a time (seen here: a 21 s RCU stall in `modprobe loop`,
+        // a first boot to the marker in 94 s). qemu64 gets the unrolled loop: 40 s.
+        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "qemu64"]),
+    }
+    let mem = opts.memory_mb.to_string();
+    let cpus = opts.cpus.to_string();
+    push(&["-machine", "q35", "-m", &mem, "-smp", &cpus, "-nodefaults"]);
+    push(&["-display", "none", "-vga", "none"]);
+    push(&["-device", "virtio-rng-pci"]);
+    if opts.uefi {
+        for f in [OVMF_CODE, OVMF_VARS] {
+            if !Path::new(f).is_file() {
+                bail!("UEFI firmware {f} not found: install the ovmf package (make deps)");
+            }
+        }
+        let vars = work.join("OVMF_VARS.fd");
+        std::fs::copy(OVMF_VARS, &vars)
+            .with_context(|| format!("copying {OVMF_VARS} to {}", vars.display()))?;
+        push(&[
+            "-drive",
+            &format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                opt_path(Path::new(OVMF_CODE))?
+            ),
+            "-drive",
+            &format!("if=pflash,format=raw,unit=1,file={}", opt_path(&vars)?),
+        ]);
+    }
+    let snap = if opts.snapshot { ",snapshot=on" } else { "" };
+    // Boot order: network, CD, then the disk.
+    let mut next_boot = 0;
+    let mut bootindex = || {
+        next_boot += 1;
+        next_boot - 1
+    };
+    let net_boot = opts.tftp.as_ref().map(|_| bootindex());
+    if let Some(iso) = &opts.cdrom {
+        if !iso.is_file() {
+            bail!("ISO {} not found", iso.display());
+        }
+        push(&[
+            "-drive",
+            &format!(
+                "file={},format=raw,if=none,id=cd0,media=cdrom,readonly=on",
+                opt_path(iso)?
+            ),
+            "-device",
+            &format!("ide-cd,drive=cd0,bus=ide.0,bootindex={}", bootindex()),
+        ]);
+    }
+    if !opts.image.as_os_str().is_empty() {
+        if !opts.image.is_file() {
+            bail!("image {} not found", opts.image.display());
+        }
+        let fmt = image_format(&opts.image)?;
+        push(&[
+            "-drive",
+            &format!(
+                "file={},format={fmt},if=none,id=d0,cache={}{snap}",
+                opt_path(&opts.image)?,
+                cache_mode(opts.snapshot)
+            ),
+            "-device",
+            &format!("virtio-blk-pci,drive=d0,bootindex={}", bootindex()),
+        ]);
+    }
+    for (i, d) in opts.disks.iter().enumerate() {
+        let fmt = image_format(&d.path)?;
+        let ro = if d.read_only { ",read-only=on" } else { "" };
+        let serial = d
+            .serial
+            .as_ref()
+            .map(|s| format!(",serial={}", opt_value(s)))
+            .unwrap_or_default();
+        push(&[
+            "-drive",
+            &format!(
+                "file={},format={fmt},if=none,id=x{i}{ro}{snap}",
+                opt_path(&d.path)?
+            ),
+            "-device",
+            &format!("virtio-blk-pci,drive=x{i}{serial}"),
+        ]);
+    }
+    for (name, file) in &opts.fw_cfg {
+        if !file.is_file() {
+            bail!("fw_cfg file {} not found", file.display());
+        }
+        push(&[
+            "-fw_cfg",
+            &format!("name={},file={}", opt_value(name), opt_path(file)?),
+        ]);
+    }
+    if opts.network || !opts.guestfwd.is_empty() || opts.tftp.is_some() {
+        let mut nd = "user,id=n0,restrict=on".to_string();
+        if !opts.guestfwd.is_empty() && !crate::cmd::have("socat") {
+            bail!("forwarding guest connections to the host needs socat (package socat; run `make deps`)");
+        }
+        for (guest, port) in &opts.guestfwd {
+            // `cmd:` starts one relay per guest connection. A `tcp:` chardev target would
+            // be one host connection opened when QEMU starts: the server closes it as idle
+            // long before a TCG guest has booted, and every guest connection then hangs.
+            nd.push_str(&format!(
+                ",guestfwd=tcp:{}-cmd:socat STDIO TCP:127.0.0.1:{port}",
+                opt_value(guest)
+            ));
+        }
+        if let Some((dir, file)) = &opts.tftp {
+            if !dir.join(file).is_file() {
+                bail!("TFTP boot file {} not found", dir.join(file).display());
+            }
+            nd.push_str(&format!(
+                ",tftp={},bootfile={}",
+                opt_path(dir)?,
+                opt_value(file)
+            ));
+        }
+        // Without network boot the NIC gets no option ROM: the firmware would otherwise
+        // load and start iPXE for nothing, seconds under TCG.
+        let dev = match net_boot {
+            Some(i) => format!("virtio-net-pci,netdev=n0,bootindex={i}"),
+            None => "virtio-net-pci,netdev=n0,romfile=".to_string(),
+        };
+        push(&["-netdev", &nd, "-device", &dev]);
+    }
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::Cmd;
+
+    #[test]
+    fn formats_are_sniffed() {
+        let td = tempfile::tempdir().unwrap();
+        let raw = td.path().join("a");
+        std::fs::write(&raw, vec![0u8; 1024]).unwrap();
+        assert_eq!(image_format(&raw).unwrap(), "raw");
+        let q = td.path().join("b.qcow2");
+        Cmd::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&q)
+            .arg("1M")
+            .run()
+            .unwrap();
+        assert_eq!(image_format(&q).unwrap(), "qcow2");
+    }
+
+    #[test]
+    fn commas_in_paths_and_values_are_escaped() {
+        let td = tempfile::tempdir().unwrap();
+        let dir = td.path().join("x,y");
+        std::fs::create_dir(&dir).unwrap();
+        let img = dir.join("a,format=qcow2,b.raw");
+        std::fs::write(&img, vec![0u8; 4096]).unwrap();
+        let ign = dir.join("c,d.ign");
+        std::fs::write(&ign, "{}").unwrap();
+        let mut o = VmOptions::new(&img, "t");
+        o.disks.push(Disk {
+            path: img.clone(),
+            read_only: true,
+            serial: Some("s,snapshot=off".into()),
+        });
+        o.fw_cfg.push(("opt/a,b".into(), ign.clone()));
+        let a = qemu_args(&o, td.path()).unwrap();
+        let d = td.path().display();
+        let has = |want: &str| assert!(a.iter().any(|x| x == want), "no {want:?} in {a:?}");
+        has(&format!(
+            "file={d}/x,,y/a,,format=qcow2,,b.raw,format=raw,if=none,id=d0,cache=unsafe,snapshot=on"
+        ));
+        has(&format!(
+            "file={d}/x,,y/a,,format=qcow2,,b.raw,format=raw,if=none,id=x0,read-only=on,snapshot=on"
+        ));
+        has("virtio-blk-pci,drive=x0,serial=s,,snapshot=off");
+        has(&format!("name=opt/a,,b,file={d}/x,,y/c,,d.ign"));
+    }
+
+    #[test]
+    fn only_throwaway_disks_ignore_flushes() {
+        let td = tempfile::tempdir().unwrap();
+        let img = td.path().join("d.raw");
+        std::fs::write(&img, vec![0u8; 4096]).unwrap();
+        let mut o = VmOptions::new(&img, "t");
+        o.snapshot = false;
+        let a = qemu_args(&o, td.path()).unwrap().join(" ");
+        assert!(a.contains(",cache=writeback "), "{a}");
+        assert!(!a.contains("unsafe") && !a.contains("snapshot"), "{a}");
+        o.snapshot = true;
+        let a = qemu_args(&o, td.path()).unwrap().join(" ");
+        assert!(a.contains(",cache=unsafe,snapshot=on "), "{a}");
+    }
+
+    #[test]
+    fn args_restrict_network() {
+        let td = tempfile::tempdir().unwrap();
+        let img = td.path().join("d.raw");
+        std::fs::write(&img, vec![0u8; 4096]).unwrap();
+        let mut o = VmOptions::new(&img, "t");
+        o.guestfwd.push(("10.0.2.100:8080".into(), 4321));
+        let a = qemu_args(&o, td.path()).unwrap().join(" ");
+        assert!(
+            a.contains(
+                "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:8080-cmd:socat STDIO TCP:127.0.0.1:4321"
+            ),
+            "{a}"
+        );
+        assert!(a.contains("snapshot=on"), "{a}");
+        // No network boot: no option ROM on the NIC.
+        assert!(
+            a.split(' ')
+                .any(|x| x == "virtio-net-pci,netdev=n0,romfile="),
+            "{a}"
+        );
+    }
+}
