@@ -259,6 +259,23 @@ pub fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Fails naming every tool of `need` (program, Debian package) that is not installed, so
+/// a command stops before any work instead of half way through.
+pub fn require_tools(need: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<String> = need
+        .iter()
+        .filter(|(p, _)| !have(p))
+        .map(|(p, pkg)| format!("{p} (package {pkg})"))
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "missing host tools: {} (run `make deps`)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

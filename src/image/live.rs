@@ -158,7 +158,7 @@ fn preflight(opts: &ImageOptions, fs: LiveFs) -> Result<()> {
             }
         }
     }
-    super::require_tools(&need)?;
+    crate::cmd::require_tools(&need)?;
     if opts.format == super::Format::Pxe && opts.ignition.is_some() {
         return Err(crate::error::InputError::new(
             "command line",

@@ -552,22 +552,6 @@ fn stage_output(
     })
 }
 
-/// Fails naming every tool of `need` (program, Debian package) that is not installed.
-pub(crate) fn require_tools(need: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<String> = need
-        .iter()
-        .filter(|(p, _)| !crate::cmd::have(p))
-        .map(|(p, pkg)| format!("{p} (package {pkg})"))
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "missing host tools: {} (run `make deps`)",
-            missing.join(", ")
-        );
-    }
-    Ok(())
-}
-
 /// Checks the host tools before any work starts.
 fn preflight(opts: &ImageOptions) -> Result<()> {
     let mut need = vec![
@@ -580,7 +564,7 @@ fn preflight(opts: &ImageOptions) -> Result<()> {
         ("chattr", "e2fsprogs"),
     ];
     need.extend(opts.format.tools().iter().copied());
-    require_tools(&need)?;
+    crate::cmd::require_tools(&need)?;
     if let Some(ign) = &opts.ignition {
         if !ign.is_file() {
             return Err(crate::error::InputError::new(

@@ -192,14 +192,7 @@ fn preflight(opts: &InstallOptions) -> Result<()> {
     {
         need.push(("curl", "curl"));
     }
-    let missing: Vec<String> = need
-        .iter()
-        .filter(|(p, _)| !crate::cmd::have(p))
-        .map(|(p, pkg)| format!("{p} (package {pkg})"))
-        .collect();
-    if !missing.is_empty() {
-        bail!("missing host tools: {}", missing.join(", "));
-    }
+    crate::cmd::require_tools(&need)?;
     Ok(())
 }
 
