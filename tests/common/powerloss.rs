@@ -153,8 +153,8 @@ pub fn run(vm: &mut Vm, s: &Setup) -> Vec<Cycle> {
     ));
 
     // A kernel-argument change in place (`kiln kargs --in-place`, point `kargs:written`)
-    // is not in the loop yet: in its one run here the guest went idle before kiln
-    // reached the point (docs/updating.md, "Power loss").
+    // is not in the loop yet: on the booted deployment libostree refuses it ("Attempting
+    // to remove booted deployment"), an open bug (docs/updating.md, "Power loss").
     cycles
 }
 
