@@ -416,6 +416,23 @@ fn edited_kargs(
     Ok(after)
 }
 
+/// The outcome of a kargs request that changes nothing: nothing is written.
+fn unchanged(
+    sysroot: &ostree::Sysroot,
+    base: &ostree::Deployment,
+    in_place: bool,
+    kargs: Vec<String>,
+) -> KargsOutcome {
+    KargsOutcome {
+        changed: false,
+        in_place,
+        deployment: dref(sysroot, base),
+        staged: base.is_staged(),
+        after: kargs.clone(),
+        before: kargs,
+    }
+}
+
 pub fn kargs(path: &Path, os: &str, edit: &KargsEdit, in_place: bool) -> Result<KargsOutcome> {
     edit.validate()?;
     super::ensure_initialized(path)?;
@@ -423,15 +440,7 @@ pub fn kargs(path: &Path, os: &str, edit: &KargsEdit, in_place: bool) -> Result<
         // Reading only: no root, no lock.
         let ro = super::load_readonly(path)?;
         let base = kargs_base(path, &ro, os)?;
-        let before = kargs_of(&base);
-        return Ok(KargsOutcome {
-            changed: false,
-            in_place,
-            deployment: dref(&ro, &base),
-            staged: base.is_staged(),
-            after: before.clone(),
-            before,
-        });
+        return Ok(unchanged(&ro, &base, in_place, kargs_of(&base)));
     }
     super::require_root(path, "changing kernel arguments")?;
     // Reject impossible edits before taking the lock; an edit that changes nothing
@@ -442,14 +451,7 @@ pub fn kargs(path: &Path, os: &str, edit: &KargsEdit, in_place: bool) -> Result<
         let before = kargs_of(&base);
         let after = edited_kargs(edit, &before, &base)?;
         if after == before {
-            return Ok(KargsOutcome {
-                changed: false,
-                in_place,
-                deployment: dref(&ro, &base),
-                staged: base.is_staged(),
-                before,
-                after,
-            });
+            return Ok(unchanged(&ro, &base, in_place, before));
         }
     }
     let locked = Locked::open(path)?;
@@ -459,14 +461,7 @@ pub fn kargs(path: &Path, os: &str, edit: &KargsEdit, in_place: bool) -> Result<
     let after = edited_kargs(edit, &before, &base)?;
     // Nothing changes: no new deployment, the rollback stays.
     if after == before {
-        return Ok(KargsOutcome {
-            changed: false,
-            in_place,
-            deployment: dref(sysroot, &base),
-            staged: base.is_staged(),
-            before,
-            after,
-        });
+        return Ok(unchanged(sysroot, &base, in_place, before));
     }
     let argv: Vec<&str> = after.iter().map(String::as_str).collect();
     if in_place {
