@@ -383,9 +383,7 @@ pub struct KargsOutcome {
     pub staged: bool,
 }
 
-/// Changes the kernel arguments of the next boot. Default: a new deployment of the same
-/// commit (the old default stays as rollback). `in_place`: rewrite the current next-boot
-/// deployment's boot entry (still one atomic boot-config swap).
+/// The deployment whose kernel arguments `kargs` edits: the next boot of stateroot `os`.
 fn kargs_base(path: &Path, sysroot: &ostree::Sysroot, os: &str) -> Result<ostree::Deployment> {
     let deps = sysroot.deployments();
     let roles = Roles::of(&deps, sysroot.booted_deployment().as_ref());
@@ -433,6 +431,9 @@ fn unchanged(
     }
 }
 
+/// Changes the kernel arguments of the next boot. Default: a new deployment of the same
+/// commit (the old default stays as rollback). `in_place`: rewrite the current next-boot
+/// deployment's boot entry (still one atomic boot-config swap).
 pub fn kargs(path: &Path, os: &str, edit: &KargsEdit, in_place: bool) -> Result<KargsOutcome> {
     edit.validate()?;
     super::ensure_initialized(path)?;
