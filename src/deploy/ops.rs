@@ -464,14 +464,8 @@ pub fn kargs(path: &Path, os: &str, edit: &KargsEdit, in_place: bool) -> Result<
     if after == before {
         return Ok(unchanged(sysroot, &base, in_place, before));
     }
-    let argv: Vec<&str> = after.iter().map(String::as_str).collect();
     if in_place {
-        safety::point("kargs:before-write");
-        sysroot
-            .deployment_set_kargs(&base, &argv, gio::Cancellable::NONE)
-            .context("rewriting the boot entry with the new kernel arguments")?;
-        safety::flush_boot(path);
-        safety::point("kargs:written");
+        set_kargs_in_place(path, sysroot, &base, &after)?;
         return Ok(KargsOutcome {
             changed: true,
             in_place,
@@ -513,6 +507,51 @@ pub fn kargs(path: &Path, os: &str, edit: &KargsEdit, in_place: bool) -> Result<
         before,
         after,
     })
+}
+
+/// `kargs --in-place`: the next boot's own entry gets `after`. A staged deployment's
+/// arguments live in its staging record (`/run/ostree/staged-deployment`), read by the
+/// finalization at shutdown; any other deployment's entry is rewritten as a complete new
+/// boot-entry set and one atomic swap. The booted deployment's entry cannot be: libostree
+/// 2022.7 finds the booted deployment in the new set by object identity, and a deployment
+/// with new arguments is a new object ("Attempting to remove booted deployment"), while
+/// its in-place entry rewrite leaves the `syslinux.cfg` GRUB reads stale. That case is
+/// refused before anything is written.
+fn set_kargs_in_place(
+    path: &Path,
+    sysroot: &ostree::Sysroot,
+    base: &ostree::Deployment,
+    after: &[String],
+) -> Result<()> {
+    let booted = sysroot.booted_deployment();
+    if !base.is_staged() && booted.as_ref().is_some_and(|b| b.equal(base)) {
+        return Err(InputError::new(
+            CMDLINE,
+            format!(
+                "--in-place: the next boot is the running deployment {}.{}, whose boot \
+                 entry cannot be rewritten while it is booted; run `kiln kargs` without \
+                 --in-place (a new deployment of the same commit; the current one stays as \
+                 the rollback)",
+                base.csum(),
+                base.deployserial()
+            ),
+        )
+        .into());
+    }
+    safety::point("kargs:before-write");
+    if base.is_staged() {
+        sysroot
+            .deployment_set_kargs_in_place(base, Some(&after.join(" ")), gio::Cancellable::NONE)
+            .context("rewriting the staged deployment's kernel arguments")?;
+    } else {
+        let argv: Vec<&str> = after.iter().map(String::as_str).collect();
+        sysroot
+            .deployment_set_kargs(base, &argv, gio::Cancellable::NONE)
+            .context("rewriting the boot entry with the new kernel arguments")?;
+        safety::flush_boot(path);
+    }
+    safety::point("kargs:written");
+    Ok(())
 }
 
 /// Splits an origin refspec into (remote, ref).

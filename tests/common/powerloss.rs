@@ -19,6 +19,8 @@
 //!    staging again, reset half-way through it (as long as the first one took) and right
 //!    at its start — either deployment may boot, never a broken one.
 //! 4. `kiln rollback` at `rollback:written`: must boot the rollback target.
+//! 5. `kiln kargs --in-place` on a staged kargs change, at `kargs:written`: must boot the
+//!    running deployment without the staged arguments (the staging record is in /run).
 
 #![allow(dead_code)]
 
@@ -152,9 +154,38 @@ pub fn run(vm: &mut Vm, s: &Setup) -> Vec<Cycle> {
         t,
     ));
 
-    // A kernel-argument change in place (`kiln kargs --in-place`, point `kargs:written`)
-    // is not in the loop yet: on the booted deployment libostree refuses it ("Attempting
-    // to remove booted deployment"), an open bug (docs/updating.md, "Power loss").
+    // 5: kernel arguments on the booted system. In place on the running deployment is
+    // refused with nothing written; a change stages a new deployment, whose arguments
+    // `--in-place` then rewrites (twice; reset after the second write): the running
+    // deployment boots again, with none of them.
+    let t = Instant::now();
+    let (st, out) = vm
+        .run("kiln kargs --in-place --append kiln.powerloss=0", VM_CMD)
+        .unwrap();
+    assert_eq!(st, 2, "in-place kargs on the booted deployment: {out}");
+    assert!(out.contains("without --in-place"), "{out}");
+    vm.run_ok("kiln kargs --append kiln.powerloss=1", VM_CMD)
+        .unwrap();
+    vm.run_ok("kiln kargs --in-place --append kiln.powerloss=2", VM_CMD)
+        .unwrap();
+    let next = vm.run_ok("kiln kargs", VM_CMD).unwrap();
+    for k in ["kiln.powerloss=1", "kiln.powerloss=2"] {
+        assert!(next.split_whitespace().any(|a| a == k), "{k}: {next}");
+    }
+    interrupt_at(
+        vm,
+        "kiln kargs --in-place --append kiln.powerloss=3",
+        "kargs:written",
+    );
+    let c = recover(
+        vm,
+        "kiln kargs --in-place (staged) at kargs:written",
+        &[other],
+        t,
+    );
+    let cmdline = vm.run_ok("cat /proc/cmdline", VM_CMD).unwrap();
+    assert!(!cmdline.contains("kiln.powerloss"), "{cmdline}");
+    cycles.push(c);
     cycles
 }
 
