@@ -57,4 +57,58 @@ fn paths_with_commas_reach_qemu_whole() {
     assert!(info.contains("serial = \"x,y\""), "{info}");
     vm.qmp("quit", serde_json::Value::Null).ok();
     vm.wait_exit(std::time::Duration::from_secs(30)).unwrap();
+    // `base` goes now: the next test's VM must not make its temp dir in it.
+    std::env::remove_var("TMPDIR");
+}
+
+#[test]
+fn a_saved_vm_resumes_and_throwaway_disks_are_never_saved() {
+    let base = common::fixture_workdir("vm-harness-save-");
+    let disk = base.path().join("disk.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    // The firmware finds nothing to boot and keeps trying: a running guest all the same.
+    let mut o = VmOptions::new(&disk, "vm-harness-save");
+    o.artifacts = common::vm_artifacts();
+    o.monitor = true;
+    let mut vm = Vm::start(o.clone()).unwrap();
+    let state = base.path().join("state");
+    let err = vm.save(&state).unwrap_err();
+    assert!(format!("{err:#}").contains("throwaway"), "{err:#}");
+    assert!(!state.exists());
+    vm.kill();
+
+    let overlay = base.path().join("disk.qcow2");
+    kiln::qemu::snapshot::overlay(&disk, &overlay).unwrap();
+    let mut o = VmOptions::new(&overlay, "vm-harness-save");
+    o.artifacts = common::vm_artifacts();
+    o.monitor = true;
+    o.snapshot = false;
+    let mut vm = Vm::start(o.clone()).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    vm.save(&state).unwrap();
+    assert!(std::fs::metadata(&state).unwrap().len() > 0);
+    // No temp files left beside it.
+    let left: Vec<_> = std::fs::read_dir(base.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".state-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // Twice from the same state, at once: the saved disk is only ever read.
+    o.snapshot = true;
+    o.incoming = Some(state.clone());
+    let before = std::fs::read(&overlay).unwrap();
+    let mut a = Vm::start(o.clone()).unwrap();
+    let mut b = Vm::start(o).unwrap();
+    for vm in [&mut a, &mut b] {
+        let st = vm.qmp("query-status", serde_json::Value::Null).unwrap();
+        assert_eq!(st["status"], "running", "{st}");
+        vm.qmp("quit", serde_json::Value::Null).ok();
+        vm.wait_exit(std::time::Duration::from_secs(30)).unwrap();
+    }
+    assert!(
+        std::fs::read(&overlay).unwrap() == before,
+        "the saved disk was written"
+    );
 }

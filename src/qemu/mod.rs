@@ -20,13 +20,15 @@
 //!
 //! Files: [`accel`] (KVM or TCG, default vCPUs), [`options`] (how to boot: [`VmOptions`],
 //! QEMU's command line), [`optstr`] (paths and values in option strings), [`vm`] (the
-//! running [`Vm`] and its console), [`console`] (console text), [`cli`] (`kiln run`).
+//! running [`Vm`] and its console), [`snapshot`] (save a running VM, resume it), [`console`]
+//! (console text), [`cli`] (`kiln run`).
 
 pub mod accel;
 pub mod cli;
 pub mod console;
 pub mod options;
 pub mod optstr;
+pub mod snapshot;
 pub mod vm;
 
 pub use accel::{accel, default_cpus, Accel};

@@ -49,6 +49,10 @@ pub struct VmOptions {
     /// A QMP monitor socket ([`Vm::qmp`], [`Vm::reset`], [`Vm::monitor`]): tests that
     /// hard-reset the guest ask for it.
     pub monitor: bool,
+    /// Resume from a state file written by [`Vm::save`](super::Vm::save) instead of
+    /// booting (implies a monitor). The disks must be the ones the VM was saved with,
+    /// unchanged: see [`super::snapshot`].
+    pub incoming: Option<PathBuf>,
 }
 
 impl VmOptions {
@@ -68,6 +72,7 @@ impl VmOptions {
             cdrom: None,
             tftp: None,
             monitor: false,
+            incoming: None,
         }
     }
 }
@@ -228,6 +233,12 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
             None => "virtio-net-pci,netdev=n0,romfile=".to_string(),
         };
         push(&["-netdev", &nd, "-device", &dev]);
+    }
+    if let Some(state) = &opts.incoming {
+        if !state.is_file() {
+            bail!("saved VM state {} not found", state.display());
+        }
+        push(&["-incoming", &super::snapshot::incoming_uri(state)?]);
     }
     Ok(a)
 }

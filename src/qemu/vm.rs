@@ -50,7 +50,8 @@ impl Vm {
             "-serial".into(),
             "chardev:s0".into(),
         ]);
-        let qmp = opts.monitor.then(|| work.path().join("qmp.sock"));
+        let resume = opts.incoming.is_some();
+        let qmp = (opts.monitor || resume).then(|| work.path().join("qmp.sock"));
         if let Some(q) = &qmp {
             args.extend([
                 "-chardev".to_string(),
@@ -107,7 +108,7 @@ impl Vm {
                 sh.cond.notify_all();
             }
         });
-        Ok(Vm {
+        let mut vm = Vm {
             opts,
             handle: Some(handle),
             shared,
@@ -119,7 +120,16 @@ impl Vm {
             started,
             qmp,
             _work: work,
-        })
+        };
+        if resume {
+            vm.wait_resumed(Duration::from_secs(300))?;
+        }
+        Ok(vm)
+    }
+
+    /// How this VM was started.
+    pub fn options(&self) -> &VmOptions {
+        &self.opts
     }
 
     /// Runs one QMP command (`execute`, with `arguments` unless null) on the monitor
