@@ -18,13 +18,12 @@ fn main() {
         return;
     }
     let t = Instant::now();
-    let s = powerloss::setup("bench-powerloss");
+    let s = powerloss::setup();
     let setup = t.elapsed();
-    let mut o = powerloss::vm_options(&s, "bench-powerloss");
-    // One VM on an idle host: each vCPU gets a core (kiln::qemu::default_cpus).
-    o.cpus = 2;
+    // The machine of the saved base system (vCPUs included: a resume needs the same).
+    let o = powerloss::vm_options(&s, "bench-powerloss");
     let t = Instant::now();
-    let mut vm = kiln::qemu::Vm::start(o).expect("starting QEMU");
+    let mut vm = common::booted::resume_with(o);
     vm.keep_log();
     let cycles = powerloss::run(&mut vm, &s);
     let all = t.elapsed();
@@ -43,8 +42,8 @@ fn main() {
     let rec = cycles.iter().map(|c| c.recovery.as_secs_f64()).sum::<f64>() / n;
     println!(
         "powerloss: {} resets ({accel:?}), {per:.1} s per reset cycle ({rec:.1} s of it from \
-         the reset to a checked machine); {:.1} s with the first boot; setup (image, update \
-         disk) {:.1} s",
+         the reset to a checked machine); {:.1} s with the resume of the booted base system; setup (the booted base \
+         system: image, update disk, boot and save, or a saved one reused) {:.1} s",
         cycles.len(),
         all.as_secs_f64(),
         setup.as_secs_f64()

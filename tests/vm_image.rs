@@ -1,7 +1,8 @@
 // suite-minutes: 7 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
 //! End to end: `recipes/base.toml` → commit → disk image → real QEMU (TCG) boots.
 //!
-//! - BIOS (SeaBIOS), qcow2, hybrid image: boots to multi-user, the boot-marker unit names
+//! - BIOS (SeaBIOS), qcow2, hybrid image (the shared booted base system, `common::booted`,
+//!   resumed from its saved state): booted to multi-user, the boot-marker unit names
 //!   the booted commit, /usr is read-only, /etc writable, `kiln status` lists the booted
 //!   deployment; then `kiln upgrade` from an update repo on a second disk, reboot into v2
 //!   (/var survived), `kiln rollback`, reboot into v1.
@@ -16,7 +17,7 @@ mod common;
 use common::VM_CMD;
 use kiln::cmd::Cmd;
 use kiln::image::{self, Firmware, Format, ImageOptions};
-use kiln::qemu::{Disk, Vm, VmOptions};
+use kiln::qemu::{Vm, VmOptions};
 use std::path::Path;
 
 fn build(f: &common::Composed, out: &Path, format: Format, fw: Firmware) -> image::ImageResult {
@@ -31,48 +32,48 @@ fn build(f: &common::Composed, out: &Path, format: Format, fw: Firmware) -> imag
 #[test]
 fn bios_qcow2_boots_upgrades_and_rolls_back() {
     let f = common::base_commit();
-    let work = common::fixture_workdir("image-e2e-bios-");
-    let out = work.path().join("base.qcow2");
-    let r = build(&f, &out, Format::Qcow2, Firmware::Hybrid);
-    assert_eq!(r.commit, f.commit);
+    // The base image (qcow2, hybrid BIOS/UEFI, autologin) booted once for every test that
+    // starts from a booted base system (common::booted); resumed here.
+    let b = common::booted::base();
+    let out = &b.image;
+    let manifest = b.dir.join("manifest.json");
+    assert_eq!(b.v1, f.commit);
 
     // The artifact: qemu-img check, manifest checksum.
     Cmd::new("qemu-img")
         .args(["check", "-q"])
-        .arg(&out)
+        .arg(out)
         .run()
         .expect("qemu-img check");
     let info = Cmd::new("qemu-img")
         .args(["info", "--output=json"])
-        .arg(&out)
+        .arg(out)
         .read()
         .unwrap();
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["format"], "qcow2");
     assert_eq!(info["virtual-size"].as_u64(), Some(4096 * 1024 * 1024));
-    let m = image::manifest::load(&work.path().join("manifest.json")).unwrap();
+    let m = image::manifest::load(&manifest).unwrap();
     let a = &m.artifacts["base.qcow2"];
-    assert_eq!(a.sha256, image::manifest::sha256_file(&out).unwrap());
-    assert_eq!(a.size, std::fs::metadata(&out).unwrap().len());
+    assert_eq!(a.sha256, image::manifest::sha256_file(out).unwrap());
+    assert_eq!(a.size, std::fs::metadata(out).unwrap().len());
     assert_eq!(a.commit, f.commit);
-    image::manifest::verify(&work.path().join("manifest.json")).unwrap();
+    image::manifest::verify(&manifest).unwrap();
 
-    let (updates, v2) = common::update_disk(&f, work.path());
-
-    let mut o = VmOptions::new(&out, "image-e2e-bios");
-    o.artifacts = common::vm_artifacts();
-    // Restricted user networking: DHCP from QEMU (networkd-wait-online needs a link),
-    // nothing reachable beyond the VM.
-    o.network = true;
-    o.disks.push(Disk {
-        path: updates,
-        read_only: true,
-        serial: Some("updates".into()),
-    });
-    let mut vm = Vm::start(o).unwrap();
-
-    // Boot 1: v1.
-    assert_eq!(common::wait_booted(&mut vm, "boot 1"), f.commit);
+    // Boot 1 (v1) happened when the fixture was saved; its console is in b.boot_log.
+    // Restricted user networking there too: DHCP from QEMU (networkd-wait-online needs a
+    // link), nothing reachable beyond the VM.
+    assert_eq!(
+        common::booted_commit(
+            b.boot_log
+                .lines()
+                .find(|l| l.contains("KILN-BOOTED"))
+                .expect("boot marker")
+        ),
+        f.commit
+    );
+    let v2 = b.v2.clone();
+    let mut vm = common::booted::resume(&b, "image-e2e-bios");
     common::vm_login(&mut vm);
     let state = vm
         .run_ok(
@@ -83,7 +84,7 @@ fn bios_qcow2_boots_upgrades_and_rolls_back() {
     assert!(state.starts_with("running"), "system state: {state}");
     // systemd skips a unit to break an ordering cycle and says so only on the console.
     assert!(
-        !vm.console().contains("Ordering cycle found"),
+        !b.boot_log.contains("Ordering cycle found"),
         "an ordering cycle among the image's units (see the console log)"
     );
     assert!(
@@ -108,11 +109,7 @@ fn bios_qcow2_boots_upgrades_and_rolls_back() {
     );
 
     // Upgrade to v2 from the second disk, reboot.
-    vm.run_ok(
-        "mkdir -p /run/updates && mount -o ro /dev/disk/by-id/virtio-updates /run/updates",
-        VM_CMD,
-    )
-    .unwrap();
+    common::booted::mount_updates(&mut vm);
     let up = vm
         .run_ok("kiln upgrade --repo /run/updates/repo", VM_CMD)
         .unwrap();

@@ -13,16 +13,14 @@ mod common;
 #[path = "common/powerloss.rs"]
 mod powerloss;
 
-use kiln::qemu::Vm;
-
 #[test]
 fn hard_resets_during_updates_leave_a_bootable_consistent_system() {
-    let s = powerloss::setup("vm-powerloss");
+    let s = powerloss::setup();
     let t = std::time::Instant::now();
-    let mut vm = Vm::start(powerloss::vm_options(&s, "vm-powerloss")).unwrap();
+    let mut vm = common::booted::resume_with(powerloss::vm_options(&s, "vm-powerloss"));
     let cycles = powerloss::run(&mut vm, &s);
     eprintln!(
-        "powerloss: {} resets in {:.0?} (first boot included)",
+        "powerloss: {} resets in {:.0?} (the resume included)",
         cycles.len(),
         t.elapsed()
     );

@@ -2,6 +2,7 @@
 //! sysroots that can be removed despite libostree's immutable deployment directories.
 #![allow(dead_code)]
 
+pub mod booted;
 pub mod fleet;
 pub mod install;
 

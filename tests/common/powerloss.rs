@@ -25,60 +25,37 @@
 #![allow(dead_code)]
 
 use crate::common::{self, VM_CMD};
-use kiln::qemu::{Disk, Vm, VmOptions};
-use std::path::PathBuf;
+use kiln::qemu::{Vm, VmOptions};
 use std::time::{Duration, Instant};
 
-/// Where the update disk is mounted in the guest.
-const UPDATES: &str = "/run/updates/repo";
+use common::booted::UPDATES;
 const FINALIZE_START: &str = "KILN-FINALIZE-START";
 const FINALIZE_DONE: &str = "KILN-FINALIZE-DONE";
 
-/// The image, an update disk and the two commits.
+/// The booted base system (`common::booted`: the base commit's image, an update disk
+/// holding v2) and the two commits.
 pub struct Setup {
-    pub work: tempfile::TempDir,
-    pub image: PathBuf,
-    pub updates: PathBuf,
+    pub base: common::booted::BootedBase,
     pub ref_: String,
     pub v1: String,
     pub v2: String,
 }
 
-/// Builds a qcow2 image of the base commit (autologin on the console) and an update disk
-/// holding v2 (`common::update_disk`).
-pub fn setup(name: &str) -> Setup {
-    let f = common::base_commit();
-    let work = common::fixture_workdir(&format!("{name}-"));
-    let image = work.path().join("powerloss.qcow2");
-    let mut o = kiln::image::ImageOptions::new(&f.repo, &f.ref_, &image);
-    o.format = kiln::image::Format::Qcow2;
-    o.extra_kargs = vec!["kiln.autologin".into()];
-    let mut p = kiln::progress::Progress::new(false);
-    kiln::image::build(&o, &mut p).expect("kiln image");
-    let (updates, v2) = common::update_disk(&f, work.path());
+pub fn setup() -> Setup {
+    let base = common::booted::base();
     Setup {
-        work,
-        image,
-        updates,
-        ref_: f.ref_.clone(),
-        v1: f.commit.clone(),
-        v2,
+        ref_: base.ref_.clone(),
+        v1: base.v1.clone(),
+        v2: base.v2.clone(),
+        base,
     }
 }
 
-/// The VM: the image (writes go to a throwaway overlay that survives resets), the update
-/// disk, restricted user networking, and the QMP monitor the resets go through.
+/// The VM: the booted base system resumed (writes go to a throwaway overlay that
+/// survives resets), with the update disk, restricted user networking, and the QMP
+/// monitor the resets go through. Start it with `common::booted::resume_with`.
 pub fn vm_options(s: &Setup, name: &str) -> VmOptions {
-    let mut o = VmOptions::new(&s.image, name);
-    o.artifacts = common::vm_artifacts();
-    o.network = true;
-    o.monitor = true;
-    o.disks.push(Disk {
-        path: s.updates.clone(),
-        read_only: true,
-        serial: Some("updates".into()),
-    });
-    o
+    common::booted::options(&s.base, name)
 }
 
 /// One reset and what followed it.
@@ -94,12 +71,11 @@ pub struct Cycle {
     pub total: Duration,
 }
 
-/// Runs every reset of the scenario on `vm` (fresh, not yet booted) and returns them.
-/// Panics (with the console log kept) when a check fails.
+/// Runs every reset of the scenario on `vm` (the booted base system, just resumed) and
+/// returns them. Panics (with the console log kept) when a check fails.
 pub fn run(vm: &mut Vm, s: &Setup) -> Vec<Cycle> {
     let (a, b) = (s.v1.as_str(), s.v2.as_str());
-    assert_eq!(common::wait_booted(vm, "first boot"), a);
-    checked(vm, "first boot");
+    checked(vm, "resumed base system");
     let mut cycles = Vec::new();
 
     // 1, 2: an upgrade and a deploy interrupted before anything boots differently.
@@ -304,12 +280,6 @@ fn checked(vm: &mut Vm, what: &str) {
     );
     vm.run_ok("kiln status", VM_CMD)
         .unwrap_or_else(|e| panic!("{what}: {e:#}"));
-    vm.run_ok(
-        &format!(
-            "mkdir -p /run/updates && mount -o ro /dev/disk/by-id/virtio-updates /run/updates \
-             && test -d {UPDATES}"
-        ),
-        VM_CMD,
-    )
-    .unwrap();
+    common::booted::mount_updates(vm);
+    vm.run_ok(&format!("test -d {UPDATES}"), VM_CMD).unwrap();
 }
