@@ -30,6 +30,20 @@ struct Bytes {
     last_line: Instant,
 }
 
+/// Whether progress is drawn (bars, spinners) rather than printed as plain lines: stderr is
+/// a terminal that can move its cursor. `TERM=dumb` (a serial console driven by a script,
+/// an editor's shell) gets plain lines.
+fn draws() -> bool {
+    can_draw(
+        std::io::stderr().is_terminal(),
+        std::env::var("TERM").ok().as_deref(),
+    )
+}
+
+fn can_draw(is_terminal: bool, term: Option<&str>) -> bool {
+    is_terminal && term != Some("dumb")
+}
+
 /// How often a byte-counting stage prints a plain line when stderr is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
@@ -37,7 +51,7 @@ impl Progress {
     /// `quiet` suppresses the human lines entirely (used by tests).
     pub fn new(quiet: bool) -> Self {
         Progress {
-            tty: std::io::stderr().is_terminal(),
+            tty: draws(),
             quiet,
             stages: Vec::new(),
         }
@@ -220,7 +234,7 @@ pub struct Live {
 
 impl Live {
     pub fn new(quiet: bool) -> Self {
-        let tty = std::io::stderr().is_terminal();
+        let tty = draws();
         let bar = (!quiet && tty).then(|| {
             let b = ProgressBar::new_spinner();
             b.set_style(
@@ -302,6 +316,14 @@ impl Drop for Stage<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dumb_terminals_get_plain_lines() {
+        assert!(can_draw(true, Some("xterm-256color")));
+        assert!(can_draw(true, None));
+        assert!(!can_draw(true, Some("dumb")));
+        assert!(!can_draw(false, Some("xterm")));
+    }
 
     #[test]
     fn byte_lines_read_well() {
