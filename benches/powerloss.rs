@@ -18,12 +18,12 @@ fn main() {
         return;
     }
     let t = Instant::now();
-    let s = powerloss::setup();
+    let s = powerloss::powerloss_setup();
     let setup = t.elapsed();
     // The machine of the saved base system (vCPUs included: a resume needs the same).
     let o = powerloss::vm_options(&s, "bench-powerloss");
     let t = Instant::now();
-    let mut vm = common::booted::resume_with(o);
+    let mut vm = common::booted::resume_booted_with(o);
     vm.keep_log();
     let cycles = powerloss::run(&mut vm, &s);
     let all = t.elapsed();

@@ -34,7 +34,7 @@ fn bios_qcow2_boots_upgrades_and_rolls_back() {
     let f = common::base_commit();
     // The base image (qcow2, hybrid BIOS/UEFI, autologin) booted once for every test that
     // starts from a booted base system (common::booted); resumed here.
-    let b = common::booted::base();
+    let b = common::booted::booted_fixture();
     let out = &b.image;
     let manifest = b.dir.join("manifest.json");
     assert_eq!(b.v1, f.commit);
@@ -73,7 +73,7 @@ fn bios_qcow2_boots_upgrades_and_rolls_back() {
         f.commit
     );
     let v2 = b.v2.clone();
-    let mut vm = common::booted::resume(&b, "image-e2e-bios");
+    let mut vm = common::booted::resume_booted(&b, "image-e2e-bios");
     common::vm_login(&mut vm);
     let state = vm
         .run_ok(

@@ -15,9 +15,9 @@ mod powerloss;
 
 #[test]
 fn hard_resets_during_updates_leave_a_bootable_consistent_system() {
-    let s = powerloss::setup();
+    let s = powerloss::powerloss_setup();
     let t = std::time::Instant::now();
-    let mut vm = common::booted::resume_with(powerloss::vm_options(&s, "vm-powerloss"));
+    let mut vm = common::booted::resume_booted_with(powerloss::vm_options(&s, "vm-powerloss"));
     let cycles = powerloss::run(&mut vm, &s);
     eprintln!(
         "powerloss: {} resets in {:.0?} (the resume included)",

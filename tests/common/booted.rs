@@ -30,7 +30,7 @@ pub struct BootedBase {
 }
 
 /// The shared booted base system, made on first use.
-pub fn base() -> BootedBase {
+pub fn booted_fixture() -> BootedBase {
     static B: OnceLock<BootedBase> = OnceLock::new();
     B.get_or_init(|| {
         let f = base_commit();
@@ -53,14 +53,14 @@ pub fn base() -> BootedBase {
             eprintln!("booted base: resuming the saved one ({})", dir.display());
             return b;
         }
-        make(b, &f, &key)
+        make_booted_base(b, &f, &key)
     })
     .clone()
 }
 
 /// Builds the image and the update disk in `b.dir`, boots, logs in and saves. `key` is
 /// written last: a half-made fixture is never taken for a whole one.
-fn make(mut b: BootedBase, f: &super::Composed, key: &str) -> BootedBase {
+fn make_booted_base(mut b: BootedBase, f: &super::Composed, key: &str) -> BootedBase {
     let t = std::time::Instant::now();
     if b.dir.exists() {
         std::fs::remove_dir_all(&b.dir).unwrap();
@@ -75,7 +75,7 @@ fn make(mut b: BootedBase, f: &super::Composed, key: &str) -> BootedBase {
     assert_eq!(updates, b.updates);
     kiln::qemu::snapshot::overlay(&b.image, &b.disk).unwrap();
 
-    let mut vo = machine(&b, "booted-base");
+    let mut vo = booted_machine(&b, "booted-base");
     vo.snapshot = false;
     vo.incoming = None;
     let mut vm = Vm::start(vo).unwrap();
@@ -102,7 +102,7 @@ fn make(mut b: BootedBase, f: &super::Composed, key: &str) -> BootedBase {
 /// The machine the base system was saved on; resuming needs the same one. Tests may
 /// change `name` and `artifacts`, nothing that QEMU migrates (memory, vCPUs, firmware,
 /// disks, network).
-fn machine(b: &BootedBase, name: &str) -> VmOptions {
+fn booted_machine(b: &BootedBase, name: &str) -> VmOptions {
     let mut o = VmOptions::new(&b.disk, name);
     o.artifacts = super::vm_artifacts();
     o.network = true;
@@ -117,17 +117,17 @@ fn machine(b: &BootedBase, name: &str) -> VmOptions {
 }
 
 /// Options that resume the booted base system (writes go to a throwaway overlay).
-pub fn options(b: &BootedBase, name: &str) -> VmOptions {
-    machine(b, name)
+pub fn booted_options(b: &BootedBase, name: &str) -> VmOptions {
+    booted_machine(b, name)
 }
 
 /// Resumes the booted base system: logged in on the console, the clock set to now.
-pub fn resume(b: &BootedBase, name: &str) -> Vm {
-    resume_with(options(b, name))
+pub fn resume_booted(b: &BootedBase, name: &str) -> Vm {
+    resume_booted_with(booted_options(b, name))
 }
 
-/// Resumes from `o` (made by [`options`]).
-pub fn resume_with(o: VmOptions) -> Vm {
+/// Resumes from `o` (made by [`booted_options`]).
+pub fn resume_booted_with(o: VmOptions) -> Vm {
     let t = std::time::Instant::now();
     let mut vm = Vm::start(o).unwrap();
     super::vm_login(&mut vm);

@@ -41,8 +41,8 @@ pub struct Setup {
     pub v2: String,
 }
 
-pub fn setup() -> Setup {
-    let base = common::booted::base();
+pub fn powerloss_setup() -> Setup {
+    let base = common::booted::booted_fixture();
     Setup {
         ref_: base.ref_.clone(),
         v1: base.v1.clone(),
@@ -53,9 +53,9 @@ pub fn setup() -> Setup {
 
 /// The VM: the booted base system resumed (writes go to a throwaway overlay that
 /// survives resets), with the update disk, restricted user networking, and the QMP
-/// monitor the resets go through. Start it with `common::booted::resume_with`.
+/// monitor the resets go through. Start it with `common::booted::resume_booted_with`.
 pub fn vm_options(s: &Setup, name: &str) -> VmOptions {
-    common::booted::options(&s.base, name)
+    common::booted::booted_options(&s.base, name)
 }
 
 /// One reset and what followed it.
