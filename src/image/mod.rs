@@ -543,6 +543,7 @@ fn stage_output(
             firmware: Some(format!("{:?}", opts.firmware).to_lowercase()),
             platform: Some(platform.id().to_string()),
             virtual_size: Some(checked.virtual_size),
+            secure_boot_import: platform.secure_boot_import(opts.firmware.uefi()),
         },
     )?;
     Ok(Output {
