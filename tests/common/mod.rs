@@ -532,12 +532,19 @@ pub fn booted_in_status(v: &serde_json::Value) -> String {
 /// v1's kernel arguments, a later timestamp. An orphan commit in the fixture repo (the
 /// fixture's ref is left alone); returns its checksum.
 pub fn base_v2(f: &Composed, work: &Path) -> String {
-    let src = kiln::repo::open(&f.repo).unwrap();
-    let v1 = kiln::repo::read_commit(&src, &f.commit).unwrap();
-    drop(src);
     let add = work.join("v2-add");
     std::fs::create_dir_all(add.join("usr/share")).unwrap();
     std::fs::write(add.join("usr/share/kiln-e2e-v2"), "v2\n").unwrap();
+    base_variant(f, &add, "e2e-v2")
+}
+
+/// A commit of v1's tree with the files under `add` laid over it, parent v1, v1's kernel
+/// arguments, a later timestamp, version `<v1>-<suffix>`: an orphan commit in the fixture
+/// repo bound to the fixture's ref (which is left alone); returns its checksum.
+pub fn base_variant(f: &Composed, add: &Path, suffix: &str) -> String {
+    let src = kiln::repo::open(&f.repo).unwrap();
+    let v1 = kiln::repo::read_commit(&src, &f.commit).unwrap();
+    drop(src);
     let kargs = v1.meta_list(kiln::repo::keys::KARGS);
     let kargs_variant = format!(
         "[{}]",
@@ -558,10 +565,10 @@ pub fn base_v2(f: &Composed, work: &Path) -> String {
         .arg(format!("--tree=dir={}", add.display()))
         .arg(format!("--timestamp=@{}", v1.timestamp + 86400))
         .arg(format!(
-            "--add-metadata-string=version={}-e2e-v2",
+            "--add-metadata-string=version={}-{suffix}",
             v1.version.clone().unwrap_or_default()
         ))
-        .args(["-s", "e2e v2"]);
+        .args(["-s", suffix]);
     if !kargs.is_empty() {
         commit = commit.arg(format!("--add-metadata=kiln.kargs=@as {kargs_variant}"));
     }
@@ -572,6 +579,12 @@ pub fn base_v2(f: &Composed, work: &Path) -> String {
 /// arguments) and an ext4 disk image holding an archive repo with v2 on the base ref.
 pub fn update_disk(f: &Composed, work: &Path) -> (PathBuf, String) {
     let v2 = base_v2(f, work);
+    (update_disk_with(f, work, &v2, &[]), v2)
+}
+
+/// An ext4 disk image holding an archive repo with `v2` on the base ref and each
+/// `(ref, commit)` of `extra` (commits of the fixture repo).
+pub fn update_disk_with(f: &Composed, work: &Path, v2: &str, extra: &[(&str, &str)]) -> PathBuf {
     let updates = work.join("updates");
     let repo = updates.join("repo");
     let ostree = |args: &[&str]| {
@@ -583,8 +596,12 @@ pub fn update_disk(f: &Composed, work: &Path) -> (PathBuf, String) {
     };
     std::fs::create_dir_all(&repo).unwrap();
     ostree(&["init", "--mode=archive"]);
-    ostree(&["pull-local", "--depth=0", f.repo.to_str().unwrap(), &v2]);
-    ostree(&["refs", &format!("--create={}", f.ref_), &v2]);
+    ostree(&["pull-local", "--depth=0", f.repo.to_str().unwrap(), v2]);
+    ostree(&["refs", &format!("--create={}", f.ref_), v2]);
+    for (r, c) in extra {
+        ostree(&["pull-local", "--depth=0", f.repo.to_str().unwrap(), c]);
+        ostree(&["refs", &format!("--create={r}"), c]);
+    }
     let disk = work.join("updates.ext4");
     let log = work.join("mkfs.log");
     kiln::image::disk::mkfs_ext4(
@@ -597,5 +614,5 @@ pub fn update_disk(f: &Composed, work: &Path) -> (PathBuf, String) {
         &log,
     )
     .unwrap();
-    (disk, v2)
+    disk
 }
