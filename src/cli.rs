@@ -64,4 +64,8 @@ pub enum Command {
     /// Finalize a staged deployment at shutdown (run by ostree-finalize-staged.service).
     #[command(hide = true)]
     FinalizeStaged,
+    /// Write a boot version's GRUB menu from its BLS entries (libostree's grub2 config
+    /// generator; libostree runs `kiln -o PATH`, which `main` turns into this command).
+    #[command(hide = true)]
+    Grub2Generate(crate::deploy::cli::Grub2GenerateArgs),
 }

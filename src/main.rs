@@ -4,7 +4,14 @@ use kiln::error::{InputError, Verdict, EXIT_USAGE};
 
 fn main() {
     end_quietly_when_the_reader_goes_away();
-    let cli = Cli::parse();
+    // libostree's grub2 backend runs kiln as its config generator (src/deploy/grub.rs);
+    // set before any thread exists. A failure is reported by the write that needs it.
+    let _ = kiln::deploy::grub::set_generator_env();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match kiln::deploy::grub::libostree_invocation(&args) {
+        Some(a) => Cli::parse_from(a),
+        None => Cli::parse(),
+    };
     // Temp dirs are removed and child processes stopped on SIGINT/SIGTERM (exit 130/143).
     if let Err(e) = kiln::cleanup::install_signal_handlers() {
         eprintln!("kiln: warning: {e:#}");
@@ -31,6 +38,7 @@ fn main() {
         Command::Run(a) => kiln::qemu::cli::cmd_run(a),
         Command::Ignition(c) => kiln::ignition::cli::cmd(c),
         Command::FinalizeStaged => kiln::deploy::cli::cmd_finalize_staged(),
+        Command::Grub2Generate(a) => kiln::deploy::cli::cmd_grub2_generate(a),
         Command::VerifyReproducible(a) => kiln::reproducible::cli::cmd_verify(a),
     };
     // An interrupted command ends with the signal thread's exit status, after its cleanup.

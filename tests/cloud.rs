@@ -237,6 +237,9 @@ print("file", a(f, "href"), a(f, "size"))
 print("disk", a(d, "capacity"), a(d, "fileRef") == a(f, "id"), a(d, "format"))
 sizes = {m.name: m.size for m in ms}
 print("vmdk-size", sizes[a(f, "href")])
+vmw = "{http://www.vmware.com/schema/ovf}"
+cfg = {c.get(vmw + "key"): c.get(vmw + "value") for c in ovf.iter(vmw + "Config")}
+print("efi", cfg.get("firmware"), cfg.get("bootOptions.efiSecureBootEnabled"))
 mf = dict(l.split("= ") for l in t.extractfile(ms[1]).read().decode().splitlines())
 for m in (ms[0], ms[2]):
     h = hashlib.sha256(t.extractfile(m).read()).hexdigest()
@@ -266,6 +269,8 @@ t.extract(ms[2], sys.argv[2])
                 assert_eq!(disk[0], GIB4.to_string());
                 assert_eq!(disk[1], "True");
                 assert!(disk[2].ends_with("#streamOptimized"), "{out}");
+                // UEFI with Secure Boot: the image's ESP has the signed chain.
+                assert_eq!(line("efi"), ["efi", "true"], "{out}");
                 assert!(out.contains("mf ok"), "{out}");
                 let vmdk = x.join("base-vmware.vmdk");
                 qemu_check(&vmdk, "vmdk");
@@ -301,6 +306,18 @@ t.extract(ms[2], sys.argv[2])
         );
         assert_eq!(a["platform"], *p);
         assert_eq!(a["virtual_size"].as_u64(), Some(GIB4));
+        // What each cloud's import must be told for UEFI with Secure Boot (docs/cloud.md).
+        let sb = &a["secure_boot_import"];
+        match *p {
+            "gcp" => assert_eq!(sb["guestOsFeatures"], "UEFI_COMPATIBLE,SECURE_BOOT", "{m}"),
+            "azure" => {
+                assert_eq!(sb["SecurityType"], "TrustedLaunchSupported", "{m}");
+                assert_eq!(sb["hyperVGeneration"], "V2", "{m}");
+            }
+            "aws" => assert_eq!(sb["BootMode"], "uefi-preferred", "{m}"),
+            "vmware" => assert_eq!(sb["bootOptions.efiSecureBootEnabled"], "true", "{m}"),
+            _ => assert!(sb.is_null(), "{name}: {m}"),
+        }
         assert_eq!(a["commit"], f.commit.as_str());
     }
 }

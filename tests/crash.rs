@@ -1,6 +1,6 @@
 //! Crash safety: kill `kiln` with SIGKILL at many moments during deploy, upgrade, rollback
 //! and cleanup (named fault points and random delays). After every kill, `kiln status`
-//! must work and the default boot entry (BLS and syslinux.cfg) must point at a complete
+//! must work and the default boot entry (BLS and the GRUB menu) must point at a complete
 //! deployment whose /usr matches its commit. Runs as root on a real temp sysroot.
 
 mod common;

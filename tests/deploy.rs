@@ -46,7 +46,7 @@ fn deployment_dir(f: &Fixture, st: &Value, index: usize) -> PathBuf {
 }
 
 #[test]
-fn api_first_deploy_sets_up_syslinux_and_commit_kargs() {
+fn api_first_deploy_sets_up_grub2_and_commit_kargs() {
     let f = Fixture::new();
     let c1 = f.commit(1);
     let out = deploy::deploy(&req(&f, REF)).unwrap();
@@ -55,11 +55,16 @@ fn api_first_deploy_sets_up_syslinux_and_commit_kargs() {
     assert!(!out.staged);
     // The boot-entry mechanism every kiln sysroot uses.
     let repo_cfg = std::fs::read_to_string(f.sysroot.join("ostree/repo/config")).unwrap();
-    assert!(repo_cfg.contains("bootloader=syslinux"), "{repo_cfg}");
-    assert_eq!(
-        std::fs::read_link(f.sysroot.join("boot/syslinux/syslinux.cfg")).unwrap(),
-        Path::new("../loader/syslinux.cfg")
-    );
+    assert!(repo_cfg.contains("bootloader=grub2"), "{repo_cfg}");
+    assert!(!f.sysroot.join("boot/syslinux").exists());
+    // The menu is in the boot version libostree swapped in, written by kiln.
+    let loader = std::fs::read_link(f.sysroot.join("boot/loader")).unwrap();
+    assert!(f
+        .sysroot
+        .join("boot")
+        .join(&loader)
+        .join("grub.cfg")
+        .is_file());
     let e = boot_entries(&f.sysroot);
     assert_eq!(e.len(), 1);
     assert!(
@@ -95,27 +100,58 @@ fn api_first_deploy_sets_up_syslinux_and_commit_kargs() {
     assert_eq!(check_default_entry(&f.sysroot), c1);
 
     // Idempotent init keeps everything.
-    let before = std::fs::read_to_string(f.sysroot.join("boot/loader/syslinux.cfg")).unwrap();
+    let before = std::fs::read_to_string(f.sysroot.join("boot/loader/grub.cfg")).unwrap();
     deploy::init_sysroot(&f.sysroot, OS).unwrap();
-    let after = std::fs::read_to_string(f.sysroot.join("boot/loader/syslinux.cfg")).unwrap();
+    let after = std::fs::read_to_string(f.sysroot.join("boot/loader/grub.cfg")).unwrap();
     assert_eq!(before, after);
 }
 
 #[test]
-fn init_sysroot_alone_prepares_loader_files() {
+fn init_sysroot_alone_prepares_the_grub2_backend() {
     let f = Fixture::new();
     deploy::init_sysroot(&f.sysroot, "other").unwrap();
     deploy::init_sysroot(&f.sysroot, "other").unwrap();
-    assert_eq!(
-        std::fs::read_link(f.sysroot.join("boot/loader")).unwrap(),
-        Path::new("loader.0")
-    );
+    let repo_cfg = std::fs::read_to_string(f.sysroot.join("ostree/repo/config")).unwrap();
+    assert!(repo_cfg.contains("bootloader=grub2"), "{repo_cfg}");
+    assert!(f.sysroot.join("ostree/deploy/other/var").is_dir());
+}
+
+/// A sysroot made by older kiln (libostree's syslinux backend, read by the GRUB its image
+/// carries) keeps that backend: deployments keep rewriting syslinux.cfg, no grub.cfg.
+#[test]
+fn syslinux_sysroots_of_older_kiln_keep_their_backend() {
+    let f = Fixture::new();
+    f.commit(1);
+    deploy::init_sysroot(&f.sysroot, OS).unwrap();
+    let cfg = f.sysroot.join("ostree/repo/config");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("bootloader=grub2", "bootloader=syslinux"),
+    )
+    .unwrap();
+    // What older kiln's init left: the loader files of the syslinux backend.
+    deploy::init_sysroot(&f.sysroot, OS).unwrap();
     assert_eq!(
         std::fs::read_to_string(f.sysroot.join("boot/loader.0/syslinux.cfg")).unwrap(),
         "TIMEOUT 30\n"
     );
-    assert!(f.sysroot.join("ostree/deploy/other/var").is_dir());
-    assert!(f.sysroot.join("ostree/repo/config").is_file());
+    deploy::deploy(&req(&f, REF)).unwrap();
+    let c2 = f.commit(2);
+    deploy::deploy(&req(&f, REF)).unwrap();
+    let text = std::fs::read_to_string(f.sysroot.join("boot/loader/syslinux.cfg")).unwrap();
+    assert!(
+        text.contains("TIMEOUT 30") && text.contains("DEFAULT"),
+        "{text}"
+    );
+    assert_eq!(text.matches("LABEL ").count(), 2, "{text}");
+    assert!(!f.sysroot.join("boot/loader/grub.cfg").exists());
+    let dep = entry_deployment(&f.sysroot, &boot_entries(&f.sysroot)[0]);
+    let name = dep.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with(&c2), "default entry is {name}, not {c2}");
+    assert!(std::fs::read_to_string(&cfg)
+        .unwrap()
+        .contains("bootloader=syslinux"));
 }
 
 #[test]

@@ -81,7 +81,7 @@ struct Installed {
     ignition: Option<(u32, u32, String)>,
     stamp: bool,
     options: Vec<String>,
-    syslinux: String,
+    menu: String,
 }
 
 /// Checks the partition table and both ext4 filesystems of an installed disk (file or
@@ -143,7 +143,7 @@ fn inspect(disk: &Path, dir: &Path) -> Installed {
         ignition,
         stamp: m.join("ignition.firstboot").is_file(),
         options,
-        syslinux: std::fs::read_to_string(m.join("loader/syslinux.cfg")).unwrap(),
+        menu: std::fs::read_to_string(m.join("loader/grub.cfg")).unwrap(),
     }
 }
 
@@ -243,9 +243,9 @@ fn raw_file_to_sparse_file_with_ignition_and_kargs() {
             i.options
         );
         assert!(
-            i.syslinux.contains(k),
-            "{k} not in syslinux.cfg:\n{}",
-            i.syslinux
+            i.menu.contains(k),
+            "{k} not in the GRUB menu loader/grub.cfg:\n{}",
+            i.menu
         );
     }
     assert!(

@@ -445,10 +445,28 @@ pub fn cmd_kargs(a: KargsArgs) -> Result<()> {
 /// so that GRUB, which does not replay the ext4 journal, sees them after a power loss
 /// (see [`super::safety::flush_boot`]).
 pub fn cmd_finalize_staged() -> Result<()> {
+    // The finalization writes the new boot version's GRUB menu through kiln.
+    let generator = super::grub::generator_path()?;
     crate::cmd::Cmd::new("ostree")
         .args(["admin", "finalize-staged"])
+        .env(super::grub::EXEC_ENV, generator)
         .run()
         .context("finalizing the staged deployment")?;
     super::safety::flush_boot(std::path::Path::new("/"));
     Ok(())
+}
+
+/// `kiln grub2-generate -o PATH` (hidden).
+#[derive(Debug, clap::Args)]
+pub struct Grub2GenerateArgs {
+    /// The menu to write: `boot/loader.N/grub.cfg`; the entries are read from
+    /// `boot/loader.N/entries/` beside it.
+    #[arg(short = 'o', value_name = "PATH")]
+    pub output: PathBuf,
+}
+
+/// `kiln grub2-generate` (hidden): libostree's grub2 config generator
+/// ([`super::grub`]).
+pub fn cmd_grub2_generate(a: Grub2GenerateArgs) -> Result<()> {
+    super::grub::generate(&a.output)
 }

@@ -2,12 +2,15 @@
 //! cleanup, kargs. [`cli`] holds the command-line front end; the functions here are the
 //! one deploy path that `kiln deploy`, `kiln upgrade`, `kiln image` and the installer use.
 //!
-//! Every kiln sysroot boots through libostree's `syslinux` backend: libostree rewrites
-//! `boot/loader.N/syslinux.cfg` on every deployment change and swaps the `boot/loader`
-//! symlink atomically; a static GRUB config reads it with `syslinux_source`.
+//! Every sysroot kiln creates boots through libostree's `grub2` backend with kiln as its
+//! config generator ([`grub`]): libostree writes `boot/loader.N/grub.cfg` from the new
+//! boot entries on every deployment change and swaps the `boot/loader` symlink
+//! atomically; the image's static GRUB config reads `/loader/grub.cfg`. Sysroots made by
+//! older kiln keep libostree's `syslinux` backend (read with `syslinux_source`).
 
 pub mod agent;
 pub mod cli;
+pub mod grub;
 pub mod last_check;
 pub mod ops;
 pub mod safety;
@@ -55,17 +58,21 @@ pub struct DeployOutcome {
     pub staged: bool,
 }
 
-/// The `TIMEOUT` line kiln puts in a new sysroot's syslinux.cfg. libostree keeps non-ostree
-/// lines across rewrites; GRUB's `syslinux_source` turns a TIMEOUT (tenths of a second)
-/// into a menu with one entry per deployment (default first, rollback second) that boots
-/// the default after 3 s. Without it GRUB would make no menu and offer no rollback entry.
+/// The `TIMEOUT` line older kiln put in a sysroot's syslinux.cfg (the `syslinux` backend,
+/// kept for sysroots made before the `grub2` one). libostree keeps non-ostree lines across
+/// rewrites; GRUB's `syslinux_source` turns a TIMEOUT (tenths of a second) into a menu
+/// with one entry per deployment (default first, rollback second).
 pub const SYSLINUX_HEADER: &str = "TIMEOUT 30\n";
 
+/// The boot-loader backend a new sysroot gets (repo config `sysroot.bootloader`).
+pub const BOOTLOADER: &str = "grub2";
+
 /// Creates the sysroot layout (`ostree admin init-fs`) and the stateroot when missing,
-/// and the boot-entry mechanism every kiln sysroot uses: repo config
-/// `sysroot.bootloader=syslinux`, `boot/loader.0/syslinux.cfg` (with [`SYSLINUX_HEADER`]),
-/// `boot/loader -> loader.0`, `boot/syslinux/syslinux.cfg -> ../loader/syslinux.cfg`.
-/// Idempotent: existing pieces are left as they are.
+/// and the boot-entry mechanism: a new sysroot gets repo config
+/// `sysroot.bootloader=grub2` ([`BOOTLOADER`]; kiln writes the menu, see [`grub`]). A
+/// sysroot that already names a backend keeps it; one on `syslinux` (made by older kiln)
+/// keeps its loader files (`boot/loader.0/syslinux.cfg` with [`SYSLINUX_HEADER`],
+/// `boot/syslinux/syslinux.cfg -> ../loader/syslinux.cfg`). Idempotent.
 pub fn init_sysroot(path: &Path, os: &str) -> Result<()> {
     validate_os_name(os)?;
     require_root(path, "initializing a sysroot")?;
@@ -102,12 +109,16 @@ pub fn init_sysroot(path: &Path, os: &str) -> Result<()> {
 
     let repo = sysroot.repo();
     let config = repo.copy_config();
-    if config.string("sysroot", "bootloader").ok().as_deref() != Some("syslinux") {
-        config.set_string("sysroot", "bootloader", "syslinux");
-        repo.write_config(&config)
-            .context("setting sysroot.bootloader=syslinux in the sysroot's repo config")?;
+    match config.string("sysroot", "bootloader").ok().as_deref() {
+        Some("syslinux") => ensure_boot_loader_files(path)?,
+        Some(b) if b == BOOTLOADER => {}
+        _ => {
+            config.set_string("sysroot", "bootloader", BOOTLOADER);
+            repo.write_config(&config).with_context(|| {
+                format!("setting sysroot.bootloader={BOOTLOADER} in the sysroot's repo config")
+            })?;
+        }
     }
-    ensure_boot_loader_files(path)?;
 
     if !path.join("ostree/deploy").join(os).is_dir() {
         sysroot
@@ -117,7 +128,7 @@ pub fn init_sysroot(path: &Path, os: &str) -> Result<()> {
     Ok(())
 }
 
-/// The loader files libostree's syslinux backend needs before its first deployment.
+/// The loader files libostree's syslinux backend needs (sysroots made by older kiln).
 fn ensure_boot_loader_files(path: &Path) -> Result<()> {
     let boot = path.join("boot");
     let loader = boot.join("loader");
@@ -594,6 +605,8 @@ impl Locked {
     }
 
     fn lock(sysroot: ostree::Sysroot, path: &Path) -> Result<Locked> {
+        // Whatever this write changes, libostree's grub2 backend runs kiln for the menu.
+        grub::set_generator_env()?;
         let reaper = safety::ForkReaper::new();
         let got = sysroot
             .try_lock()

@@ -1,28 +1,32 @@
-//! GRUB for BIOS (i386-pc) and UEFI (x86_64-efi), installed without a device.
+//! GRUB for BIOS (i386-pc) and UEFI (shim and Debian's signed GRUB), installed without a
+//! device.
 //!
-//! Bookworm's GRUB 2.06 has no `blscfg`, so kiln boots through libostree's `syslinux`
-//! backend: libostree rewrites `/boot/loader.N/syslinux.cfg` on every deployment change and
-//! swaps the `/boot/loader` symlink atomically; a static `grub.cfg` on the boot partition
-//! reads it with `syslinux_source`. Whatever libostree does next (deploy, rollback, kargs,
-//! a staged deployment finalized at shutdown) is what GRUB boots next.
+//! One boot path for BIOS, UEFI and Secure Boot. libostree's `grub2` backend writes the
+//! menu `/loader/grub.cfg` on the boot partition with kiln as its generator
+//! ([`crate::deploy::grub`]), in the same atomic `boot/loader` swap as the boot entries.
+//! The boot partition's static `/grub/grub.cfg` ([`grub_cfg_for`]) sets up the console and
+//! first boot, then `source`s that menu. Whatever libostree does next (deploy, rollback,
+//! kargs, a staged deployment finalized at shutdown) is what GRUB boots next. The menu
+//! uses plain `linux`/`initrd` and GRUB script only, which Debian's signed GRUB has built
+//! in (it cannot load modules under Secure Boot and has no `syslinuxcfg`).
 //!
-//! Both GRUB images carry an embedded early config that finds the partition labelled
-//! `boot` and sets `$prefix` to its `/grub`; GRUB's normal mode then reads
-//! `/grub/grub.cfg` there. Every module the config needs is built into the images, so the
-//! boot partition holds no module directories.
+//! BIOS: `grub-mkimage -O i386-pc` gives `core.img` with an embedded early config that
+//! finds the partition labelled `boot` and sets `$prefix` to its `/grub`; every module the
+//! config needs is built in. It is written into the BIOS boot partition; `boot.img` goes
+//! into the MBR's code area, patched the way `grub-bios-setup` does (the LBA of core.img,
+//! boot drive 0xff, the drive-check jump turned into NOPs) while the protective MBR's
+//! partition table is kept. core.img's own blocklist is pointed at the sectors after its
+//! first one. The modules come from the commit's own tree (`grub-pc-bin` in the recipe),
+//! else the host's.
 //!
-//! BIOS: `grub-mkimage -O i386-pc` gives `core.img`, written into the BIOS boot partition;
-//! `boot.img` goes into the MBR's code area, patched the way `grub-bios-setup` does (the
-//! LBA of core.img, boot drive 0xff, the drive-check jump turned into NOPs) while the
-//! protective MBR's partition table is kept. core.img's own blocklist is pointed at the
-//! sectors after its first one.
-//!
-//! UEFI: `grub-mkimage -O x86_64-efi` gives `EFI/BOOT/BOOTX64.EFI`, the removable-media
-//! path every UEFI firmware boots without NVRAM entries.
-//!
-//! The GRUB modules come from the commit's own tree (`/usr/lib/grub/<platform>`, shipped by
-//! `grub-pc-bin` and `grub-efi-amd64-bin` in the recipe) so that the image is
-//! self-consistent; the host's `/usr/lib/grub` is the fallback.
+//! UEFI: the removable-media path every firmware boots without NVRAM entries,
+//! `EFI/BOOT/BOOTX64.EFI`, is Debian's shim (`shimx64.efi.signed`, signed by the Microsoft
+//! UEFI CA); shim loads `EFI/BOOT/grubx64.efi`, Debian's signed GRUB
+//! (`grubx64.efi.signed`), and `EFI/BOOT/mmx64.efi` (MokManager) enrols user keys. The
+//! signed GRUB reads `/EFI/debian/grub.cfg` on the ESP ([`ESP_CFG`]), which finds the boot
+//! partition and hands over to its `/grub/grub.cfg`. Under Secure Boot shim checks GRUB and
+//! GRUB checks the kernel through shim; the binaries come from the commit's tree when it
+//! ships them (`shim-signed`, `grub-efi-amd64-signed`), else from the host (`make deps`).
 
 use super::disk::{self, Layout, SECTOR};
 use crate::cmd::Cmd;
@@ -60,7 +64,6 @@ const COMMON_MODULES: &[&str] = &[
     "search_fs_file",
     "normal",
     "configfile",
-    "syslinuxcfg",
     "linux",
     "serial",
     "terminal",
@@ -77,17 +80,24 @@ const COMMON_MODULES: &[&str] = &[
     "halt",
     "boot",
 ];
-const BIOS_MODULES: &[&str] = &["biosdisk", "linux16"];
-const UEFI_MODULES: &[&str] = &["efi_gop", "efi_uga", "video", "video_fb"];
+const BIOS_MODULES: &[&str] = &["biosdisk"];
 
-/// The config embedded in both GRUB images: find `/boot`, then normal mode reads
+/// The config embedded in the BIOS GRUB image: find `/boot`, then normal mode reads
 /// `$prefix/grub.cfg`.
 pub const EARLY_CFG: &str = "search --no-floppy --label boot --set root\nset prefix=($root)/grub\n";
 
+/// `/EFI/debian/grub.cfg` on the ESP, where Debian's signed GRUB looks for its config:
+/// find the boot partition and read its static `/grub/grub.cfg`.
+pub const ESP_CFG: &str = "# Written by kiln image; static. Hands over to the boot partition.
+search --no-floppy --label boot --set root
+set prefix=($root)/grub
+configfile ($root)/grub/grub.cfg
+";
+
 /// The static `grub.cfg` on the boot partition. It never changes after the image is built:
-/// the menu comes from libostree's `syslinux.cfg`.
-pub const GRUB_CFG: &str = r#"# Written by kiln image; static. Boot entries come from libostree's syslinux.cfg,
-# which libostree rewrites on every deployment change (swapping /boot/loader).
+/// the menu comes from `/loader/grub.cfg`.
+pub const GRUB_CFG: &str = r#"# Written by kiln image; static. Boot entries come from /loader/grub.cfg, which
+# libostree rewrites (through kiln) on every deployment change, swapping /boot/loader.
 serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1
 terminal_input serial console
 terminal_output serial console
@@ -101,12 +111,13 @@ terminal_input serial console
 terminal_output serial console
 ";
 
-/// What follows the first-boot fragment in `grub.cfg`.
-const GRUB_CFG_TAIL: &str = "syslinux_source -s /loader/syslinux.cfg\n";
+/// What follows the first-boot fragment in `grub.cfg`: the menu libostree keeps current
+/// ([`crate::deploy::grub`]: default entry first, the rollback second, a 3 s timeout).
+const GRUB_CFG_TAIL: &str = "source /loader/grub.cfg\n";
 
 /// The full static `grub.cfg`: [`GRUB_CFG`], the first-boot fragment
 /// ([`super::firstboot::GRUB_FRAGMENT`]: `$ignition_firstboot` for the kernel arguments),
-/// then `syslinux_source`.
+/// then the menu.
 pub fn grub_cfg() -> String {
     grub_cfg_for(true)
 }
@@ -173,13 +184,43 @@ pub fn build_bios_core(tree: &Path, work: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((out, dir.join("boot.img")))
 }
 
-/// Builds `BOOTX64.EFI`.
-pub fn build_efi(tree: &Path, work: &Path) -> Result<PathBuf> {
-    let dir = grub_dir(tree, "x86_64-efi")?;
-    let out = work.join("BOOTX64.EFI");
-    let mods: Vec<&str> = COMMON_MODULES.iter().chain(UEFI_MODULES).copied().collect();
-    mkimage(&dir, "x86_64-efi", &mods, &out, work)?;
-    Ok(out)
+/// The signed UEFI chain of an image: (path on the ESP, file).
+pub fn efi_files(tree: &Path, work: &Path) -> Result<Vec<(&'static str, PathBuf)>> {
+    let pick = |rel: &str, pkg: &str| -> Result<PathBuf> {
+        let own = tree.join(rel);
+        if own.is_file() {
+            return Ok(own);
+        }
+        let host = Path::new("/").join(rel);
+        if host.is_file() {
+            return Ok(host);
+        }
+        bail!(
+            "{} not found in the commit or on the host: install {pkg} (make deps) or add it \
+             to the recipe",
+            host.display()
+        )
+    };
+    let cfg = work.join("esp-grub.cfg");
+    std::fs::write(&cfg, ESP_CFG).with_context(|| format!("writing {}", cfg.display()))?;
+    Ok(vec![
+        (
+            "EFI/BOOT/BOOTX64.EFI",
+            pick("usr/lib/shim/shimx64.efi.signed", "shim-signed")?,
+        ),
+        (
+            "EFI/BOOT/grubx64.efi",
+            pick(
+                "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+                "grub-efi-amd64-signed",
+            )?,
+        ),
+        (
+            "EFI/BOOT/mmx64.efi",
+            pick("usr/lib/shim/mmx64.efi.signed", "shim-signed")?,
+        ),
+        ("EFI/debian/grub.cfg", cfg),
+    ])
 }
 
 // Offsets in boot.img (GRUB's include/grub/i386/pc/boot.h).

@@ -1,7 +1,7 @@
 //! First boot (Ignition): what an image carries so that Ignition runs once.
 //!
-//! - The GRUB fragment [`GRUB_FRAGMENT`] (in the static `grub.cfg`, before
-//!   `syslinux_source`) sets `$ignition_firstboot` to `ignition.firstboot` while the stamp
+//! - The GRUB fragment [`GRUB_FRAGMENT`] (in the static `grub.cfg`, before the menu
+//!   `/loader/grub.cfg`) sets `$ignition_firstboot` to `ignition.firstboot` while the stamp
 //!   `/ignition.firstboot` exists on the boot partition, and to nothing afterwards.
 //! - The deployment's kernel arguments carry the literal `$ignition_firstboot` (libostree
 //!   keeps it unexpanded in its entries; GRUB expands it at boot) and
@@ -13,7 +13,7 @@
 use anyhow::{Context, Result};
 use std::path::Path;
 
-/// Included in the static `grub.cfg` before `syslinux_source`.
+/// Included in the static `grub.cfg` before the menu (`source /loader/grub.cfg`).
 pub const GRUB_FRAGMENT: &str = include_str!("grub-firstboot.cfg");
 
 /// The kernel argument GRUB expands: `ignition.firstboot` on first boot, empty after.
@@ -70,7 +70,7 @@ mod tests {
         let cfg = crate::image::bootloader::grub_cfg();
         let search = cfg.find("search --no-floppy --label boot").unwrap();
         let var = cfg.find("export ignition_firstboot").unwrap();
-        let entries = cfg.find("\nsyslinux_source").unwrap();
+        let entries = cfg.find("\nsource /loader/grub.cfg").unwrap();
         assert!(search < var && var < entries, "{cfg}");
     }
 

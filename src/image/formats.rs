@@ -258,7 +258,8 @@ fn xml_escape(s: &str) -> String {
 }
 
 /// The OVF descriptor of a kiln VM: 2 vCPUs, 4 GiB, one streamOptimized disk on an LSI
-/// Logic SCSI controller, one vmxnet3 NIC, and the `guestinfo.ignition.config.data`
+/// Logic SCSI controller, one vmxnet3 NIC, UEFI firmware with Secure Boot on (the image's
+/// ESP has Debian's signed chain), and the `guestinfo.ignition.config.data`
 /// (+ `.encoding`) properties Ignition's VMware provider reads.
 pub fn ovf_descriptor(name: &str, disk: &OvfDisk) -> String {
     let name = xml_escape(name);
@@ -349,6 +350,7 @@ pub fn ovf_descriptor(name: &str, disk: &OvfDisk) -> String {
         <rasd:ResourceType>10</rasd:ResourceType>
       </Item>
       <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
+      <vmw:Config ovf:required="false" vmw:key="bootOptions.efiSecureBootEnabled" vmw:value="true"/>
     </VirtualHardwareSection>
   </VirtualSystem>
 </Envelope>

@@ -431,6 +431,7 @@ fn record(
             firmware: Some("hybrid".into()),
             platform: Some("metal".into()),
             virtual_size: None,
+            secure_boot_import: None,
         };
         manifest::record(&a.path, entry)?;
     }

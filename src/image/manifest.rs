@@ -30,6 +30,10 @@ pub struct Artifact {
     /// The disk's size in bytes (for archives: of the disk inside).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_size: Option<u64>,
+    /// What the platform's image import must be told for UEFI with Secure Boot (setting
+    /// name as in its API → value), e.g. GCP `guestOsFeatures`; docs/cloud.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot_import: Option<BTreeMap<String, String>>,
 }
 
 /// The manifest: artifacts by file name (relative to the manifest's directory).
@@ -144,6 +148,7 @@ mod tests {
             firmware: None,
             platform: None,
             virtual_size: None,
+            secure_boot_import: None,
         };
         record(&a, entry(&a, "raw")).unwrap();
         let mp = record(&b, entry(&b, "qcow2")).unwrap();

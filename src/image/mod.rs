@@ -215,7 +215,8 @@ pub(crate) fn deploy_into(
     info: &crate::repo::CommitInfo,
     kargs: &[String],
 ) -> Result<PathBuf> {
-    // Sets up libostree's syslinux backend that the static grub.cfg reads.
+    // Sets up libostree's grub2 backend (kiln writes /loader/grub.cfg) the static grub.cfg
+    // reads.
     crate::deploy::init_sysroot(sysroot, &opts.os)?;
     let outcome = crate::deploy::deploy(&crate::deploy::DeployRequest {
         sysroot: sysroot.to_path_buf(),
@@ -369,8 +370,8 @@ struct Boot {
     dir: PathBuf,
     /// GRUB's core image and boot.img for BIOS.
     bios: Option<(PathBuf, PathBuf)>,
-    /// GRUB's EFI binary.
-    efi: Option<PathBuf>,
+    /// The signed UEFI chain and its config: (path on the ESP, file).
+    efi: Option<Vec<(&'static str, PathBuf)>>,
 }
 
 /// Moves the sysroot's `boot/` aside as the boot partition's tree, with the static
@@ -403,7 +404,7 @@ fn stage_boot(
         None
     };
     let efi = if opts.firmware.uefi() {
-        Some(bootloader::build_efi(deployment, work.path())?)
+        Some(bootloader::efi_files(deployment, work.path())?)
     } else {
         None
     };
@@ -451,7 +452,7 @@ fn stage_filesystems(
     let root_fs = ext4(&sorted_root, "root", layout.root.size, &ids.root_fs_uuid)?;
     let esp = work.path().join("esp.vfat");
     let efi_files: Vec<(&str, &Path)> = match &boot.efi {
-        Some(e) => vec![("EFI/BOOT/BOOTX64.EFI", e.as_path())],
+        Some(e) => e.iter().map(|(d, f)| (*d, f.as_path())).collect(),
         None => vec![],
     };
     disk::mkfs_esp(
@@ -542,6 +543,7 @@ fn stage_output(
             firmware: Some(format!("{:?}", opts.firmware).to_lowercase()),
             platform: Some(platform.id().to_string()),
             virtual_size: Some(checked.virtual_size),
+            secure_boot_import: platform.secure_boot_import(opts.firmware.uefi()),
         },
     )?;
     Ok(Output {
@@ -743,6 +745,6 @@ mod tests {
         );
         assert!(!bootloader::grub_cfg_for(false).contains("terminal_output serial"));
         assert!(bootloader::grub_cfg_for(true).contains("terminal_output serial"));
-        assert!(bootloader::grub_cfg_for(false).contains("syslinux_source"));
+        assert!(bootloader::grub_cfg_for(false).contains("source /loader/grub.cfg"));
     }
 }

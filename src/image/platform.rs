@@ -7,7 +7,10 @@
 //! - the console: kernel `console=` arguments (the last one is `/dev/console`) and whether
 //!   GRUB also talks on the first serial port. The values are Fedora CoreOS's per-platform
 //!   table for x86_64 (fedora-coreos-config `platforms.yaml`);
-//! - the artifact formats the platform imports (the first is the default).
+//! - the artifact formats the platform imports (the first is the default);
+//! - what the platform's image import must be told so that machines boot the image on
+//!   UEFI with Secure Boot (GCP guest OS features, Azure Trusted Launch, the EC2 boot
+//!   mode, VMware's firmware settings), recorded in `manifest.json`.
 //!
 //! docs/cloud.md shows the same table for users; a unit test keeps the two in step.
 
@@ -46,6 +49,10 @@ pub struct PlatformSpec {
     pub grub_serial: bool,
     /// Formats the platform imports; the first is the default.
     pub formats: &'static [Format],
+    /// Settings of the platform's image import (name as in its API, value) that make
+    /// machines boot the image on UEFI with Secure Boot; only for images with the UEFI
+    /// chain (`--firmware uefi|hybrid`). Empty: nothing to declare.
+    pub secure_boot_import: &'static [(&'static str, &'static str)],
 }
 
 const TTY0_THEN_SERIAL: &[&str] = &["console=tty0", "console=ttyS0,115200n8"];
@@ -59,6 +66,7 @@ pub const PLATFORMS: &[PlatformSpec] = &[
         console: TTY0_THEN_SERIAL,
         grub_serial: true,
         formats: &[Format::Qcow2, Format::Raw],
+        secure_boot_import: &[],
     },
     PlatformSpec {
         // Fedora CoreOS leaves metal's console to the kernel's defaults (a recipe's
@@ -68,6 +76,7 @@ pub const PLATFORMS: &[PlatformSpec] = &[
         console: &[],
         grub_serial: false,
         formats: &[Format::Raw, Format::Qcow2],
+        secure_boot_import: &[],
     },
     PlatformSpec {
         platform: Platform::Aws,
@@ -75,6 +84,7 @@ pub const PLATFORMS: &[PlatformSpec] = &[
         console: TTY0_THEN_SERIAL,
         grub_serial: true,
         formats: &[Format::Vmdk, Format::Raw],
+        secure_boot_import: &[("BootMode", "uefi-preferred")],
     },
     PlatformSpec {
         platform: Platform::Gcp,
@@ -82,6 +92,7 @@ pub const PLATFORMS: &[PlatformSpec] = &[
         console: TTY0_THEN_SERIAL,
         grub_serial: true,
         formats: &[Format::Gce],
+        secure_boot_import: &[("guestOsFeatures", "UEFI_COMPATIBLE,SECURE_BOOT")],
     },
     PlatformSpec {
         // GRUB writes to the screen only: Azure copies it to the serial log, and GRUB on
@@ -91,6 +102,10 @@ pub const PLATFORMS: &[PlatformSpec] = &[
         console: TTY0_THEN_SERIAL,
         grub_serial: false,
         formats: &[Format::Vhd],
+        secure_boot_import: &[
+            ("hyperVGeneration", "V2"),
+            ("SecurityType", "TrustedLaunchSupported"),
+        ],
     },
     PlatformSpec {
         // Graphical console first (the web console), serial for logging.
@@ -99,6 +114,10 @@ pub const PLATFORMS: &[PlatformSpec] = &[
         console: SERIAL_THEN_TTY0,
         grub_serial: true,
         formats: &[Format::Ova],
+        secure_boot_import: &[
+            ("firmware", "efi"),
+            ("bootOptions.efiSecureBootEnabled", "true"),
+        ],
     },
     PlatformSpec {
         platform: Platform::Openstack,
@@ -106,6 +125,7 @@ pub const PLATFORMS: &[PlatformSpec] = &[
         console: SERIAL_THEN_TTY0,
         grub_serial: true,
         formats: &[Format::Qcow2, Format::Raw],
+        secure_boot_import: &[],
     },
 ];
 
@@ -142,6 +162,21 @@ impl Platform {
         } else {
             Platform::Qemu
         }
+    }
+
+    /// The import settings of [`PlatformSpec::secure_boot_import`] for an image with
+    /// the UEFI chain, as `manifest.json` records them; `None` without UEFI or when the
+    /// platform has none.
+    pub fn secure_boot_import(
+        self,
+        uefi: bool,
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        let s = self.spec().secure_boot_import;
+        (uefi && !s.is_empty()).then(|| {
+            s.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
     }
 
     /// Looks a platform up by its id.
@@ -217,6 +252,22 @@ mod tests {
         assert_eq!(Platform::Gcp.default_format(), Format::Gce);
         assert!(Platform::Aws.accepts(Format::Raw));
         assert!(!Platform::Azure.accepts(Format::Qcow2));
+    }
+
+    #[test]
+    fn secure_boot_is_declared_where_the_platform_asks() {
+        let gcp = Platform::Gcp.secure_boot_import(true).unwrap();
+        assert_eq!(gcp["guestOsFeatures"], "UEFI_COMPATIBLE,SECURE_BOOT");
+        let azure = Platform::Azure.secure_boot_import(true).unwrap();
+        assert_eq!(azure["SecurityType"], "TrustedLaunchSupported");
+        assert_eq!(azure["hyperVGeneration"], "V2");
+        assert_eq!(
+            Platform::Aws.secure_boot_import(true).unwrap()["BootMode"],
+            "uefi-preferred"
+        );
+        // A BIOS-only image has no UEFI chain to declare.
+        assert_eq!(Platform::Gcp.secure_boot_import(false), None);
+        assert_eq!(Platform::Qemu.secure_boot_import(true), None);
     }
 
     #[test]

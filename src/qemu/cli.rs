@@ -16,6 +16,10 @@ pub struct RunArgs {
     /// The same as `--firmware uefi` (kept for scripts).
     #[arg(long, hide = true, conflicts_with = "firmware")]
     pub uefi: bool,
+    /// UEFI with Secure Boot enforced: OVMF's Secure Boot build with Microsoft's keys
+    /// enrolled (a fresh copy of the variables per VM), as on cloud VMs with Secure Boot.
+    #[arg(long, conflicts_with = "firmware")]
+    pub secure_boot: bool,
     /// Ignition config handed to the VM by fw_cfg (`opt/com.coreos/config`).
     #[arg(long)]
     pub ignition: Option<PathBuf>,
@@ -64,7 +68,8 @@ pub fn memory_mib(s: &str) -> Result<u32, String> {
 /// `kiln run`.
 pub fn cmd_run(a: RunArgs) -> Result<()> {
     let mut opts = VmOptions::new(&a.image, "run");
-    opts.uefi = a.uefi || a.firmware == Firmware::Uefi;
+    opts.uefi = a.uefi || a.secure_boot || a.firmware == Firmware::Uefi;
+    opts.secure_boot = a.secure_boot;
     opts.snapshot = a.snapshot;
     opts.memory_mb = a.memory;
     if let Some(n) = a.cpus {
@@ -138,5 +143,8 @@ mod tests {
         assert_eq!((t.run.firmware, t.run.memory), (Firmware::Bios, 2048));
         assert!(T::try_parse_from(["t", "img", "--uefi", "--firmware", "bios"]).is_err());
         assert!(T::try_parse_from(["t", "img", "--memory", "x"]).is_err());
+        let t = T::try_parse_from(["t", "img", "--secure-boot"]).unwrap();
+        assert!(t.run.secure_boot);
+        assert!(T::try_parse_from(["t", "img", "--secure-boot", "--firmware", "bios"]).is_err());
     }
 }

@@ -33,6 +33,8 @@ pub mod vm;
 
 pub use accel::{accel, default_cpus, Accel};
 pub use console::{console_tail, strip_ansi, strip_kernel_messages};
-pub use options::{image_format, qemu_args, Disk, VmOptions, OVMF_CODE, OVMF_VARS};
+pub use options::{
+    image_format, qemu_args, Disk, VmOptions, OVMF_CODE, OVMF_CODE_SECBOOT, OVMF_VARS, OVMF_VARS_MS,
+};
 pub use optstr::{opt_path, opt_value};
 pub use vm::Vm;

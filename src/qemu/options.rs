@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 /// Where the OVMF firmware lives (Debian's `ovmf` package).
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF built with Secure Boot (needs SMM and the secure pflash), and variables with
+/// Microsoft's keys enrolled (what signed shim is checked against) and enforcement on.
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 
 /// An extra disk for the VM.
 #[derive(Debug, Clone)]
@@ -53,6 +57,9 @@ pub struct VmOptions {
     /// booting (implies a monitor). The disks must be the ones the VM was saved with,
     /// unchanged: see [`super::snapshot`].
     pub incoming: Option<PathBuf>,
+    /// UEFI with Secure Boot enforced ([`OVMF_CODE_SECBOOT`], a per-VM copy of
+    /// [`OVMF_VARS_MS`], `q35,smm=on`, secure pflash). Implies `uefi`.
+    pub secure_boot: bool,
 }
 
 impl VmOptions {
@@ -73,6 +80,7 @@ impl VmOptions {
             tftp: None,
             monitor: false,
             incoming: None,
+            secure_boot: false,
         }
     }
 }
@@ -115,27 +123,26 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
     }
     let mem = opts.memory_mb.to_string();
     let cpus = opts.cpus.to_string();
-    push(&["-machine", "q35", "-m", &mem, "-smp", &cpus, "-nodefaults"]);
+    // Secure Boot: OVMF's secure variable store lives in SMM.
+    let machine = if opts.secure_boot {
+        "q35,smm=on"
+    } else {
+        "q35"
+    };
+    push(&[
+        "-machine",
+        machine,
+        "-m",
+        &mem,
+        "-smp",
+        &cpus,
+        "-nodefaults",
+    ]);
     push(&["-display", "none", "-vga", "none"]);
     push(&["-device", "virtio-rng-pci"]);
-    if opts.uefi {
-        for f in [OVMF_CODE, OVMF_VARS] {
-            if !Path::new(f).is_file() {
-                bail!("UEFI firmware {f} not found: install the ovmf package (make deps)");
-            }
-        }
-        let vars = work.join("OVMF_VARS.fd");
-        std::fs::copy(OVMF_VARS, &vars)
-            .with_context(|| format!("copying {OVMF_VARS} to {}", vars.display()))?;
-        push(&[
-            "-drive",
-            &format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                opt_path(Path::new(OVMF_CODE))?
-            ),
-            "-drive",
-            &format!("if=pflash,format=raw,unit=1,file={}", opt_path(&vars)?),
-        ]);
+    if opts.uefi || opts.secure_boot {
+        let fw = uefi_args(opts.secure_boot, work)?;
+        push(&fw.iter().map(String::as_str).collect::<Vec<_>>());
     }
     let snap = if opts.snapshot { ",snapshot=on" } else { "" };
     // Boot order: network, CD, then the disk.
@@ -243,6 +250,40 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
     Ok(a)
 }
 
+/// The UEFI firmware's pflash drives (and, for Secure Boot, the secure pflash); the
+/// variables are copied into `work` for this VM.
+fn uefi_args(secure_boot: bool, work: &Path) -> Result<Vec<String>> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+    let (code, vars_src) = if secure_boot {
+        (OVMF_CODE_SECBOOT, OVMF_VARS_MS)
+    } else {
+        (OVMF_CODE, OVMF_VARS)
+    };
+    for f in [code, vars_src] {
+        if !Path::new(f).is_file() {
+            bail!("UEFI firmware {f} not found: install the ovmf package (make deps)");
+        }
+    }
+    // Each VM writes its own copy of the variables (boot entries, MOK requests).
+    let vars = work.join("OVMF_VARS.fd");
+    std::fs::copy(vars_src, &vars)
+        .with_context(|| format!("copying {vars_src} to {}", vars.display()))?;
+    if secure_boot {
+        push(&["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+    }
+    push(&[
+        "-drive",
+        &format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            opt_path(Path::new(code))?
+        ),
+        "-drive",
+        &format!("if=pflash,format=raw,unit=1,file={}", opt_path(&vars)?),
+    ]);
+    Ok(a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +347,43 @@ mod tests {
         o.snapshot = true;
         let a = qemu_args(&o, td.path()).unwrap().join(" ");
         assert!(a.contains(",cache=unsafe,snapshot=on "), "{a}");
+    }
+
+    #[test]
+    fn secure_boot_uses_the_secure_firmware_and_smm() {
+        let td = tempfile::tempdir().unwrap();
+        let img = td.path().join("d.raw");
+        std::fs::write(&img, vec![0u8; 4096]).unwrap();
+        let mut o = VmOptions::new(&img, "t");
+        let plain = qemu_args(&o, td.path()).unwrap().join(" ");
+        assert!(
+            !plain.contains("pflash") && !plain.contains("smm"),
+            "{plain}"
+        );
+        o.secure_boot = true;
+        if !Path::new(OVMF_CODE_SECBOOT).is_file() {
+            assert!(qemu_args(&o, td.path()).is_err());
+            return;
+        }
+        let a = qemu_args(&o, td.path()).unwrap().join(" ");
+        assert!(a.contains("-machine q35,smm=on "), "{a}");
+        assert!(
+            a.contains("driver=cfi.pflash01,property=secure,value=on"),
+            "{a}"
+        );
+        assert!(
+            a.contains(&format!("readonly=on,file={OVMF_CODE_SECBOOT}")),
+            "{a}"
+        );
+        let vars = td.path().join("OVMF_VARS.fd");
+        assert!(
+            a.contains(&format!("unit=1,file={}", vars.display())),
+            "{a}"
+        );
+        assert_eq!(
+            std::fs::read(&vars).unwrap(),
+            std::fs::read(OVMF_VARS_MS).unwrap()
+        );
     }
 
     #[test]

@@ -164,24 +164,61 @@ pub fn boot_entries(sysroot: &Path) -> Vec<Entry> {
     v
 }
 
-/// (DEFAULT label, [(label, kernel, append)]) of boot/loader/syslinux.cfg.
-pub fn syslinux(sysroot: &Path) -> (String, Vec<(String, String, String)>) {
-    let text = std::fs::read_to_string(sysroot.join("boot/syslinux/syslinux.cfg")).unwrap();
-    let mut default = String::new();
-    let mut labels = Vec::new();
+/// One `menuentry` of the GRUB menu kiln writes for libostree (boot/loader/grub.cfg).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MenuEntry {
+    pub title: String,
+    pub linux: String,
+    /// The kernel arguments, unquoted.
+    pub args: String,
+    pub initrd: String,
+}
+
+/// The GRUB menu of the current boot version (boot/loader/grub.cfg), in order; checks
+/// the menu boots the first entry after a timeout and falls back to the second.
+pub fn grub_menu(sysroot: &Path) -> Vec<MenuEntry> {
+    let path = sysroot.join("boot/loader/grub.cfg");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // kiln quotes a word as a whole: '...' (literal) or "..." (expands $variables).
+    let unquote = |w: &str| {
+        for q in ['\'', '"'] {
+            if w.len() >= 2 && w.starts_with(q) && w.ends_with(q) {
+                return w[1..w.len() - 1].to_string();
+            }
+        }
+        w.to_string()
+    };
+    let mut v: Vec<MenuEntry> = Vec::new();
     for line in text.lines() {
-        if let Some(d) = line.strip_prefix("DEFAULT ") {
-            default = d.to_string();
-        } else if let Some(l) = line.strip_prefix("LABEL ") {
-            labels.push((l.to_string(), String::new(), String::new()));
-        } else if let Some(k) = line.strip_prefix("\tKERNEL ") {
-            labels.last_mut().unwrap().1 = k.to_string();
-        } else if let Some(a) = line.strip_prefix("\tAPPEND ") {
-            labels.last_mut().unwrap().2 = a.to_string();
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("menuentry ") {
+            let title = rest.split(" --id ").next().unwrap();
+            v.push(MenuEntry {
+                title: unquote(title),
+                linux: String::new(),
+                args: String::new(),
+                initrd: String::new(),
+            });
+        } else if let Some(rest) = t.strip_prefix("linux ") {
+            let mut w = rest.split_whitespace().map(unquote);
+            let e = v.last_mut().expect("linux outside a menuentry");
+            e.linux = w.next().unwrap();
+            e.args = w.collect::<Vec<_>>().join(" ");
+        } else if let Some(rest) = t.strip_prefix("initrd ") {
+            v.last_mut().expect("initrd outside a menuentry").initrd = unquote(rest);
         }
     }
-    assert!(text.contains("TIMEOUT 30"), "TIMEOUT line lost:\n{text}");
-    (default, labels)
+    assert!(
+        text.contains("set default=0\n"),
+        "no default entry:\n{text}"
+    );
+    assert!(text.contains("set timeout="), "no menu timeout:\n{text}");
+    assert_eq!(
+        text.contains("set fallback=1\n"),
+        v.len() > 1,
+        "fallback to the rollback entry:\n{text}"
+    );
+    v
 }
 
 /// The deployment directory a boot entry's `ostree=` argument leads to.
@@ -195,28 +232,20 @@ pub fn entry_deployment(sysroot: &Path, e: &Entry) -> PathBuf {
     std::fs::canonicalize(&link).unwrap_or_else(|e| panic!("{}: {e}", link.display()))
 }
 
-/// Checks that the default boot entry (BLS and syslinux.cfg agree) points at a complete
-/// deployment whose /usr matches its commit; returns that commit.
+/// Checks that the default boot entry (BLS and the GRUB menu agree, entry by entry) points
+/// at a complete deployment whose /usr matches its commit; returns that commit.
 pub fn check_default_entry(sysroot: &Path) -> String {
     let entries = boot_entries(sysroot);
     assert!(!entries.is_empty(), "no boot entries");
-    let (default, labels) = syslinux(sysroot);
-    assert_eq!(
-        labels.len(),
-        entries.len(),
-        "syslinux.cfg and BLS entries differ"
-    );
-    let e = &entries[0];
-    assert_eq!(
-        default, e.title,
-        "syslinux DEFAULT is not the first BLS entry"
-    );
-    assert_eq!(labels[0].0, e.title);
-    assert_eq!(labels[0].1, format!("/boot{}", e.linux));
-    assert_eq!(labels[0].2, e.options);
-    for (l, en) in labels.iter().zip(&entries) {
-        assert_eq!(l.2, en.options, "syslinux APPEND differs from {}", en.file);
+    let menu = grub_menu(sysroot);
+    assert_eq!(menu.len(), entries.len(), "grub.cfg and BLS entries differ");
+    for (m, en) in menu.iter().zip(&entries) {
+        assert_eq!(m.title, en.title, "menu order differs from {}", en.file);
+        assert_eq!(m.linux, en.linux, "menu kernel differs from {}", en.file);
+        assert_eq!(m.args, en.options, "menu arguments differ from {}", en.file);
+        assert_eq!(m.initrd, en.initrd, "menu initrd differs from {}", en.file);
     }
+    let e = &entries[0];
     assert!(sysroot
         .join("boot")
         .join(e.linux.trim_start_matches('/'))
@@ -504,12 +533,19 @@ pub fn booted_in_status(v: &serde_json::Value) -> String {
 /// v1's kernel arguments, a later timestamp. An orphan commit in the fixture repo (the
 /// fixture's ref is left alone); returns its checksum.
 pub fn base_v2(f: &Composed, work: &Path) -> String {
-    let src = kiln::repo::open(&f.repo).unwrap();
-    let v1 = kiln::repo::read_commit(&src, &f.commit).unwrap();
-    drop(src);
     let add = work.join("v2-add");
     std::fs::create_dir_all(add.join("usr/share")).unwrap();
     std::fs::write(add.join("usr/share/kiln-e2e-v2"), "v2\n").unwrap();
+    base_variant(f, &add, "e2e-v2")
+}
+
+/// A commit of v1's tree with the files under `add` laid over it, parent v1, v1's kernel
+/// arguments, a later timestamp, version `<v1>-<suffix>`: an orphan commit in the fixture
+/// repo bound to the fixture's ref (which is left alone); returns its checksum.
+pub fn base_variant(f: &Composed, add: &Path, suffix: &str) -> String {
+    let src = kiln::repo::open(&f.repo).unwrap();
+    let v1 = kiln::repo::read_commit(&src, &f.commit).unwrap();
+    drop(src);
     let kargs = v1.meta_list(kiln::repo::keys::KARGS);
     let kargs_variant = format!(
         "[{}]",
@@ -530,10 +566,10 @@ pub fn base_v2(f: &Composed, work: &Path) -> String {
         .arg(format!("--tree=dir={}", add.display()))
         .arg(format!("--timestamp=@{}", v1.timestamp + 86400))
         .arg(format!(
-            "--add-metadata-string=version={}-e2e-v2",
+            "--add-metadata-string=version={}-{suffix}",
             v1.version.clone().unwrap_or_default()
         ))
-        .args(["-s", "e2e v2"]);
+        .args(["-s", suffix]);
     if !kargs.is_empty() {
         commit = commit.arg(format!("--add-metadata=kiln.kargs=@as {kargs_variant}"));
     }
@@ -544,6 +580,12 @@ pub fn base_v2(f: &Composed, work: &Path) -> String {
 /// arguments) and an ext4 disk image holding an archive repo with v2 on the base ref.
 pub fn update_disk(f: &Composed, work: &Path) -> (PathBuf, String) {
     let v2 = base_v2(f, work);
+    (update_disk_with(f, work, &v2, &[]), v2)
+}
+
+/// An ext4 disk image holding an archive repo with `v2` on the base ref and each
+/// `(ref, commit)` of `extra` (commits of the fixture repo).
+pub fn update_disk_with(f: &Composed, work: &Path, v2: &str, extra: &[(&str, &str)]) -> PathBuf {
     let updates = work.join("updates");
     let repo = updates.join("repo");
     let ostree = |args: &[&str]| {
@@ -555,8 +597,12 @@ pub fn update_disk(f: &Composed, work: &Path) -> (PathBuf, String) {
     };
     std::fs::create_dir_all(&repo).unwrap();
     ostree(&["init", "--mode=archive"]);
-    ostree(&["pull-local", "--depth=0", f.repo.to_str().unwrap(), &v2]);
-    ostree(&["refs", &format!("--create={}", f.ref_), &v2]);
+    ostree(&["pull-local", "--depth=0", f.repo.to_str().unwrap(), v2]);
+    ostree(&["refs", &format!("--create={}", f.ref_), v2]);
+    for (r, c) in extra {
+        ostree(&["pull-local", "--depth=0", f.repo.to_str().unwrap(), c]);
+        ostree(&["refs", &format!("--create={r}"), c]);
+    }
     let disk = work.join("updates.ext4");
     let log = work.join("mkfs.log");
     kiln::image::disk::mkfs_ext4(
@@ -569,5 +615,5 @@ pub fn update_disk(f: &Composed, work: &Path) -> (PathBuf, String) {
         &log,
     )
     .unwrap();
-    (disk, v2)
+    disk
 }

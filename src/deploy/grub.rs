@@ -1,0 +1,303 @@
+//! The GRUB menu of a sysroot: kiln is libostree's `grub2` config generator.
+//!
+//! Every sysroot kiln creates has `sysroot.bootloader=grub2`. On every deployment change
+//! that needs a new boot version (deploy, upgrade, rollback, cleanup, kargs, a staged
+//! deployment finalized at shutdown) libostree 2022.7 writes the new boot entries to
+//! `boot/loader.N/entries/`, runs `$OSTREE_GRUB2_EXEC -o boot/loader.N/grub.cfg` with
+//! `_OSTREE_GRUB2_BOOTVERSION=N` (no chroot: the program is not `grub-mkconfig`), fsyncs
+//! the file and only then swaps the `boot/loader` symlink. So the menu GRUB reads,
+//! `/loader/grub.cfg` on the boot partition, changes in the same atomic swap as the
+//! entries. kiln sets `OSTREE_GRUB2_EXEC` to its own binary ([`set_generator_env`]) for
+//! every libostree write it makes, in process or through the `ostree` CLI; `main`
+//! recognises libostree's invocation and runs [`generate`].
+//!
+//! The menu: one entry per BLS entry, default (highest `version`) first, the rollback
+//! second; plain `linux`/`initrd`, which GRUB runs on BIOS (i386-pc) and on UEFI, where
+//! the signed GRUB checks the kernel through shim under Secure Boot. `fallback=1`: when
+//! the default entry's kernel is refused (not signed by a trusted key) or fails to load,
+//! GRUB boots the rollback entry. Kernel arguments stay unquoted where they hold a GRUB
+//! variable (`$ignition_firstboot`, expanded by GRUB at boot).
+//!
+//! Sysroots made by older kiln (`sysroot.bootloader=syslinux`, read by `syslinux_source`)
+//! keep that backend: kiln never switches an existing sysroot (docs/updating.md).
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// The environment variable libostree's grub2 backend runs as the config generator.
+pub const EXEC_ENV: &str = "OSTREE_GRUB2_EXEC";
+/// The boot version libostree passes to the generator.
+pub const BOOTVERSION_ENV: &str = "_OSTREE_GRUB2_BOOTVERSION";
+/// Seconds GRUB shows the menu before it boots the default entry.
+pub const TIMEOUT_SECS: u32 = 3;
+
+/// One BLS entry (`boot/loader.N/entries/*.conf`), the keys the menu needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlsEntry {
+    pub file: String,
+    pub title: String,
+    pub version: String,
+    pub linux: String,
+    pub initrd: Option<String>,
+    pub options: String,
+}
+
+/// Parses one BLS entry the way libostree's `OstreeBootconfigParser` does: a key, then
+/// whitespace, then the rest of the line.
+pub fn parse_entry(file: &str, text: &str) -> Result<BlsEntry> {
+    let mut e = BlsEntry {
+        file: file.to_string(),
+        title: String::new(),
+        version: String::new(),
+        linux: String::new(),
+        initrd: None,
+        options: String::new(),
+    };
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line
+            .split_once(|c: char| c.is_ascii_whitespace())
+            .map(|(k, v)| (k, v.trim()))
+            .unwrap_or((line, ""));
+        match k {
+            "title" => e.title = v.to_string(),
+            "version" => e.version = v.to_string(),
+            "linux" => e.linux = v.to_string(),
+            "initrd" => e.initrd = Some(v.to_string()),
+            "options" => e.options = v.to_string(),
+            _ => {}
+        }
+    }
+    if e.linux.is_empty() {
+        bail!("boot entry {file} has no \"linux\" line");
+    }
+    if e.title.is_empty() {
+        e.title = "(Untitled)".into();
+    }
+    Ok(e)
+}
+
+/// The entries of one boot version's `entries/` directory, default first (libostree's
+/// order: `version` descending).
+pub fn read_entries(dir: &Path) -> Result<Vec<BlsEntry>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e.with_context(|| format!("listing {}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".conf") {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path())
+            .with_context(|| format!("reading {}", e.path().display()))?;
+        v.push(parse_entry(&name, &text)?);
+    }
+    v.sort_by(|a, b| version_order(&b.version, &a.version).then(a.file.cmp(&b.file)));
+    Ok(v)
+}
+
+/// Numeric versions (what libostree writes) compare as numbers, others as strings.
+fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    }
+}
+
+/// A word GRUB's script parser takes literally: single-quoted unless plain.
+fn grub_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "._,:/=+@%-_".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// A kernel argument: literal, except that `$name` expands (double quotes keep GRUB's
+/// metacharacters literal and expand variables). Kernel arguments never hold quotes or
+/// backslashes ([`crate::validate::kernel_arg`]).
+fn grub_karg(k: &str) -> String {
+    if k.contains('$') {
+        let plain = |c: char| c.is_ascii_alphanumeric() || "._,:/=+@%-_$".contains(c);
+        if k.chars().all(plain) {
+            k.to_string()
+        } else {
+            format!("\"{k}\"")
+        }
+    } else {
+        grub_word(k)
+    }
+}
+
+/// The menu for `entries` (default first).
+pub fn render(bootversion: Option<u32>, entries: &[BlsEntry]) -> String {
+    let mut s = String::new();
+    s.push_str("# Written by kiln as libostree's grub2 config generator");
+    if let Some(v) = bootversion {
+        s.push_str(&format!(" for boot version {v}"));
+    }
+    s.push_str(
+        ".\n# Rewritten with every deployment change; do not edit. Read by /grub/grub.cfg.\n",
+    );
+    s.push_str(&format!(
+        "set default=0\nset timeout={TIMEOUT_SECS}\nset timeout_style=menu\n"
+    ));
+    if entries.len() > 1 {
+        // The default entry's kernel refused (Secure Boot) or missing: boot the rollback.
+        s.push_str("set fallback=1\n");
+    }
+    for (i, e) in entries.iter().enumerate() {
+        s.push_str(&format!(
+            "menuentry {} --id ostree-{i} {{\n",
+            grub_word(&e.title)
+        ));
+        let args: Vec<String> = e.options.split_whitespace().map(grub_karg).collect();
+        s.push_str(&format!("  linux {}", grub_word(&e.linux)));
+        for a in &args {
+            s.push(' ');
+            s.push_str(a);
+        }
+        s.push('\n');
+        if let Some(i) = &e.initrd {
+            s.push_str(&format!("  initrd {}\n", grub_word(i)));
+        }
+        s.push_str("}\n");
+    }
+    s
+}
+
+/// Writes the menu for the entries beside `out` (`boot/loader.N/grub.cfg` →
+/// `boot/loader.N/entries`) to `out`, synced. What libostree's invocation runs.
+pub fn generate(out: &Path) -> Result<()> {
+    let dir = out
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", out.display()))?;
+    let entries = read_entries(&dir.join("entries"))?;
+    let bootversion = std::env::var(BOOTVERSION_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    super::write_atomic(out, render(bootversion, &entries).as_bytes())
+}
+
+/// When the process was started the way libostree's grub2 backend starts its generator
+/// (`PROGRAM -o PATH`, with `_OSTREE_GRUB2_BOOTVERSION` set), the arguments of the
+/// hidden `kiln grub2-generate` command that does the work.
+pub fn libostree_invocation(args: &[OsString]) -> Option<Vec<OsString>> {
+    if std::env::var_os(BOOTVERSION_ENV).is_none() || args.len() != 3 || args[1] != "-o" {
+        return None;
+    }
+    Some(vec![
+        args[0].clone(),
+        "grub2-generate".into(),
+        "-o".into(),
+        args[2].clone(),
+    ])
+}
+
+/// The kiln binary libostree runs as its generator: this process when it is kiln; else
+/// (a program linking the library, such as a test or bench under `target/*/deps/`)
+/// `kiln` beside it or one directory up; else `kiln` on `PATH`.
+pub fn generator_path() -> Result<PathBuf> {
+    let me = std::env::current_exe().context("finding the running program")?;
+    if me.file_name().is_some_and(|n| n == "kiln") {
+        return Ok(me);
+    }
+    let dir = me.parent().map(Path::to_path_buf).unwrap_or_default();
+    for d in [Some(dir.clone()), dir.parent().map(Path::to_path_buf)]
+        .into_iter()
+        .flatten()
+    {
+        let k = d.join("kiln");
+        if k.is_file() {
+            return Ok(k);
+        }
+    }
+    if let Some(p) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&p) {
+            let k = d.join("kiln");
+            if k.is_file() {
+                return Ok(k);
+            }
+        }
+    }
+    bail!(
+        "the kiln binary (libostree's GRUB config generator) was not found beside {} or on PATH",
+        me.display()
+    )
+}
+
+/// Sets `OSTREE_GRUB2_EXEC` to [`generator_path`] in this process's environment, once;
+/// libostree and the `ostree` processes kiln starts inherit it. `main` calls it before any
+/// thread exists; library users get it on their first sysroot write.
+pub fn set_generator_env() -> Result<()> {
+    static DONE: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let p = generator_path().map_err(|e| format!("{e:#}"))?;
+        std::env::set_var(EXEC_ENV, p);
+        Ok(())
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "title Debian GNU/Linux 12 (bookworm) (ostree:0)\nversion 2\n\
+        options root=LABEL=root rw $ignition_firstboot ostree=/ostree/boot.1/kiln/ab/0\n\
+        linux /ostree/kiln-ab/vmlinuz-6.1.0\ninitrd /ostree/kiln-ab/initramfs-6.1.0.img\n";
+    const B: &str = "title Debian GNU/Linux 12 (bookworm) (ostree:1)\nversion 1\n\
+        options root=LABEL=root rw ostree=/ostree/boot.1/kiln/cd/0 a=x;y\n\
+        linux /ostree/kiln-cd/vmlinuz-6.1.0\n";
+
+    #[test]
+    fn entries_sort_default_first_and_render_plain_linux() {
+        let td = tempfile::tempdir().unwrap();
+        std::fs::write(td.path().join("ostree-1-kiln.conf"), B).unwrap();
+        std::fs::write(td.path().join("ostree-2-kiln.conf"), A).unwrap();
+        std::fs::write(td.path().join("README"), "not an entry").unwrap();
+        let es = read_entries(td.path()).unwrap();
+        assert_eq!(es.len(), 2);
+        assert_eq!(es[0].version, "2");
+        let cfg = render(Some(1), &es);
+        assert!(cfg.contains("set default=0\nset timeout=3\n"), "{cfg}");
+        assert!(cfg.contains("set fallback=1\n"), "{cfg}");
+        assert!(cfg.contains(
+            "menuentry 'Debian GNU/Linux 12 (bookworm) (ostree:0)' --id ostree-0 {\n  \
+             linux /ostree/kiln-ab/vmlinuz-6.1.0 root=LABEL=root rw $ignition_firstboot \
+             ostree=/ostree/boot.1/kiln/ab/0\n  initrd /ostree/kiln-ab/initramfs-6.1.0.img\n}\n"
+        ));
+        // GRUB metacharacters in an argument stay literal; no initrd line without one.
+        assert!(
+            cfg.contains("ostree=/ostree/boot.1/kiln/cd/0 'a=x;y'\n}\n"),
+            "{cfg}"
+        );
+        assert!(cfg.find("ostree:0").unwrap() < cfg.find("ostree:1").unwrap());
+        assert!(!cfg.contains("linux16") && !cfg.contains("syslinux"));
+    }
+
+    #[test]
+    fn one_entry_has_no_fallback_and_words_are_quoted() {
+        let e = parse_entry("x.conf", A).unwrap();
+        assert!(!render(None, &[e]).contains("fallback"));
+        assert_eq!(grub_word("it's"), r"'it'\''s'");
+        assert_eq!(grub_karg("x=$v;1"), "\"x=$v;1\"");
+        assert!(parse_entry("y.conf", "title t\n").is_err());
+    }
+
+    #[test]
+    fn only_libostrees_invocation_is_recognised() {
+        let args: Vec<OsString> = ["/usr/bin/kiln", "-o", "/boot/loader.1/grub.cfg"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        // The variable is not set in the test process: a plain `kiln -o X` is not it.
+        assert!(std::env::var_os(BOOTVERSION_ENV).is_none());
+        assert_eq!(libostree_invocation(&args), None);
+    }
+}
