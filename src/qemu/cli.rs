@@ -2,8 +2,9 @@
 
 use super::accel::{accel, Accel};
 use super::options::{qemu_args, Disk, VmOptions};
+use super::tpm::{Swtpm, TpmState};
 use crate::cmd::Cmd;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -31,6 +32,13 @@ pub struct RunArgs {
     /// Extra disk image attached as a virtio disk (repeatable).
     #[arg(long = "disk")]
     pub disks: Vec<PathBuf>,
+    /// Give the VM a TPM 2.0 (swtpm): a fresh one, removed when the VM ends.
+    #[arg(long)]
+    pub tpm: bool,
+    /// Give the VM the TPM 2.0 whose state is kept in DIR (created when missing), so the
+    /// machine finds the same TPM on its next run. Implies --tpm.
+    #[arg(long, value_name = "DIR")]
+    pub tpm_state: Option<PathBuf>,
 }
 
 /// The firmware of `kiln run`'s VM.
@@ -90,7 +98,17 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         opts.fw_cfg
             .push(("opt/com.coreos/config".into(), ign.clone()));
     }
-    let work = tempfile::tempdir().context("creating a temp directory")?;
+    opts.tpm = match (&a.tpm_state, a.tpm) {
+        (Some(dir), _) => Some(TpmState::Dir(dir.clone())),
+        (None, true) => Some(TpmState::Fresh),
+        (None, false) => None,
+    };
+    // Removed on every exit path, SIGINT/SIGTERM included (the TPM's fresh state too).
+    let work = crate::cleanup::TempDir::new("kiln-run-")?;
+    let _tpm = match &opts.tpm {
+        Some(state) => Some(Swtpm::start(state, work.path())?),
+        None => None,
+    };
     let mut args = qemu_args(&opts, work.path())?;
     args.extend(["-serial".to_string(), "mon:stdio".to_string()]);
     if accel() == Accel::Tcg {
@@ -138,5 +156,15 @@ mod tests {
         assert_eq!((t.run.firmware, t.run.memory), (Firmware::Bios, 2048));
         assert!(T::try_parse_from(["t", "img", "--uefi", "--firmware", "bios"]).is_err());
         assert!(T::try_parse_from(["t", "img", "--memory", "x"]).is_err());
+    }
+
+    #[test]
+    fn tpm_is_fresh_or_a_kept_state() {
+        let t = T::try_parse_from(["t", "img", "--tpm"]).unwrap();
+        assert!(t.run.tpm && t.run.tpm_state.is_none());
+        let t = T::try_parse_from(["t", "img", "--tpm-state", "st"]).unwrap();
+        assert_eq!(t.run.tpm_state, Some(PathBuf::from("st")));
+        let t = T::try_parse_from(["t", "img"]).unwrap();
+        assert!(!t.run.tpm && t.run.tpm_state.is_none());
     }
 }

@@ -20,17 +20,20 @@
 //!
 //! Files: [`accel`] (KVM or TCG, default vCPUs), [`options`] (how to boot: [`VmOptions`],
 //! QEMU's command line), [`optstr`] (paths and values in option strings), [`vm`] (the
-//! running [`Vm`] and its console), [`console`] (console text), [`cli`] (`kiln run`).
+//! running [`Vm`] and its console), [`console`] (console text), [`tpm`] (a swtpm TPM 2.0
+//! per VM), [`cli`] (`kiln run`).
 
 pub mod accel;
 pub mod cli;
 pub mod console;
 pub mod options;
 pub mod optstr;
+pub mod tpm;
 pub mod vm;
 
 pub use accel::{accel, default_cpus, Accel};
 pub use console::{console_tail, strip_ansi, strip_kernel_messages};
 pub use options::{image_format, qemu_args, Disk, VmOptions, OVMF_CODE, OVMF_VARS};
 pub use optstr::{opt_path, opt_value};
+pub use tpm::{Swtpm, TpmState};
 pub use vm::Vm;

@@ -2,6 +2,7 @@
 
 use super::accel::{accel, default_cpus, Accel};
 use super::optstr::{opt_path, opt_value};
+use super::tpm::TpmState;
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,8 @@ pub struct VmOptions {
     /// A QMP monitor socket ([`Vm::qmp`], [`Vm::reset`], [`Vm::monitor`]): tests that
     /// hard-reset the guest ask for it.
     pub monitor: bool,
+    /// A TPM 2.0 (swtpm; [`super::tpm`]): a fresh one or a kept state directory.
+    pub tpm: Option<TpmState>,
 }
 
 impl VmOptions {
@@ -68,6 +71,7 @@ impl VmOptions {
             cdrom: None,
             tftp: None,
             monitor: false,
+            tpm: None,
         }
     }
 }
@@ -97,7 +101,8 @@ fn cache_mode(snapshot: bool) -> &'static str {
     }
 }
 
-/// QEMU's command line for `opts`, console excluded. `work` holds the OVMF vars copy.
+/// QEMU's command line for `opts`, console excluded. `work` holds the OVMF vars copy
+/// and the swtpm socket ([`super::tpm::Swtpm::start`] must have started it there).
 pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
@@ -196,6 +201,10 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
             "-fw_cfg",
             &format!("name={},file={}", opt_value(name), opt_path(file)?),
         ]);
+    }
+    if opts.tpm.is_some() {
+        let t = super::tpm::qemu_args(work)?;
+        push(&t.iter().map(String::as_str).collect::<Vec<_>>());
     }
     if opts.network || !opts.guestfwd.is_empty() || opts.tftp.is_some() {
         let mut nd = "user,id=n0,restrict=on".to_string();
