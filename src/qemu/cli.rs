@@ -98,6 +98,18 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         opts.fw_cfg
             .push(("opt/com.coreos/config".into(), ign.clone()));
     }
+    if let Some(dir) = &a.tpm_state {
+        let bad = |m: &str| {
+            crate::error::InputError::new("command line", format!("{}: {m}", dir.display()))
+                .key("--tpm-state")
+        };
+        if dir.exists() && !dir.is_dir() {
+            return Err(bad("not a directory").into());
+        }
+        if dir.to_string_lossy().contains(',') {
+            return Err(bad("swtpm cannot use a path with a ',' in it").into());
+        }
+    }
     opts.tpm = match (&a.tpm_state, a.tpm) {
         (Some(dir), _) => Some(TpmState::Dir(dir.clone())),
         (None, true) => Some(TpmState::Fresh),
@@ -166,5 +178,14 @@ mod tests {
         assert_eq!(t.run.tpm_state, Some(PathBuf::from("st")));
         let t = T::try_parse_from(["t", "img"]).unwrap();
         assert!(!t.run.tpm && t.run.tpm_state.is_none());
+        // A state "directory" swtpm cannot use is bad input, found before QEMU starts.
+        for bad in ["/etc/hostname", "/tmp/a,b"] {
+            let t = T::try_parse_from(["t", "img", "--tpm-state", bad]).unwrap();
+            let e = cmd_run(t.run).unwrap_err();
+            assert!(
+                e.downcast_ref::<crate::error::InputError>().is_some(),
+                "{e:#}"
+            );
+        }
     }
 }
