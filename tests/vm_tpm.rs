@@ -7,8 +7,9 @@
 //!    securityfs, PCRs extended, sysfs and tpm2-tools agree); Ignition made a LUKS2 volume
 //!    on the second disk bound to the TPM with clevis, /var is its filesystem, crypttab
 //!    and the mount unit are there; the test writes a secret into /var.
-//! 2. A reboot in the same QEMU, 3. a cold boot in a new QEMU with the kept TPM state:
-//!    the secret is there, the volume opened unattended (no passphrase prompt).
+//! 2. A reboot in the same QEMU, 3. a cold boot in a new QEMU with the kept TPM state,
+//!    through OVMF (PCRs extended by the firmware checked again): the secret is there, the volume opened
+//!    unattended (no passphrase prompt).
 //! 4. The same disks with a fresh TPM: the volume does not open, the console says why,
 //!    and the LUKS header is intact (read from the host with `cryptsetup luksDump`).
 //! 5. The kept TPM again: the secret is still there.
@@ -106,14 +107,21 @@ fn last_boot(vm: &Vm) -> String {
     kiln::qemu::strip_ansi(&c[i..])
 }
 
-/// Measured boot: the firmware's event log reached the kernel and the PCRs it extends
-/// are not in their reset state; the kernel's sysfs view and tpm2-tools agree.
-fn check_measured_boot(vm: &mut Vm) {
+/// Measured boot: the PCRs the firmware extends are not in their reset state (the
+/// kernel's sysfs view and tpm2-tools agree) and, with `event_log`, the firmware's event
+/// log reached the kernel. (Under OVMF it does not yet: kiln's GRUB starts the kernel
+/// without its EFI stub, which is what copies the log into a configuration table; the
+/// kernel sees only the final-events table. docs/image.md.)
+fn check_measured_boot(vm: &mut Vm, event_log: bool) {
     assert_eq!(
         vm.run_ok("cat /sys/class/tpm/tpm0/tpm_version_major", CMD)
             .unwrap(),
         "2"
     );
+    check_pcrs(vm);
+    if !event_log {
+        return;
+    }
     let log = "/sys/kernel/security/tpm0/binary_bios_measurements";
     let size: u64 = vm
         .run_ok(&format!("wc -c < {log}"), CMD)
@@ -132,6 +140,9 @@ fn check_measured_boot(vm: &mut Vm) {
         events.trim().parse::<u32>().unwrap() > 1,
         "events: {events}"
     );
+}
+
+fn check_pcrs(vm: &mut Vm) {
     for pcr in [0, 1, 2, 4] {
         let v = vm
             .run_ok(&format!("cat /sys/class/tpm/tpm0/pcr-sha256/{pcr}"), CMD)
@@ -236,7 +247,7 @@ fn var_encrypted_and_bound_to_the_tpm() {
     let mut vm = Vm::start(m.options("tpm-var-1", m.kept_tpm(), true)).unwrap();
     common::wait_booted(&mut vm, "first boot");
     vm.login(t).unwrap();
-    check_measured_boot(&mut vm);
+    check_measured_boot(&mut vm, true);
     check_encrypted_var(&mut vm);
     let secret = vm
         .run_ok(
@@ -262,10 +273,14 @@ fn var_encrypted_and_bound_to_the_tpm() {
     assert!(!vm.console().contains(PROMPT), "a passphrase was asked for");
     drop(vm);
 
-    // 3. A cold boot in a new QEMU, the TPM state kept on the host.
-    let mut vm = Vm::start(m.options("tpm-var-3", m.kept_tpm(), false)).unwrap();
-    common::wait_booted(&mut vm, "cold boot");
+    // 3. A cold boot in a new QEMU, the TPM state kept on the host, through UEFI (the
+    //    image boots either way; no PCR policy, so the firmware does not matter to clevis).
+    let mut o = m.options("tpm-var-3", m.kept_tpm(), false);
+    o.uefi = true;
+    let mut vm = Vm::start(o).unwrap();
+    common::wait_booted(&mut vm, "cold boot (UEFI)");
     vm.login(t).unwrap();
+    check_measured_boot(&mut vm, false);
     assert_eq!(read_secret(&mut vm), secret);
     poweroff(&mut vm);
     assert!(!vm.console().contains(PROMPT), "a passphrase was asked for");
