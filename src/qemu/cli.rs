@@ -2,8 +2,9 @@
 
 use super::accel::{accel, Accel};
 use super::options::{qemu_args, Disk, VmOptions};
+use super::tpm::{Swtpm, TpmState};
 use crate::cmd::Cmd;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -35,6 +36,13 @@ pub struct RunArgs {
     /// Extra disk image attached as a virtio disk (repeatable).
     #[arg(long = "disk")]
     pub disks: Vec<PathBuf>,
+    /// Give the VM a TPM 2.0 (swtpm): a fresh one, removed when the VM ends.
+    #[arg(long)]
+    pub tpm: bool,
+    /// Give the VM the TPM 2.0 whose state is kept in DIR (created when missing), so the
+    /// machine finds the same TPM on its next run. Implies --tpm.
+    #[arg(long, value_name = "DIR")]
+    pub tpm_state: Option<PathBuf>,
 }
 
 /// The firmware of `kiln run`'s VM.
@@ -95,7 +103,29 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         opts.fw_cfg
             .push(("opt/com.coreos/config".into(), ign.clone()));
     }
-    let work = tempfile::tempdir().context("creating a temp directory")?;
+    if let Some(dir) = &a.tpm_state {
+        let bad = |m: &str| {
+            crate::error::InputError::new("command line", format!("{}: {m}", dir.display()))
+                .key("--tpm-state")
+        };
+        if dir.exists() && !dir.is_dir() {
+            return Err(bad("not a directory").into());
+        }
+        if dir.to_string_lossy().contains(',') {
+            return Err(bad("swtpm cannot use a path with a ',' in it").into());
+        }
+    }
+    opts.tpm = match (&a.tpm_state, a.tpm) {
+        (Some(dir), _) => Some(TpmState::Dir(dir.clone())),
+        (None, true) => Some(TpmState::Fresh),
+        (None, false) => None,
+    };
+    // Removed on every exit path, SIGINT/SIGTERM included (the TPM's fresh state too).
+    let work = crate::cleanup::TempDir::new("kiln-run-")?;
+    let _tpm = match &opts.tpm {
+        Some(state) => Some(Swtpm::start(state, work.path())?),
+        None => None,
+    };
     let mut args = qemu_args(&opts, work.path())?;
     args.extend(["-serial".to_string(), "mon:stdio".to_string()]);
     if accel() == Accel::Tcg {
@@ -146,5 +176,24 @@ mod tests {
         let t = T::try_parse_from(["t", "img", "--secure-boot"]).unwrap();
         assert!(t.run.secure_boot);
         assert!(T::try_parse_from(["t", "img", "--secure-boot", "--firmware", "bios"]).is_err());
+    }
+
+    #[test]
+    fn tpm_is_fresh_or_a_kept_state() {
+        let t = T::try_parse_from(["t", "img", "--tpm"]).unwrap();
+        assert!(t.run.tpm && t.run.tpm_state.is_none());
+        let t = T::try_parse_from(["t", "img", "--tpm-state", "st"]).unwrap();
+        assert_eq!(t.run.tpm_state, Some(PathBuf::from("st")));
+        let t = T::try_parse_from(["t", "img"]).unwrap();
+        assert!(!t.run.tpm && t.run.tpm_state.is_none());
+        // A state "directory" swtpm cannot use is bad input, found before QEMU starts.
+        for bad in ["/etc/hostname", "/tmp/a,b"] {
+            let t = T::try_parse_from(["t", "img", "--tpm-state", bad]).unwrap();
+            let e = cmd_run(t.run).unwrap_err();
+            assert!(
+                e.downcast_ref::<crate::error::InputError>().is_some(),
+                "{e:#}"
+            );
+        }
     }
 }

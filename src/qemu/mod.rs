@@ -21,7 +21,7 @@
 //! Files: [`accel`] (KVM or TCG, default vCPUs), [`options`] (how to boot: [`VmOptions`],
 //! QEMU's command line), [`optstr`] (paths and values in option strings), [`vm`] (the
 //! running [`Vm`] and its console), [`snapshot`] (save a running VM, resume it), [`console`]
-//! (console text), [`cli`] (`kiln run`).
+//! (console text), [`tpm`] (a swtpm TPM 2.0 per VM), [`cli`] (`kiln run`).
 
 pub mod accel;
 pub mod cli;
@@ -29,6 +29,7 @@ pub mod console;
 pub mod options;
 pub mod optstr;
 pub mod snapshot;
+pub mod tpm;
 pub mod vm;
 
 pub use accel::{accel, default_cpus, Accel};
@@ -37,4 +38,5 @@ pub use options::{
     image_format, qemu_args, Disk, VmOptions, OVMF_CODE, OVMF_CODE_SECBOOT, OVMF_VARS, OVMF_VARS_MS,
 };
 pub use optstr::{opt_path, opt_value};
+pub use tpm::{Swtpm, TpmState};
 pub use vm::Vm;

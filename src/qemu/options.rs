@@ -2,6 +2,7 @@
 
 use super::accel::{accel, default_cpus, Accel};
 use super::optstr::{opt_path, opt_value};
+use super::tpm::TpmState;
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -60,6 +61,8 @@ pub struct VmOptions {
     /// UEFI with Secure Boot enforced ([`OVMF_CODE_SECBOOT`], a per-VM copy of
     /// [`OVMF_VARS_MS`], `q35,smm=on`, secure pflash). Implies `uefi`.
     pub secure_boot: bool,
+    /// A TPM 2.0 (swtpm; [`super::tpm`]): a fresh one or a kept state directory.
+    pub tpm: Option<TpmState>,
 }
 
 impl VmOptions {
@@ -81,6 +84,7 @@ impl VmOptions {
             monitor: false,
             incoming: None,
             secure_boot: false,
+            tpm: None,
         }
     }
 }
@@ -110,7 +114,8 @@ fn cache_mode(snapshot: bool) -> &'static str {
     }
 }
 
-/// QEMU's command line for `opts`, console excluded. `work` holds the OVMF vars copy.
+/// QEMU's command line for `opts`, console excluded. `work` holds the OVMF vars copy
+/// and the swtpm socket ([`super::tpm::Swtpm::start`] must have started it there).
 pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
@@ -208,6 +213,10 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
             "-fw_cfg",
             &format!("name={},file={}", opt_value(name), opt_path(file)?),
         ]);
+    }
+    if opts.tpm.is_some() {
+        let t = super::tpm::qemu_args(work)?;
+        push(&t.iter().map(String::as_str).collect::<Vec<_>>());
     }
     if opts.network || !opts.guestfwd.is_empty() || opts.tftp.is_some() {
         let mut nd = "user,id=n0,restrict=on".to_string();

@@ -31,6 +31,8 @@ pub struct Vm {
     started: Instant,
     /// The QMP socket, when [`VmOptions::monitor`] asked for one.
     qmp: Option<PathBuf>,
+    /// The VM's TPM; dropped (stopped) after QEMU is killed, before `_work` goes.
+    tpm: Option<super::tpm::Swtpm>,
     _work: tempfile::TempDir,
 }
 
@@ -43,6 +45,10 @@ impl Vm {
             .context("creating the VM's temp directory")?;
         let sock = work.path().join("console.sock");
         let log = work.path().join("console.log");
+        let tpm = match &opts.tpm {
+            Some(state) => Some(super::tpm::Swtpm::start(state, work.path())?),
+            None => None,
+        };
         let mut args = qemu_args(&opts, work.path())?;
         args.extend([
             "-chardev".to_string(),
@@ -119,6 +125,7 @@ impl Vm {
             seq: 0,
             started,
             qmp,
+            tpm,
             _work: work,
         };
         if resume {
@@ -402,10 +409,13 @@ impl Vm {
         self.opts.artifacts.join(format!("{}.log", self.opts.name))
     }
 
-    /// Stops QEMU now.
+    /// Stops QEMU now (and then its TPM).
     pub fn kill(&mut self) {
         if let Some(h) = self.handle.take() {
             let _ = h.kill();
+        }
+        if let Some(t) = self.tpm.as_mut() {
+            t.stop();
         }
     }
 }

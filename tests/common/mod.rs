@@ -432,6 +432,28 @@ pub fn base_commit() -> Composed {
     .clone()
 }
 
+/// The composed commit of a variant recipe, `recipes/NAME.toml` (it includes base.toml),
+/// in the shared fixture repo; `KILN_TEST_RECIPE_<NAME>` (upper case) names another file.
+/// Recomposed only when its inputs changed (compose's input hash); the compose cache is
+/// the one [`base_commit`] uses.
+pub fn variant_commit(name: &str) -> Composed {
+    let dir = fixture_dir();
+    let _l = lock(&dir.join("lock"));
+    let repo = dir.join("repo");
+    let cache = project_root().join("build/cache");
+    let recipe = std::env::var_os(format!("KILN_TEST_RECIPE_{}", name.to_uppercase()))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join(format!("recipes/{name}.toml")));
+    let v = compose(&recipe, &repo, &cache, &[]);
+    Composed {
+        repo,
+        ref_: v["ref"].as_str().unwrap().to_string(),
+        commit: v["commit"].as_str().unwrap().to_string(),
+        recipe,
+        cache_dir: cache,
+    }
+}
+
 /// Runs the kiln binary under test: (exit code, stdout, stderr).
 pub fn kiln(args: &[&str]) -> (i32, String, String) {
     let out = duct::cmd(env!("CARGO_BIN_EXE_kiln"), args)

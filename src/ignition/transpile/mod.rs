@@ -125,7 +125,8 @@ pub fn check_values(s: &Source) -> R<()> {
     let root = KeyPath::default();
     ignition::check(&s.ignition, &root.k("ignition"))?;
     passwd::check(&s.passwd, &root.k("passwd"))?;
-    storage::check(&s.storage, &root.k("storage"))?;
+    let units: Vec<&str> = s.systemd.units.iter().map(|u| u.name.as_str()).collect();
+    storage::check(&s.storage, &units, &root.k("storage"))?;
     systemd::check(&s.systemd, &root.k("systemd"))?;
     kargs::check(&s.kernel_arguments, &root.k("kernel_arguments"))
 }

@@ -16,6 +16,29 @@ pub(super) fn check(filesystems: &[FilesystemSrc], key: &KeyPath) -> R<()> {
     Ok(())
 }
 
+/// A filesystem mounted at /var by Ignition must stay mounted there: on OSTree the
+/// deployment's own /var (the stateroot's) is bind-mounted otherwise, and everything
+/// Ignition wrote would vanish from view after the first boot. So it needs a mount unit,
+/// kiln's (`with_mount_unit`) or one of the config's `units` (`user_units`: their names).
+pub(super) fn check_var_mounted(
+    filesystems: &[FilesystemSrc],
+    user_units: &[&str],
+    key: &KeyPath,
+) -> R<()> {
+    for (i, f) in filesystems.iter().enumerate() {
+        let at_var = f.path.as_deref().map(|p| p.trim_end_matches('/')) == Some("/var");
+        if at_var && !f.with_mount_unit && !user_units.contains(&"var.mount") {
+            return Err(terr(
+                &key.i(i).k("with_mount_unit"),
+                "a filesystem at /var needs a mount unit, or later boots do not mount it (they \
+                 use the deployment's own /var): set with_mount_unit = true, or add a var.mount \
+                 unit to systemd.units",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The filesystems and the units of those `with_mount_unit`.
 pub(super) fn build(
     fss: &[FilesystemSrc],
@@ -113,6 +136,22 @@ fn mount_unit(fs: &FilesystemSrc, key: &KeyPath) -> R<ign::Unit> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filesystem_at_var_needs_a_mount_unit() {
+        let fs = |with_mount_unit| FilesystemSrc {
+            device: "/dev/mapper/var".into(),
+            format: Some("ext4".into()),
+            path: Some("/var".into()),
+            with_mount_unit,
+            ..Default::default()
+        };
+        let k = KeyPath::default().k("filesystems");
+        let e = check_var_mounted(&[fs(false)], &[], &k).unwrap_err();
+        assert!(format!("{e:?}").contains("with_mount_unit"), "{e:?}");
+        check_var_mounted(&[fs(true)], &[], &k).unwrap();
+        check_var_mounted(&[fs(false)], &["var.mount"], &k).unwrap();
+    }
 
     #[test]
     fn escapes_like_systemd() {

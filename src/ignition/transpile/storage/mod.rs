@@ -16,7 +16,9 @@ use crate::ignition::source::{KeyPath, StorageSrc};
 use crate::validate::abs_path;
 use ignition_config::v3_3 as ign;
 
-pub(super) fn check(st: &StorageSrc, ks: &KeyPath) -> R<()> {
+/// `units`: the names of the config's own systemd units (a filesystem at /var may come
+/// with its own mount unit).
+pub(super) fn check(st: &StorageSrc, units: &[&str], ks: &KeyPath) -> R<()> {
     for (i, f) in st.files.iter().enumerate() {
         let kf = ks.k("files").i(i);
         chk(&kf.k("path"), abs_path(&f.path))?;
@@ -57,6 +59,7 @@ pub(super) fn check(st: &StorageSrc, ks: &KeyPath) -> R<()> {
     }
     disks::check(&st.disks, &ks.k("disks"))?;
     filesystems::check(&st.filesystems, &ks.k("filesystems"))?;
+    filesystems::check_var_mounted(&st.filesystems, units, &ks.k("filesystems"))?;
     luks::check(&st.luks, &ks.k("luks"))?;
     raid::check(&st.raid, &ks.k("raid"))
 }

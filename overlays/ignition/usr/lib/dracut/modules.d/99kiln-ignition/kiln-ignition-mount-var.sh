@@ -6,6 +6,14 @@
 set -euo pipefail
 . /usr/libexec/kiln-ignition/lib.sh
 
+# What the tree's tmpfiles.d would make on the first boot, needed earlier by useradd
+# (homes) and by files Ignition writes.
+var_dirs() {
+    mkdir -p /sysroot/var/home /sysroot/var/lib /sysroot/var/opt /sysroot/var/srv \
+        /sysroot/var/mnt /sysroot/var/usrlocal /sysroot/var/log
+    mkdir -p -m 0700 /sysroot/var/roothome
+}
+
 case "${1:-}" in
 start)
     stateroot=$(kiln_stateroot)
@@ -21,11 +29,14 @@ start)
     if ! mountpoint -q /sysroot/var; then
         mount --bind "$var" /sysroot/var
     fi
-    # What the tree's tmpfiles.d would make on the first boot, needed earlier by
-    # useradd (homes) and by files Ignition writes.
-    mkdir -p /sysroot/var/home /sysroot/var/lib /sysroot/var/opt /sysroot/var/srv \
-        /sysroot/var/mnt /sysroot/var/usrlocal /sysroot/var/log
-    mkdir -p -m 0700 /sysroot/var/roothome
+    var_dirs
+    ;;
+dirs)
+    # After the mount stage: a filesystem the config mounts at /var itself (an encrypted
+    # /var, docs/ignition.md) starts empty.
+    if mountpoint -q /sysroot/var; then
+        var_dirs
+    fi
     ;;
 stop)
     if mountpoint -q /sysroot/var; then
@@ -33,7 +44,7 @@ stop)
     fi
     ;;
 *)
-    echo "usage: $0 start|stop" >&2
+    echo "usage: $0 start|dirs|stop" >&2
     exit 2
     ;;
 esac

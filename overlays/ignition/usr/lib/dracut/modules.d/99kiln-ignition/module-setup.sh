@@ -50,6 +50,7 @@ install() {
     # Live systems too (no boot disk): the units Ignition enabled.
     install_kiln_unit kiln-ignition-presets.service ignition-complete.target
     install_kiln_unit kiln-ignition-mount-var.service ignition-diskful.target
+    install_kiln_unit kiln-ignition-var-dirs.service ignition-diskful.target
     # Wherever the files stage runs: installed disks and live systems.
     install_kiln_unit kiln-ignition-selinux-config.service ignition-complete.target
     install_kiln_unit kiln-ignition-firstboot-done.service ignition-diskful.target
@@ -57,7 +58,8 @@ install() {
     # Nothing after the kargs stage runs when it asked for a reboot (and the stamp stays).
     local u
     for u in ignition-disks.service ignition-mount.service ignition-files.service \
-        kiln-ignition-mount-var.service kiln-ignition-selinux-config.service \
+        kiln-ignition-mount-var.service kiln-ignition-var-dirs.service \
+        kiln-ignition-selinux-config.service \
         kiln-ignition-firstboot-done.service; do
         inst_simple "$moddir/10-kiln-kargs-reboot.conf" \
             "$systemdsystemunitdir/$u.d/10-kiln-kargs-reboot.conf"
