@@ -1,8 +1,8 @@
 //! Kernel and initramfs where libostree looks for them:
 //! `usr/lib/modules/$kver/{vmlinuz,initramfs.img}`.
 //!
-//! dracut runs in the tree (chroot, no network) with `--no-hostonly --reproducible` and
-//! the `ostree` module plus the recipe's extra modules; `SOURCE_DATE_EPOCH` fixes the
+//! dracut runs in the tree (chroot, no network) with `--no-hostonly --reproducible`,
+//! `gzip -6` and the `ostree` module plus the recipe's extra modules; `SOURCE_DATE_EPOCH` fixes the
 //! timestamps inside the image. A kept image is reused while everything dracut read or
 //! looked for is unchanged ([`super::initramfs_cache`]).
 
@@ -90,6 +90,11 @@ pub fn build(tree: &Path, req: &Request) -> Result<Built> {
         "--no-hostonly",
         "--reproducible",
         "--no-hostonly-cmdline",
+        // dracut's default here is `gzip -n -9 --rsyncable`: 26 s of CPU for the base
+        // image's 163 MB, against 6 s at level 6 for a 0.6 % larger image. Deterministic
+        // like the default (no name, no time stamp).
+        "--compress",
+        "gzip -n -6 --rsyncable",
         "--add",
         &add,
         "-f",
