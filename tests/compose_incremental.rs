@@ -1,7 +1,7 @@
 //! Incremental compose against a compose from an empty cache, with the real pipeline
 //! (mmdebstrap against the configured mirror, dracut under strace, libostree). Needs root.
 //!
-//! One test, in order, in its own cache dir (its `.deb`s, apt lists and bootstrapped
+//! One test, in order, in its own cache dirs (their `.deb`s, apt lists and bootstrapped
 //! roots hardlinked from `build/cache`, so no download is repeated; no initramfs record):
 //! 1. a first compose builds the initramfs and keeps its record, which covers the kernel's
 //!    modules, dracut's configuration and its module directories;
@@ -17,23 +17,47 @@ use std::path::{Path, PathBuf};
 
 const EPOCH: &str = "1700000000";
 
-/// A cache dir with `build/cache`'s downloads and bootstrapped roots (hard links:
-/// restoring copies them) and nothing else.
-fn seeded_cache(dir: &Path) -> PathBuf {
+/// `build/cache`'s downloads and bootstrapped roots, hardlinked once into `dir` while
+/// holding that cache's compose lock (another compose may be saving or pruning a root
+/// there); the seeds of the test's cache dirs are taken from this copy.
+fn pristine(dir: &Path) -> PathBuf {
     let shared = common::project_root().join("build/cache");
     std::fs::create_dir_all(dir).unwrap();
+    let _l = common::lock(&shared.join("lock"));
+    link_caches(&shared, dir);
+    dir.to_path_buf()
+}
+
+/// A cache dir with the pristine downloads and bootstrapped roots (hard links: restoring
+/// copies them) and nothing else.
+fn seeded_cache(pristine: &Path, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    link_caches(pristine, dir);
+    dir.to_path_buf()
+}
+
+fn link_caches(from: &Path, to: &Path) {
     for d in ["debs", "apt-lists", "bootstrap"] {
-        if shared.join(d).is_dir() {
+        if from.join(d).is_dir() {
             let st = std::process::Command::new("cp")
                 .arg("-al")
-                .arg(shared.join(d))
-                .arg(dir)
+                .arg(from.join(d))
+                .arg(to)
                 .status()
                 .unwrap();
             assert!(st.success(), "seeding {d}");
         }
     }
-    dir.to_path_buf()
+    // Half-written entries of another compose are not part of the seed.
+    for e in std::fs::read_dir(to.join("bootstrap"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().ends_with(".tmp") {
+            std::fs::remove_dir_all(e.path()).unwrap();
+        }
+    }
 }
 
 fn copy_tree(src: &Path, dst: &Path) {
@@ -106,7 +130,8 @@ fn incremental_composes_equal_composes_from_an_empty_cache() {
         copy_tree(&root.join(d), &w.join(d));
     }
     let recipe = w.join("recipes/base.toml");
-    let cache = seeded_cache(&w.join("cache"));
+    let seed = pristine(&w.join("seed"));
+    let cache = seeded_cache(&seed, &w.join("cache"));
     let repo = w.join("repo");
 
     // 1. The first compose builds and keeps the initramfs.
@@ -145,7 +170,7 @@ fn incremental_composes_equal_composes_from_an_empty_cache() {
     let v2 = compose(&recipe, &repo, &cache, "overlay change");
     assert_eq!(v2["reused"]["initramfs"], true, "{v2}");
     let scratch2 = w.join("scratch2");
-    let c2 = seeded_cache(&scratch2.join("cache"));
+    let c2 = seeded_cache(&seed, &scratch2.join("cache"));
     let s2 = compose(
         &recipe,
         &scratch2.join("repo"),
@@ -173,7 +198,7 @@ fn incremental_composes_equal_composes_from_an_empty_cache() {
     let v3 = compose(&recipe, &repo, &cache, "dracut module change");
     assert_eq!(v3["reused"]["initramfs"], false, "{v3}");
     let scratch3 = w.join("scratch3");
-    let c3 = seeded_cache(&scratch3.join("cache"));
+    let c3 = seeded_cache(&seed, &scratch3.join("cache"));
     let s3 = compose(
         &recipe,
         &scratch3.join("repo"),
