@@ -142,8 +142,10 @@ fn main() {
         "{:<44} {:>7.1}MiB {:>14}",
         "peak RSS, full compose incl. apt/dracut", rss_full, "(info)"
     );
-    for (what, secs, goal) in inc {
-        println!("{what:<44} {secs:>9.2}s {goal:>14}");
+    for (what, value, goal) in inc {
+        // Ratios carry their unit in the goal column ("<= 0.6x"), seconds otherwise.
+        let unit = if goal.ends_with('x') { "x" } else { "s" };
+        println!("{what:<44} {value:>9.2}{unit} {goal:>14}");
     }
 }
 
@@ -247,8 +249,12 @@ fn incremental(recipe: &Path, work: &Path, cache: &Path, full: f64) -> Vec<(Stri
         .unwrap();
     assert!(st.success(), "bare mmdebstrap");
     let bare = t.elapsed().as_secs_f64();
-    rows.push(("bare mmdebstrap, same packages".into(), bare, String::new()));
-    rows.push(("cold compose".into(), cold, String::new()));
+    rows.push((
+        "bare mmdebstrap, same packages".into(),
+        bare,
+        "(info)".into(),
+    ));
+    rows.push(("cold compose".into(), cold, "(info)".into()));
     rows.push((
         "cold compose / bare mmdebstrap".into(),
         cold / bare,
