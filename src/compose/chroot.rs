@@ -8,6 +8,7 @@
 
 use crate::cmd::Cmd;
 use anyhow::Result;
+use std::ffi::OsString;
 use std::path::Path;
 
 const SETUP: &str = r#"set -e
@@ -30,25 +31,62 @@ exec chroot "$t" "$@"
 
 /// A command to run in `tree` with a clean environment plus `env`.
 pub fn command(tree: &Path, argv: &[&str], env: &[(&str, String)]) -> Cmd {
+    Cmd::new("unshare").args(unshare_args(tree, argv, env))
+}
+
+/// [`command`] run under `strace OPTIONS -o TRACE` (strace on the host, tracing the whole
+/// chain: namespace setup, chroot, and the program with its children).
+pub fn traced(
+    tree: &Path,
+    argv: &[&str],
+    env: &[(&str, String)],
+    options: &[&str],
+    trace: &Path,
+) -> Cmd {
+    Cmd::new("strace")
+        .args(options)
+        .arg("-o")
+        .arg(trace)
+        .arg("unshare")
+        .args(unshare_args(tree, argv, env))
+}
+
+/// `unshare`'s arguments for running `argv` in `tree`.
+fn unshare_args(tree: &Path, argv: &[&str], env: &[(&str, String)]) -> Vec<OsString> {
     for d in ["proc", "dev", "sys"] {
         let _ = std::fs::create_dir_all(tree.join(d));
     }
-    let mut c = Cmd::new("unshare")
-        .args(["--mount", "--net", "--pid", "--fork", "--kill-child", "--"])
-        .args(["/bin/bash", "-c", SETUP, "kiln-chroot"])
-        .arg(tree)
-        .args([
-            "/usr/bin/env",
-            "-i",
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME=/root",
-            "LC_ALL=C.UTF-8",
-            "DEBIAN_FRONTEND=noninteractive",
-        ]);
-    for (k, v) in env {
-        c = c.arg(format!("{k}={v}"));
+    let mut a: Vec<OsString> = [
+        "--mount",
+        "--net",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--",
+        "/bin/bash",
+        "-c",
+        SETUP,
+        "kiln-chroot",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    a.push(tree.as_os_str().to_owned());
+    for x in [
+        "/usr/bin/env",
+        "-i",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME=/root",
+        "LC_ALL=C.UTF-8",
+        "DEBIAN_FRONTEND=noninteractive",
+    ] {
+        a.push(x.into());
     }
-    c.args(argv)
+    for (k, v) in env {
+        a.push(format!("{k}={v}").into());
+    }
+    a.extend(argv.iter().map(OsString::from));
+    a
 }
 
 /// Runs `argv` in the tree with its output appended to `log`.

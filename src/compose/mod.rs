@@ -3,14 +3,18 @@
 //!
 //! Stages, one module each: [`sources`] (host apt sources, mirror state), [`bootstrap`]
 //! (mmdebstrap with cached .debs), [`overlay`], [`postprocess`] (units, scripts,
-//! remove-files), [`initramfs`] (dracut), [`layout`] (OSTree conversion), [`inputhash`]
+//! remove-files), [`initramfs`] (dracut; [`initramfs_cache`] reuses an image whose inputs, read from a
+//! [`dracut_trace`], are unchanged), [`layout`] (OSTree conversion), [`inputhash`]
 //! (no-change detection); [`pipeline`] runs them and commits; [`cli`] is `kiln compose`.
 
 pub mod bootstrap;
+pub mod cachelock;
 pub mod chroot;
 pub mod cli;
+pub mod dracut_trace;
 pub mod epoch;
 pub mod initramfs;
+pub mod initramfs_cache;
 pub mod inputhash;
 pub mod layout;
 pub mod overlay;

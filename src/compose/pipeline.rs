@@ -1,6 +1,7 @@
 //! The compose pipeline: inputs → (skip?) → bootstrap → overlays → units → postprocess →
 //! remove-files → kiln binary → initramfs → package list → layout → commit.
 
+pub use super::cachelock::CacheLock;
 use super::{
     bootstrap, epoch as epochs, initramfs, inputhash, layout, overlay, postprocess, sources,
 };
@@ -50,6 +51,8 @@ pub struct ComposeOutcome {
     pub skipped: bool,
     /// The bootstrap was copied from the cache instead of run.
     pub bootstrap_reused: bool,
+    /// Per stage, whether its result came from the cache.
+    pub reused: Reused,
     pub input_hash: String,
     /// Seconds per stage, in order.
     pub stages: serde_json::Value,
@@ -57,6 +60,15 @@ pub struct ComposeOutcome {
     pub content_bytes_written: u64,
     /// Where the chatty tools' output went.
     pub log: PathBuf,
+}
+
+/// Which stages' results came from the cache (`"reused"` in `--json`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Reused {
+    /// The bootstrapped root (`CACHE/bootstrap`).
+    pub bootstrap: bool,
+    /// The initramfs (`CACHE/initramfs`), every input of dracut unchanged.
+    pub initramfs: bool,
 }
 
 /// The build epoch and whether it is fixed: `SOURCE_DATE_EPOCH` wins, then the recipe's
@@ -168,30 +180,6 @@ impl WorkDir {
     }
 }
 
-/// An exclusive `flock` on a file, released when dropped (or when the process dies).
-pub struct CacheLock {
-    _file: std::fs::File,
-}
-
-impl CacheLock {
-    pub fn acquire(path: &Path) -> Result<Self> {
-        use std::os::fd::AsRawFd;
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .with_context(|| format!("opening lock file {}", path.display()))?;
-        // SAFETY: flock on a file descriptor we own; no memory is shared.
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("locking {}", path.display()));
-        }
-        Ok(CacheLock { _file: f })
-    }
-}
-
 /// Composes `recipe` into `opts.repo`.
 pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome> {
     let mut p = Progress::new(opts.quiet);
@@ -209,8 +197,20 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
     let reused = bootstrap_tree(recipe, &mut inputs, work.path(), &tree, &mut p)?;
     customize(recipe, &inputs, &tree, &mut p)?;
     let s = p.stage("initramfs");
-    let kver = initramfs::build(&tree, &recipe.dracut_modules, inputs.epoch, &log)?;
+    let built = initramfs::build(
+        &tree,
+        &initramfs::Request {
+            extra_modules: &recipe.dracut_modules,
+            kernel_args: &recipe.kernel_args,
+            epoch: inputs.epoch,
+            cache_dir: Some(&inputs.cache_dir),
+            work: work.path(),
+            log: &log,
+        },
+    )?;
     s.done();
+    p.note(&built.note);
+    let kver = built.kver;
     let packages = to_ostree_layout(&tree, work.path(), &mut p)?;
     let (res, version) = commit_tree(recipe, &inputs, &tree, packages, &mut p)?;
     p.note(&format!(
@@ -227,6 +227,10 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
         version,
         skipped: false,
         bootstrap_reused: reused,
+        reused: Reused {
+            bootstrap: reused,
+            initramfs: built.reused,
+        },
         input_hash: inputs.input_hash,
         stages: p.timings_json(),
         objects_written: res.content_objects_written + res.metadata_objects_written,
@@ -360,6 +364,7 @@ fn unchanged(recipe: &Recipe, inputs: &Inputs, p: &Progress) -> Option<ComposeOu
         version: prev.version.clone().unwrap_or_default(),
         skipped: true,
         bootstrap_reused: false,
+        reused: Reused::default(),
         input_hash: inputs.input_hash.clone(),
         stages: p.timings_json(),
         objects_written: 0,
