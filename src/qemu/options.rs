@@ -49,6 +49,15 @@ pub struct VmOptions {
     /// A QMP monitor socket ([`Vm::qmp`], [`Vm::reset`], [`Vm::monitor`]): tests that
     /// hard-reset the guest ask for it.
     pub monitor: bool,
+    /// Host `127.0.0.1:HOST` → guest `:GUEST` TCP forwards (`kiln run --ssh`). Implies
+    /// `network` (still `restrict=on`: the guest reaches nothing itself).
+    pub hostfwd: Vec<(u16, u16)>,
+    /// Extra disks on the q35 SATA (AHCI) controller, in port order: the guest names
+    /// them /dev/sda, /dev/sdb, … (a bare-metal config's device names).
+    pub sata_disks: Vec<Disk>,
+    /// The user network's subnet (QEMU's `net=`, e.g. `10.0.0.0/8`) when a guestfwd
+    /// address must lie outside the default 10.0.2.0/24.
+    pub net: Option<String>,
 }
 
 impl VmOptions {
@@ -68,6 +77,9 @@ impl VmOptions {
             cdrom: None,
             tftp: None,
             monitor: false,
+            hostfwd: Vec::new(),
+            sata_disks: Vec::new(),
+            net: None,
         }
     }
 }
@@ -188,6 +200,9 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
             &format!("virtio-blk-pci,drive=x{i}{serial}"),
         ]);
     }
+    for x in sata_args(opts, snap)? {
+        push(&[&x]);
+    }
     for (name, file) in &opts.fw_cfg {
         if !file.is_file() {
             bail!("fw_cfg file {} not found", file.display());
@@ -197,8 +212,15 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
             &format!("name={},file={}", opt_value(name), opt_path(file)?),
         ]);
     }
-    if opts.network || !opts.guestfwd.is_empty() || opts.tftp.is_some() {
+    if opts.network || !opts.guestfwd.is_empty() || opts.tftp.is_some() || !opts.hostfwd.is_empty()
+    {
         let mut nd = "user,id=n0,restrict=on".to_string();
+        if let Some(net) = &opts.net {
+            nd.push_str(&format!(",net={}", opt_value(net)));
+        }
+        for (host, guest) in &opts.hostfwd {
+            nd.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
         if !opts.guestfwd.is_empty() && !crate::cmd::have("socat") {
             bail!("forwarding guest connections to the host needs socat (package socat; run `make deps`)");
         }
@@ -228,6 +250,34 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
             None => "virtio-net-pci,netdev=n0,romfile=".to_string(),
         };
         push(&["-netdev", &nd, "-device", &dev]);
+    }
+    Ok(a)
+}
+
+/// `-drive`/`-device` pairs for [`VmOptions::sata_disks`], on the q35 AHCI ports after
+/// a CD drive's.
+fn sata_args(opts: &VmOptions, snap: &str) -> Result<Vec<String>> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+    for (i, d) in opts.sata_disks.iter().enumerate() {
+        let fmt = image_format(&d.path)?;
+        let ro = if d.read_only { ",read-only=on" } else { "" };
+        let serial = d
+            .serial
+            .as_ref()
+            .map(|s| format!(",serial={}", opt_value(s)))
+            .unwrap_or_default();
+        // A CD drive sits on port 0.
+        let port = i + usize::from(opts.cdrom.is_some());
+        push(&[
+            "-drive",
+            &format!(
+                "file={},format={fmt},if=none,id=sata{i}{ro}{snap}",
+                opt_path(&d.path)?
+            ),
+            "-device",
+            &format!("ide-hd,drive=sata{i},bus=ide.{port}{serial}"),
+        ]);
     }
     Ok(a)
 }
@@ -312,6 +362,13 @@ mod tests {
             "{a}"
         );
         assert!(a.contains("snapshot=on"), "{a}");
+        // Host forwards listen on the loopback address only.
+        o.hostfwd.push((2222, 22));
+        let a = qemu_args(&o, td.path()).unwrap().join(" ");
+        assert!(
+            a.contains("restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,guestfwd="),
+            "{a}"
+        );
         // No network boot: no option ROM on the NIC.
         assert!(
             a.split(' ')
