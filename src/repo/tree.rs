@@ -18,6 +18,7 @@ pub enum Kind {
 
 /// The root of one commit's tree.
 pub struct CommitTree {
+    repo: ostree::Repo,
     root: gio::File,
     /// The commit's checksum.
     pub commit: String,
@@ -33,6 +34,7 @@ impl CommitTree {
             .read_commit(rev, gio::Cancellable::NONE)
             .with_context(|| format!("reading commit {rev}"))?;
         Ok(CommitTree {
+            repo: repo.clone(),
             root,
             commit: commit.to_string(),
         })
@@ -106,10 +108,21 @@ impl CommitTree {
         if kind != Kind::File {
             return None;
         }
-        let f = self.root.resolve_relative_path(p.trim_start_matches('/'));
-        f.load_contents(gio::Cancellable::NONE)
-            .ok()
-            .map(|(b, _)| b.to_vec())
+        // Through the object's checksum: GIO's load_contents wants a file input stream,
+        // which a repo file's stream is not.
+        let f = self
+            .root
+            .resolve_relative_path(p.trim_start_matches('/'))
+            .downcast::<ostree::RepoFile>()
+            .ok()?;
+        f.ensure_resolved().ok()?;
+        let (stream, _, _) = self
+            .repo
+            .load_file(&f.checksum(), gio::Cancellable::NONE)
+            .ok()?;
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stream?.into_read(), &mut buf).ok()?;
+        Some(buf)
     }
 }
 
