@@ -625,7 +625,14 @@ fn upgrade_check_previews_packages_and_download_size() {
     env.publish("srv/p", &[]);
     let nginx = Nginx::start(env.dir.path(), &srv);
     env.remote(&nginx.url("p"), None);
-    kiln_ok(&["deploy", "--sysroot", s(&env.sysroot), "--remote", "origin", REF]);
+    kiln_ok(&[
+        "deploy",
+        "--sysroot",
+        s(&env.sysroot),
+        "--remote",
+        "origin",
+        REF,
+    ]);
     assert_eq!(check_default_entry(&env.sysroot), c1);
     let c2 = commit_version_sized(&env.build, &work, 2, 64, 16384);
     let p2 = env.publish("srv/p", &[]);
@@ -648,7 +655,10 @@ fn upgrade_check_previews_packages_and_download_size() {
     let (code, out, _) = kiln(&["upgrade", "--check", "--sysroot", s(&env.sysroot)]);
     assert_eq!(code, 77);
     assert!(out.contains("changed  tool 1.1 -> 1.2"), "{out}");
-    assert!(out.contains("Download: ") && out.contains("static delta"), "{out}");
+    assert!(
+        out.contains("Download: ") && out.contains("static delta"),
+        "{out}"
+    );
     nginx.take_log();
 
     let (code, out, err) = env.upgrade();
@@ -662,7 +672,10 @@ fn upgrade_check_previews_packages_and_download_size() {
         reqs.len(),
         up["pull"]["bytesTransferred"]
     );
-    assert!(checked * 10 < estimate, "the check downloaded {checked} bytes");
+    assert!(
+        checked * 10 < estimate,
+        "the check downloaded {checked} bytes"
+    );
     let diff = served.abs_diff(estimate);
     assert!(
         diff * 10 <= served,

@@ -9,7 +9,7 @@
 //!   that key, runs commands in the VM; they see the example's motd, hostname, user and unit
 //!   and the devbox recipe's tools and kernel argument.
 //! - bare-metal.toml and k8s-worker.toml (with its fragments) in one config: the former
-//!   gets the SATA disks it names (/dev/sdb, /dev/sdc), the latter its control plane at
+//!   gets the SCSI disks it names (/dev/sdb, /dev/sdc), the latter its control plane at
 //!   https://10.0.0.10:8443 (a local `openssl s_server` behind a guestfwd, with a CA made
 //!   for the test standing in for the cluster's, the example's `files/cluster-ca.pem`).
 //!
@@ -396,7 +396,7 @@ fn bare_metal_and_k8s_worker_examples() {
     o.artifacts = common::vm_artifacts();
     o.fw_cfg = vec![("opt/com.coreos/config".into(), cfg)];
     // sda (unused), sdb (data), sdc (swap: 4 GiB).
-    o.sata_disks = vec![
+    o.scsi_disks = vec![
         sparse_disk(&dir.path().join("sda.raw"), 64 << 20),
         sparse_disk(&dir.path().join("sdb.raw"), 512 << 20),
         sparse_disk(&dir.path().join("sdc.raw"), 4200 << 20),
@@ -408,8 +408,18 @@ fn bare_metal_and_k8s_worker_examples() {
     vm.wait_for("kernel arguments changed; rebooting", t)
         .unwrap();
     common::vm_login(&mut vm);
-    eprintln!("provisioned and logged in after {:?}", vm.elapsed());
     let sh = |vm: &mut Vm, c: &str| vm.run_ok(c, CMD).unwrap();
+    // A failed Ignition stage leaves a root shell in the initramfs: not this one.
+    let (st, _) = vm.run("test -e /etc/initrd-release", CMD).unwrap();
+    assert_ne!(
+        st, 0,
+        "the shell is the initramfs' emergency shell: Ignition failed"
+    );
+    let state = sh(&mut vm, "systemctl is-system-running --wait || true");
+    eprintln!(
+        "provisioned and logged in after {:?} ({state})",
+        vm.elapsed()
+    );
 
     // bare-metal.toml
     let cmdline = sh(&mut vm, "cat /proc/cmdline");

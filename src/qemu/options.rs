@@ -52,9 +52,10 @@ pub struct VmOptions {
     /// Host `127.0.0.1:HOST` → guest `:GUEST` TCP forwards (`kiln run --ssh`). Implies
     /// `network` (still `restrict=on`: the guest reaches nothing itself).
     pub hostfwd: Vec<(u16, u16)>,
-    /// Extra disks on the q35 SATA (AHCI) controller, in port order: the guest names
-    /// them /dev/sda, /dev/sdb, … (a bare-metal config's device names).
-    pub sata_disks: Vec<Disk>,
+    /// Extra disks on a virtio-scsi controller, one SCSI target each in order: the guest
+    /// names them /dev/sda, /dev/sdb, … (a bare-metal config's device names; Debian's
+    /// cloud kernel has virtio_scsi and sd_mod but no AHCI driver).
+    pub scsi_disks: Vec<Disk>,
     /// The user network's subnet (QEMU's `net=`, e.g. `10.0.0.0/8`) when a guestfwd
     /// address must lie outside the default 10.0.2.0/24.
     pub net: Option<String>,
@@ -78,7 +79,7 @@ impl VmOptions {
             tftp: None,
             monitor: false,
             hostfwd: Vec::new(),
-            sata_disks: Vec::new(),
+            scsi_disks: Vec::new(),
             net: None,
         }
     }
@@ -200,7 +201,7 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
             &format!("virtio-blk-pci,drive=x{i}{serial}"),
         ]);
     }
-    for x in sata_args(opts, snap)? {
+    for x in scsi_args(opts, snap)? {
         push(&[&x]);
     }
     for (name, file) in &opts.fw_cfg {
@@ -254,12 +255,14 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
     Ok(a)
 }
 
-/// `-drive`/`-device` pairs for [`VmOptions::sata_disks`], on the q35 AHCI ports after
-/// a CD drive's.
-fn sata_args(opts: &VmOptions, snap: &str) -> Result<Vec<String>> {
+/// A virtio-scsi controller and one `scsi-hd` per [`VmOptions::scsi_disks`] entry.
+fn scsi_args(opts: &VmOptions, snap: &str) -> Result<Vec<String>> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
-    for (i, d) in opts.sata_disks.iter().enumerate() {
+    if !opts.scsi_disks.is_empty() {
+        push(&["-device", "virtio-scsi-pci,id=scsi0"]);
+    }
+    for (i, d) in opts.scsi_disks.iter().enumerate() {
         let fmt = image_format(&d.path)?;
         let ro = if d.read_only { ",read-only=on" } else { "" };
         let serial = d
@@ -267,16 +270,14 @@ fn sata_args(opts: &VmOptions, snap: &str) -> Result<Vec<String>> {
             .as_ref()
             .map(|s| format!(",serial={}", opt_value(s)))
             .unwrap_or_default();
-        // A CD drive sits on port 0.
-        let port = i + usize::from(opts.cdrom.is_some());
         push(&[
             "-drive",
             &format!(
-                "file={},format={fmt},if=none,id=sata{i}{ro}{snap}",
+                "file={},format={fmt},if=none,id=scsi{i}{ro}{snap}",
                 opt_path(&d.path)?
             ),
             "-device",
-            &format!("ide-hd,drive=sata{i},bus=ide.{port}{serial}"),
+            &format!("scsi-hd,drive=scsi{i},bus=scsi0.0,channel=0,scsi-id={i},lun=0{serial}"),
         ]);
     }
     Ok(a)
