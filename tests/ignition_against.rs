@@ -235,3 +235,36 @@ fn image_checks_its_ignition_config_by_default() {
     assert!(!out.exists());
     eprintln!("refused in {:?}", t.elapsed());
 }
+
+#[test]
+fn iso_embed_checks_against_the_commit_first() {
+    let td = tempfile::tempdir().unwrap();
+    let ign = td.path().join("bad.ign");
+    std::fs::write(
+        &ign,
+        "{\n  \"ignition\": {\"version\": \"3.3.0\"},\n  \"passwd\": {\"users\": [\n    \
+         {\"name\": \"dev\", \"groups\": [\"wheel\"]}\n  ]}\n}\n",
+    )
+    .unwrap();
+    // Refused before the ISO is opened (this one is not even an ISO).
+    let iso = td.path().join("live.iso");
+    std::fs::write(&iso, b"not read").unwrap();
+    let a = against();
+    let (code, _, err) = common::kiln(&[
+        "iso",
+        "ignition",
+        "embed",
+        "--ignition",
+        ign.to_str().unwrap(),
+        "--against",
+        &a,
+        iso.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("{}:4:", ign.display())), "{err}");
+    assert!(
+        err.contains("wheel") && err.contains("/usr/etc/group"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&iso).unwrap(), b"not read");
+}

@@ -37,7 +37,7 @@ pub struct BuildArgs {
 }
 
 /// `REPO:REF`: a repository path and a ref or checksum (split at the last `:`).
-fn against_arg(s: &str) -> Result<(PathBuf, String), String> {
+pub fn against_arg(s: &str) -> Result<(PathBuf, String), String> {
     let (repo, rev) = s.rsplit_once(':').ok_or_else(|| {
         format!("{s:?}: expected REPO:REF, e.g. build/repo:kiln/bookworm/x86_64/base")
     })?;

@@ -250,6 +250,10 @@ pub struct EmbedArgs {
     /// Replace a config already embedded.
     #[arg(short, long)]
     pub force: bool,
+    /// Check the config against the commit the ISO was built from, REPO:REF (as `kiln
+    /// ignition build --against` does, platform `metal`) before embedding it.
+    #[arg(long, value_name = "REPO:REF", value_parser = crate::ignition::cli::against_arg)]
+    pub against: Option<(PathBuf, String)>,
     #[command(flatten)]
     pub target: IsoOutArgs,
 }
@@ -351,6 +355,16 @@ pub fn cmd_iso(c: IsoCommand) -> Result<()> {
     match c {
         IsoCommand::Ignition(IgnitionCmd::Embed(a)) => {
             let config = read_ignition_config(&a.ignition)?;
+            if let Some((repo, rev)) = &a.against {
+                let image = crate::ignition::cli::open_image(repo, rev, "--against")?;
+                let against = crate::ignition::Against {
+                    image: &image,
+                    platform: Some(Platform::Metal.id()),
+                };
+                for w in crate::ignition::check_json_against(&a.ignition, &config, &against)? {
+                    eprintln!("kiln: {w}");
+                }
+            }
             let (out, ()) =
                 with_target(&a.target, true, |iso| ignition_embed(iso, &config, a.force))?;
             eprintln!(
