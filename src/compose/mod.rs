@@ -20,6 +20,7 @@ pub mod layout;
 pub mod overlay;
 pub mod pipeline;
 pub mod postprocess;
+pub mod sbom;
 pub mod sources;
 
 pub use pipeline::{compose, ComposeOptions, ComposeOutcome, MIRROR_STATE_KEY};

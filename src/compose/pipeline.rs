@@ -211,6 +211,15 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
     s.done();
     p.note(&built.note);
     let kver = built.kver;
+    let s = p.stage("sbom");
+    let subject = super::sbom::Subject {
+        name: &recipe.name,
+        ref_: &recipe.ref_,
+        epoch: inputs.epoch,
+        kiln_version: &inputs.kiln_version,
+    };
+    super::sbom::write_into(&tree, &inputs.cache_dir.join("debs"), &subject)?;
+    s.done();
     let packages = to_ostree_layout(&tree, work.path(), &mut p)?;
     let (res, version) = commit_tree(recipe, &inputs, &tree, packages, &mut p)?;
     p.note(&format!(

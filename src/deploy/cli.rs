@@ -268,13 +268,19 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
                 to,
                 from_version,
                 to_version,
-            } => println!(
-                "Update available on {refspec}: {} (commit {}) -> {} (commit {}).",
-                ver(from_version),
-                short(from),
-                ver(to_version),
-                short(to)
-            ),
+                packages,
+                download_bytes,
+                download_unpacked_bytes,
+            } => {
+                println!(
+                    "Update available on {refspec}: {} (commit {}) -> {} (commit {}).",
+                    ver(from_version),
+                    short(from),
+                    ver(to_version),
+                    short(to)
+                );
+                print_preview(packages.as_ref(), *download_bytes, *download_unpacked_bytes);
+            }
             UpgradeOutcome::Deployed {
                 refspec,
                 from,
@@ -300,6 +306,41 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
         return Err(crate::error::Verdict::UpdateAvailable.into());
     }
     Ok(())
+}
+
+/// The package changes and download size of an available update.
+fn print_preview(
+    packages: Option<&crate::repo::diff::PackageChanges>,
+    download: Option<u64>,
+    unpacked: Option<u64>,
+) {
+    match packages {
+        Some(p) => {
+            for c in &p.changed {
+                println!("  changed  {} {} -> {}", c.name, c.from, c.to);
+            }
+            for a in &p.added {
+                println!("  added    {} {}", a.name, a.version);
+            }
+            for r in &p.removed {
+                println!("  removed  {} {}", r.name, r.version);
+            }
+            if p.changed.is_empty() && p.added.is_empty() && p.removed.is_empty() {
+                println!("  no package changes");
+            }
+        }
+        None => println!("  (a commit has no package list: not made by kiln compose)"),
+    }
+    match (download, unpacked) {
+        (Some(d), Some(u)) => println!(
+            "Download: {} (a static delta; {} unpacked).",
+            crate::progress::human_bytes(d),
+            crate::progress::human_bytes(u)
+        ),
+        _ => {
+            println!("Download: size unknown (the server has no static delta from a commit here).")
+        }
+    }
 }
 
 /// While alive, file descriptor 1 points at stderr (for libraries that print on stdout).

@@ -22,13 +22,21 @@ pub enum UpgradeOutcome {
         checksum: String,
         version: Option<String>,
     },
-    /// `--check`: a newer commit exists.
+    /// `--check`: a newer commit exists (only its commit object was downloaded).
     Available {
         refspec: String,
         from: String,
         to: String,
         from_version: Option<String>,
         to_version: Option<String>,
+        /// What the update adds, removes and changes (the commits' package lists);
+        /// `None` when a commit has no list.
+        packages: Option<crate::repo::diff::PackageChanges>,
+        /// Bytes the update would download: the server's static delta from a commit
+        /// here (`None`: the server has no such delta, or the source is a local repo).
+        download_bytes: Option<u64>,
+        /// The same delta's content, uncompressed.
+        download_unpacked_bytes: Option<u64>,
     },
     /// A newer commit was deployed.
     Deployed {
@@ -152,6 +160,9 @@ fn upgrade_decision(
             to: newest.to_string(),
             from_version: base.info.version.clone(),
             to_version: newest_info.version.clone(),
+            packages: crate::repo::diff::changes(&base.info, newest_info),
+            download_bytes: None,
+            download_unpacked_bytes: None,
         }));
     }
     Ok(None)
@@ -203,7 +214,21 @@ pub fn upgrade(path: &Path, os: &str, opts: &UpgradeOptions) -> Result<UpgradeOu
         Source::Sysroot => unreachable!("upgrade_base never picks the sysroot itself"),
     };
     let info = crate::repo::read_commit(&repo, &newest)?;
-    if let Some(done) = upgrade_decision(&base, &newest, &info, opts)? {
+    if let Some(mut done) = upgrade_decision(&base, &newest, &info, opts)? {
+        if let (
+            Source::Remote(r),
+            UpgradeOutcome::Available {
+                download_bytes,
+                download_unpacked_bytes,
+                ..
+            },
+        ) = (&base.source, &mut done)
+        {
+            if let Some((z, u)) = crate::repo::pull::delta_download_size(&repo, r, &base.ref_)? {
+                *download_bytes = Some(z);
+                *download_unpacked_bytes = Some(u);
+            }
+        }
         return Ok(done);
     }
     safety::point("upgrade:pulled");

@@ -4,6 +4,7 @@
 //! Library API: [`build_config`] (TOML -> JSON text) and [`validate_json`] (JSON text ->
 //! [`Report`]). The `kiln ignition` command lives in [`cli`].
 
+pub mod against;
 pub mod cli;
 pub mod json;
 pub mod source;
@@ -36,6 +37,24 @@ pub fn build_config(
 
 /// Like [`build_config`], also returning the warnings.
 pub fn build(path: &Path, files_dir: Option<&Path>, fragments: Option<&Path>) -> Result<Built> {
+    build_against(path, files_dir, fragments, None)
+}
+
+/// What a config is checked against ([`against`]): a commit's tree and, when known, the
+/// Ignition platform id the image is for.
+pub struct Against<'a> {
+    pub image: &'a crate::repo::tree::CommitTree,
+    pub platform: Option<&'a str>,
+}
+
+/// Like [`build`]; with `against`, the built config is also checked against that image,
+/// each problem located in the TOML source.
+pub fn build_against(
+    path: &Path,
+    files_dir: Option<&Path>,
+    fragments: Option<&Path>,
+    against: Option<&Against>,
+) -> Result<Built> {
     let loaded = source::load(path, fragments)?;
     let default_dir = path
         .parent()
@@ -65,7 +84,7 @@ pub fn build(path: &Path, files_dir: Option<&Path>, fragments: Option<&Path>) ->
         }
         return Err(first.into());
     }
-    let warnings = report
+    let mut warnings: Vec<String> = report
         .warnings()
         .map(|d| {
             let key = json_path_to_key(&d.path);
@@ -73,7 +92,57 @@ pub fn build(path: &Path, files_dir: Option<&Path>, fragments: Option<&Path>) ->
             format!("warning: {e}")
         })
         .collect();
+    if let Some(a) = against {
+        let root = json::parse(&json)
+            .map_err(|e| anyhow::anyhow!("re-reading the built config: {}", e.message))?;
+        let found = against::check(&root, a.image, a.platform);
+        let at = |f: &against::Finding| loaded.error(&json_path_to_key(&f.path), f.message.clone());
+        warnings.extend(
+            found
+                .iter()
+                .filter(|f| f.warning)
+                .map(|f| format!("warning: {}", at(f))),
+        );
+        refuse(found.iter().filter(|f| !f.warning).map(at))?;
+    }
     Ok(Built { json, warnings })
+}
+
+/// The first error, with every further one on its own line; `Ok` when there is none.
+fn refuse(mut errors: impl Iterator<Item = InputError>) -> Result<()> {
+    if let Some(mut first) = errors.next() {
+        for more in errors {
+            first.message.push_str(&format!("\n  and: {more}"));
+        }
+        return Err(first.into());
+    }
+    Ok(())
+}
+
+/// Checks an Ignition JSON config (`file` holds `text`) against an image: errors are an
+/// [`InputError`] at the config's line:col; warnings are returned.
+pub fn check_json_against(file: &Path, text: &str, a: &Against) -> Result<Vec<String>> {
+    let root = json::parse(text).map_err(|e| {
+        let (l, c) = crate::error::line_col(text, e.pos);
+        InputError::new(
+            file.display().to_string(),
+            format!("invalid JSON: {}", e.message),
+        )
+        .at(l, c)
+    })?;
+    let found = against::check(&root, a.image, a.platform);
+    let at = |f: &against::Finding| {
+        let (l, c) = crate::error::line_col(text, f.pos);
+        InputError::new(file.display().to_string(), f.message.clone())
+            .key(f.path.clone())
+            .at(l, c)
+    };
+    refuse(found.iter().filter(|f| !f.warning).map(at))?;
+    Ok(found
+        .iter()
+        .filter(|f| f.warning)
+        .map(|f| format!("warning: {}", at(f)))
+        .collect())
 }
 
 /// `$.storage.files.0.contents.source` -> `storage.files[0].contents.source`.

@@ -54,9 +54,13 @@ pub struct ImageArgs {
     #[arg(long = "karg")]
     pub kargs: Vec<String>,
     /// Ignition config to embed as /boot/ignition/config.ign (bare-metal provisioning;
-    /// platform `metal`).
+    /// platform `metal`). It is checked against the commit's tree first (as `kiln
+    /// ignition build --against` does).
     #[arg(long)]
     pub ignition: Option<PathBuf>,
+    /// Do not check --ignition's config against the commit's tree.
+    #[arg(long, requires = "ignition")]
+    pub no_check_against: bool,
     /// Platform the image is for: sets `ignition.platform.id` (where Ignition finds the
     /// machine's config: fw_cfg for `qemu`, the cloud's metadata for `aws`, `gcp`,
     /// `azure`, `openstack`, guestinfo for `vmware`, /boot/ignition/config.ign or
@@ -108,7 +112,18 @@ fn check_args(a: &ImageArgs) -> Result<()> {
     crate::validate::os_name(&a.os).map_err(|m| bad("--os", m))?;
     if let Some(ign) = &a.ignition {
         crate::validate::open_regular(ign).map_err(|m| bad("--ignition", m))?;
-        read_ignition_config(ign)?;
+        let text = read_ignition_config(ign)?;
+        if !a.no_check_against {
+            let image = crate::ignition::cli::open_image(&a.repo, &a.ref_, "--ref")?;
+            let platform = a.platform.unwrap_or(Platform::Metal).id();
+            let against = crate::ignition::Against {
+                image: &image,
+                platform: Some(platform),
+            };
+            for w in crate::ignition::check_json_against(ign, &text, &against)? {
+                eprintln!("kiln: {w}");
+            }
+        }
     }
     for k in &a.remote_gpg_key {
         crate::validate::open_regular(k).map_err(|m| bad("--remote-gpg-key", m))?;
@@ -235,6 +250,10 @@ pub struct EmbedArgs {
     /// Replace a config already embedded.
     #[arg(short, long)]
     pub force: bool,
+    /// Check the config against the commit the ISO was built from, REPO:REF (as `kiln
+    /// ignition build --against` does, platform `metal`) before embedding it.
+    #[arg(long, value_name = "REPO:REF", value_parser = crate::ignition::cli::against_arg)]
+    pub against: Option<(PathBuf, String)>,
     #[command(flatten)]
     pub target: IsoOutArgs,
 }
@@ -336,6 +355,16 @@ pub fn cmd_iso(c: IsoCommand) -> Result<()> {
     match c {
         IsoCommand::Ignition(IgnitionCmd::Embed(a)) => {
             let config = read_ignition_config(&a.ignition)?;
+            if let Some((repo, rev)) = &a.against {
+                let image = crate::ignition::cli::open_image(repo, rev, "--against")?;
+                let against = crate::ignition::Against {
+                    image: &image,
+                    platform: Some(Platform::Metal.id()),
+                };
+                for w in crate::ignition::check_json_against(&a.ignition, &config, &against)? {
+                    eprintln!("kiln: {w}");
+                }
+            }
             let (out, ()) =
                 with_target(&a.target, true, |iso| ignition_embed(iso, &config, a.force))?;
             eprintln!(

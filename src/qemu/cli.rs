@@ -1,10 +1,11 @@
-//! `kiln run`: boot an image in QEMU with the serial console on stdout.
+//! `kiln run`: boot an image in QEMU with the serial console on stdout (and stdin: the
+//! terminal is the VM's serial console; Ctrl-a x quits, Ctrl-a c toggles QEMU's monitor).
 
 use super::accel::{accel, Accel};
 use super::options::{qemu_args, Disk, VmOptions};
 use super::tpm::{Swtpm, TpmState};
 use crate::cmd::Cmd;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -43,6 +44,35 @@ pub struct RunArgs {
     /// machine finds the same TPM on its next run. Implies --tpm.
     #[arg(long, value_name = "DIR")]
     pub tpm_state: Option<PathBuf>,
+    /// Forward a free port on 127.0.0.1 to the guest's ssh port (22) and print the `ssh`
+    /// command that logs in (the user: the first one the Ignition config gives a key).
+    #[arg(long)]
+    pub ssh: bool,
+}
+
+/// A free TCP port on 127.0.0.1 (QEMU binds it a moment later).
+fn free_local_port() -> Result<u16> {
+    let l =
+        std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
+    Ok(l.local_addr().context("reading the free port")?.port())
+}
+
+/// The first user of an Ignition config that has an ssh key.
+fn ssh_user(config: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["passwd"]["users"].as_array()?.iter().find_map(|u| {
+        let keys = u["sshAuthorizedKeys"].as_array()?;
+        (!keys.is_empty()).then(|| u["name"].as_str().map(str::to_string))?
+    })
+}
+
+/// The ssh command line for a forward on `port` (host keys change with every VM, so
+/// they are neither checked nor remembered).
+pub fn ssh_command(port: u16, user: &str) -> String {
+    format!(
+        "ssh -p {port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null {user}@127.0.0.1"
+    )
 }
 
 /// The firmware of `kiln run`'s VM.
@@ -103,6 +133,13 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         opts.fw_cfg
             .push(("opt/com.coreos/config".into(), ign.clone()));
     }
+    let mut ssh = None;
+    if a.ssh {
+        let port = free_local_port()?;
+        opts.hostfwd.push((port, 22));
+        let user = a.ignition.as_deref().and_then(ssh_user);
+        ssh = Some((port, user));
+    }
     if let Some(dir) = &a.tpm_state {
         let bad = |m: &str| {
             crate::error::InputError::new("command line", format!("{}: {m}", dir.display()))
@@ -129,9 +166,20 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
     let mut args = qemu_args(&opts, work.path())?;
     args.extend(["-serial".to_string(), "mon:stdio".to_string()]);
     if accel() == Accel::Tcg {
-        eprintln!("kiln: KVM is not usable here; using TCG (slow). Ctrl-a x quits.");
+        eprintln!("kiln: KVM is not usable here; using TCG (slow).");
     } else {
-        eprintln!("kiln: using KVM. Ctrl-a x quits.");
+        eprintln!("kiln: using KVM.");
+    }
+    eprintln!(
+        "kiln: this terminal is the VM's serial console. Ctrl-a x quits (powers the VM off), \
+         Ctrl-a c switches to QEMU's monitor and back, Ctrl-a h lists the keys."
+    );
+    if let Some((port, user)) = &ssh {
+        let who = user.as_deref().unwrap_or("USER");
+        eprintln!("kiln: once the VM is up: {}", ssh_command(*port, who));
+        if user.is_none() {
+            eprintln!("kiln: (USER: a user the Ignition config gives an ssh key)");
+        }
     }
     let st = Cmd::new("qemu-system-x86_64").args(&args).run_inherit()?;
     if !st.success() {
@@ -195,5 +243,24 @@ mod tests {
                 "{e:#}"
             );
         }
+    }
+
+    #[test]
+    fn ssh_user_is_the_first_with_a_key() {
+        let td = tempfile::tempdir().unwrap();
+        let c = td.path().join("c.ign");
+        std::fs::write(
+            &c,
+            r#"{"ignition":{"version":"3.3.0"},"passwd":{"users":[
+                {"name":"nokey"},{"name":"admin","sshAuthorizedKeys":["ssh-ed25519 AAA x"]}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(ssh_user(&c).as_deref(), Some("admin"));
+        std::fs::write(&c, r#"{"ignition":{"version":"3.3.0"}}"#).unwrap();
+        assert_eq!(ssh_user(&c), None);
+        let p = free_local_port().unwrap();
+        let c = ssh_command(p, "admin");
+        assert!(c.starts_with(&format!("ssh -p {p} ")), "{c}");
+        assert!(c.ends_with(" admin@127.0.0.1"), "{c}");
     }
 }

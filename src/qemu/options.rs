@@ -63,6 +63,16 @@ pub struct VmOptions {
     pub secure_boot: bool,
     /// A TPM 2.0 (swtpm; [`super::tpm`]): a fresh one or a kept state directory.
     pub tpm: Option<TpmState>,
+    /// Host `127.0.0.1:HOST` → guest `:GUEST` TCP forwards (`kiln run --ssh`). Implies
+    /// `network` (still `restrict=on`: the guest reaches nothing itself).
+    pub hostfwd: Vec<(u16, u16)>,
+    /// Extra disks on a virtio-scsi controller, one SCSI target each in order: the guest
+    /// names them /dev/sda, /dev/sdb, … (a bare-metal config's device names; Debian's
+    /// cloud kernel has virtio_scsi and sd_mod but no AHCI driver).
+    pub scsi_disks: Vec<Disk>,
+    /// The user network's subnet (QEMU's `net=`, e.g. `10.0.0.0/8`) when a guestfwd
+    /// address must lie outside the default 10.0.2.0/24.
+    pub net: Option<String>,
 }
 
 impl VmOptions {
@@ -85,6 +95,9 @@ impl VmOptions {
             incoming: None,
             secure_boot: false,
             tpm: None,
+            hostfwd: Vec::new(),
+            scsi_disks: Vec::new(),
+            net: None,
         }
     }
 }
@@ -205,6 +218,9 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
             &format!("virtio-blk-pci,drive=x{i}{serial}"),
         ]);
     }
+    for x in scsi_args(opts, snap)? {
+        push(&[&x]);
+    }
     for (name, file) in &opts.fw_cfg {
         if !file.is_file() {
             bail!("fw_cfg file {} not found", file.display());
@@ -218,8 +234,15 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
         let t = super::tpm::qemu_args(work)?;
         push(&t.iter().map(String::as_str).collect::<Vec<_>>());
     }
-    if opts.network || !opts.guestfwd.is_empty() || opts.tftp.is_some() {
+    if opts.network || !opts.guestfwd.is_empty() || opts.tftp.is_some() || !opts.hostfwd.is_empty()
+    {
         let mut nd = "user,id=n0,restrict=on".to_string();
+        if let Some(net) = &opts.net {
+            nd.push_str(&format!(",net={}", opt_value(net)));
+        }
+        for (host, guest) in &opts.hostfwd {
+            nd.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
         if !opts.guestfwd.is_empty() && !crate::cmd::have("socat") {
             bail!("forwarding guest connections to the host needs socat (package socat; run `make deps`)");
         }
@@ -290,6 +313,34 @@ fn uefi_args(secure_boot: bool, work: &Path) -> Result<Vec<String>> {
         "-drive",
         &format!("if=pflash,format=raw,unit=1,file={}", opt_path(&vars)?),
     ]);
+    Ok(a)
+}
+
+/// A virtio-scsi controller and one `scsi-hd` per [`VmOptions::scsi_disks`] entry.
+fn scsi_args(opts: &VmOptions, snap: &str) -> Result<Vec<String>> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+    if !opts.scsi_disks.is_empty() {
+        push(&["-device", "virtio-scsi-pci,id=scsi0"]);
+    }
+    for (i, d) in opts.scsi_disks.iter().enumerate() {
+        let fmt = image_format(&d.path)?;
+        let ro = if d.read_only { ",read-only=on" } else { "" };
+        let serial = d
+            .serial
+            .as_ref()
+            .map(|s| format!(",serial={}", opt_value(s)))
+            .unwrap_or_default();
+        push(&[
+            "-drive",
+            &format!(
+                "file={},format={fmt},if=none,id=scsi{i}{ro}{snap}",
+                opt_path(&d.path)?
+            ),
+            "-device",
+            &format!("scsi-hd,drive=scsi{i},bus=scsi0.0,channel=0,scsi-id={i},lun=0{serial}"),
+        ]);
+    }
     Ok(a)
 }
 
@@ -410,6 +461,13 @@ mod tests {
             "{a}"
         );
         assert!(a.contains("snapshot=on"), "{a}");
+        // Host forwards listen on the loopback address only.
+        o.hostfwd.push((2222, 22));
+        let a = qemu_args(&o, td.path()).unwrap().join(" ");
+        assert!(
+            a.contains("restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,guestfwd="),
+            "{a}"
+        );
         // No network boot: no option ROM on the NIC.
         assert!(
             a.split(' ')

@@ -81,6 +81,31 @@ pub fn diff_packages(
     (added, removed, changed)
 }
 
+/// Packages added, removed and changed, without the commits (an update preview).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PackageChanges {
+    pub added: Vec<Package>,
+    pub removed: Vec<Package>,
+    pub changed: Vec<PackageChange>,
+}
+
+/// The package changes from commit `a` to commit `b`; `None` when either has no
+/// `kiln.packages` list (not made by kiln compose) or an unreadable one.
+pub fn changes(a: &super::CommitInfo, b: &super::CommitInfo) -> Option<PackageChanges> {
+    let list = |c: &super::CommitInfo| {
+        if !c.metadata.contains_key(super::keys::PACKAGES) {
+            return None;
+        }
+        parse_packages(&c.meta_list(super::keys::PACKAGES)).ok()
+    };
+    let (added, removed, changed) = diff_packages(&list(a)?, &list(b)?);
+    Some(PackageChanges {
+        added,
+        removed,
+        changed,
+    })
+}
+
 /// The package difference between revs `from` and `to` of `repo`.
 pub fn diff(repo: &ostree::Repo, repo_name: &str, from: &str, to: &str) -> Result<PackageDiff> {
     let load = |rev: &str| -> Result<(CommitRef, BTreeMap<String, String>)> {

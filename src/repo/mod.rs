@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod diff;
 pub mod pull;
+pub mod tree;
 
 use anyhow::{anyhow, Context, Result};
 use ostree::gio;

@@ -221,6 +221,35 @@ pub fn pull(
     Ok((c, stats))
 }
 
+/// What pulling `ref_` from `remote` would download, found by a dry run of libostree's
+/// pull: the summary and the static delta's superblock are read, nothing is stored. The
+/// delta is one from a commit `repo` has completely (or from scratch). Returns the
+/// delta parts' (compressed, uncompressed) bytes, or `None` when the server has no delta
+/// to the newest commit.
+pub fn delta_download_size(
+    repo: &ostree::Repo,
+    remote: &str,
+    ref_: &str,
+) -> Result<Option<(u64, u64)>> {
+    let opts = glib::VariantDict::new(None);
+    opts.insert_value("refs", &vec![ref_.to_string()].to_variant());
+    opts.insert_value("depth", &0i32.to_variant());
+    opts.insert_value("dry-run", &true.to_variant());
+    opts.insert_value("require-static-deltas", &true.to_variant());
+    super::on_own_main_context(|| {
+        let progress = ostree::AsyncProgress::new();
+        let res =
+            repo.pull_with_options(remote, &opts.end(), Some(&progress), gio::Cancellable::NONE);
+        progress.finish();
+        res.ok().map(|_| {
+            (
+                progress.uint64("total-delta-part-size"),
+                progress.uint64("total-delta-part-usize"),
+            )
+        })
+    })
+}
+
 fn is_refusal(e: &glib::Error) -> bool {
     let l = e.to_string().to_lowercase();
     l.contains("signature")
