@@ -236,50 +236,59 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
     }
     if opts.network || !opts.guestfwd.is_empty() || opts.tftp.is_some() || !opts.hostfwd.is_empty()
     {
-        let mut nd = "user,id=n0,restrict=on".to_string();
-        if let Some(net) = &opts.net {
-            nd.push_str(&format!(",net={}", opt_value(net)));
-        }
-        for (host, guest) in &opts.hostfwd {
-            nd.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
-        }
-        if !opts.guestfwd.is_empty() && !crate::cmd::have("socat") {
-            bail!("forwarding guest connections to the host needs socat (package socat; run `make deps`)");
-        }
-        for (guest, port) in &opts.guestfwd {
-            // `cmd:` starts one relay per guest connection. A `tcp:` chardev target would
-            // be one host connection opened when QEMU starts: the server closes it as idle
-            // long before a TCG guest has booted, and every guest connection then hangs.
-            nd.push_str(&format!(
-                ",guestfwd=tcp:{}-cmd:socat STDIO TCP:127.0.0.1:{port}",
-                opt_value(guest)
-            ));
-        }
-        if let Some((dir, file)) = &opts.tftp {
-            if !dir.join(file).is_file() {
-                bail!("TFTP boot file {} not found", dir.join(file).display());
-            }
-            nd.push_str(&format!(
-                ",tftp={},bootfile={}",
-                opt_path(dir)?,
-                opt_value(file)
-            ));
-        }
-        // Without network boot the NIC gets no option ROM: the firmware would otherwise
-        // load and start iPXE for nothing, seconds under TCG.
-        let dev = match net_boot {
-            Some(i) => format!("virtio-net-pci,netdev=n0,bootindex={i}"),
-            None => "virtio-net-pci,netdev=n0,romfile=".to_string(),
-        };
-        push(&["-netdev", &nd, "-device", &dev]);
+        let n = net_args(opts, net_boot)?;
+        push(&n.iter().map(String::as_str).collect::<Vec<_>>());
     }
     if let Some(state) = &opts.incoming {
         if !state.is_file() {
             bail!("saved VM state {} not found", state.display());
         }
-        push(&["-incoming", &super::snapshot::incoming_uri(state)?]);
+        push(&["-incoming", &super::optstr::incoming_uri(state)?]);
     }
     Ok(a)
+}
+
+/// The user network (`restrict=on`: the guest reaches only what is forwarded) and its NIC,
+/// booted first when `net_boot` gives its boot index.
+fn net_args(opts: &VmOptions, net_boot: Option<i32>) -> Result<Vec<String>> {
+    let mut nd = "user,id=n0,restrict=on".to_string();
+    if let Some(net) = &opts.net {
+        nd.push_str(&format!(",net={}", opt_value(net)));
+    }
+    for (host, guest) in &opts.hostfwd {
+        nd.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
+    if !opts.guestfwd.is_empty() && !crate::cmd::have("socat") {
+        bail!(
+            "forwarding guest connections to the host needs socat (package socat; run `make deps`)"
+        );
+    }
+    for (guest, port) in &opts.guestfwd {
+        // `cmd:` starts one relay per guest connection. A `tcp:` chardev target would
+        // be one host connection opened when QEMU starts: the server closes it as idle
+        // long before a TCG guest has booted, and every guest connection then hangs.
+        nd.push_str(&format!(
+            ",guestfwd=tcp:{}-cmd:socat STDIO TCP:127.0.0.1:{port}",
+            opt_value(guest)
+        ));
+    }
+    if let Some((dir, file)) = &opts.tftp {
+        if !dir.join(file).is_file() {
+            bail!("TFTP boot file {} not found", dir.join(file).display());
+        }
+        nd.push_str(&format!(
+            ",tftp={},bootfile={}",
+            opt_path(dir)?,
+            opt_value(file)
+        ));
+    }
+    // Without network boot the NIC gets no option ROM: the firmware would otherwise
+    // load and start iPXE for nothing, seconds under TCG.
+    let dev = match net_boot {
+        Some(i) => format!("virtio-net-pci,netdev=n0,bootindex={i}"),
+        None => "virtio-net-pci,netdev=n0,romfile=".to_string(),
+    };
+    Ok(vec!["-netdev".into(), nd, "-device".into(), dev])
 }
 
 /// The UEFI firmware's pflash drives (and, for Secure Boot, the secure pflash); the

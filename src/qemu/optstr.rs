@@ -1,4 +1,4 @@
-//! Writing paths and values into QEMU option strings.
+//! Writing paths and values into QEMU option strings (and migration URIs).
 
 use anyhow::{anyhow, Context, Result};
 use std::path::Path;
@@ -22,6 +22,23 @@ pub fn opt_path(p: &Path) -> Result<String> {
     Ok(opt_value(s))
 }
 
+/// `-incoming` for a saved state file. QEMU 7.2 has no `file:` transport; `exec:` runs its
+/// argument through `/bin/sh`, so the path is single-quoted and may not hold a quote.
+pub fn incoming_uri(state: &Path) -> Result<String> {
+    Ok(format!("exec:cat {}", shell_path(state)?))
+}
+
+/// A path for a `/bin/sh` command line in a QEMU migration URI: absolute, UTF-8, quoted.
+pub(crate) fn shell_path(p: &Path) -> Result<String> {
+    let s = p
+        .to_str()
+        .with_context(|| format!("{} is not UTF-8", p.display()))?;
+    if s.contains('\'') || !p.is_absolute() {
+        anyhow::bail!("a VM state file must be an absolute path without quotes: {s}");
+    }
+    Ok(format!("'{s}'"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,5 +51,15 @@ mod tests {
             format!("{}/json:{{a,,b}}", cwd.display())
         );
         assert_eq!(opt_value("a,,b"), "a,,,,b");
+    }
+
+    #[test]
+    fn state_paths_are_quoted_for_the_shell() {
+        assert_eq!(
+            incoming_uri(Path::new("/tmp/a b/$x;state")).unwrap(),
+            "exec:cat '/tmp/a b/$x;state'"
+        );
+        assert!(incoming_uri(Path::new("/tmp/it's")).is_err());
+        assert!(incoming_uri(Path::new("relative/state")).is_err());
     }
 }

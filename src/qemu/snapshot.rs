@@ -13,27 +13,12 @@
 //!
 //! The guest's clock resumes where it was saved; [`Vm::set_clock`] brings it to now.
 
+use super::optstr::shell_path;
 use super::vm::Vm;
 use crate::cmd::Cmd;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// `-incoming` for a saved state file. QEMU 7.2 has no `file:` transport; `exec:` runs its
-/// argument through `/bin/sh`, so the path is single-quoted and may not hold a quote.
-pub(crate) fn incoming_uri(state: &Path) -> Result<String> {
-    Ok(format!("exec:cat {}", shell_path(state)?))
-}
-
-fn shell_path(p: &Path) -> Result<String> {
-    let s = p
-        .to_str()
-        .with_context(|| format!("{} is not UTF-8", p.display()))?;
-    if s.contains('\'') || !p.is_absolute() {
-        bail!("a VM state file must be an absolute path without quotes: {s}");
-    }
-    Ok(format!("'{s}'"))
-}
 
 /// A qcow2 overlay at `path` whose backing file is `image`: a boot disk a VM can write
 /// and then be saved with, leaving `image` untouched.
@@ -136,20 +121,5 @@ impl Vm {
             timeout,
         )?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_paths_are_quoted_for_the_shell() {
-        assert_eq!(
-            incoming_uri(Path::new("/tmp/a b/$x;state")).unwrap(),
-            "exec:cat '/tmp/a b/$x;state'"
-        );
-        assert!(incoming_uri(Path::new("/tmp/it's")).is_err());
-        assert!(incoming_uri(Path::new("relative/state")).is_err());
     }
 }
