@@ -24,6 +24,9 @@ install() {
     inst_multiple mount umount mountpoint mkdir rmdir rm cp mv chmod touch sync sed awk grep tr seq ls sort \
         cat tail sleep readlink journalctl systemctl networkctl ostree
     inst_multiple -o "$systemdutildir/systemd-networkd-wait-online"
+    # libostree's GRUB config generator (sysroot.bootloader=grub2 runs $OSTREE_GRUB2_EXEC
+    # on every boot-entry write): the kargs stage rewrites the boot entries.
+    inst_binary /usr/bin/kiln
 
     inst_script "$moddir/kiln-ignition-lib.sh" /usr/libexec/kiln-ignition/lib.sh
     for s in user-config network mount-var selinux-config presets firstboot-done report-failure; do
