@@ -201,19 +201,10 @@ pub fn qemu_args(opts: &VmOptions, work: &Path) -> Result<Vec<String>> {
         ]);
     }
     for (i, d) in opts.disks.iter().enumerate() {
-        let fmt = image_format(&d.path)?;
-        let ro = if d.read_only { ",read-only=on" } else { "" };
-        let serial = d
-            .serial
-            .as_ref()
-            .map(|s| format!(",serial={}", opt_value(s)))
-            .unwrap_or_default();
+        let (drive, serial) = extra_drive(d, &format!("x{i}"), snap)?;
         push(&[
             "-drive",
-            &format!(
-                "file={},format={fmt},if=none,id=x{i}{ro}{snap}",
-                opt_path(&d.path)?
-            ),
+            &drive,
             "-device",
             &format!("virtio-blk-pci,drive=x{i}{serial}"),
         ]);
@@ -333,24 +324,31 @@ fn scsi_args(opts: &VmOptions, snap: &str) -> Result<Vec<String>> {
         push(&["-device", "virtio-scsi-pci,id=scsi0"]);
     }
     for (i, d) in opts.scsi_disks.iter().enumerate() {
-        let fmt = image_format(&d.path)?;
-        let ro = if d.read_only { ",read-only=on" } else { "" };
-        let serial = d
-            .serial
-            .as_ref()
-            .map(|s| format!(",serial={}", opt_value(s)))
-            .unwrap_or_default();
+        let (drive, serial) = extra_drive(d, &format!("scsi{i}"), snap)?;
         push(&[
             "-drive",
-            &format!(
-                "file={},format={fmt},if=none,id=scsi{i}{ro}{snap}",
-                opt_path(&d.path)?
-            ),
+            &drive,
             "-device",
             &format!("scsi-hd,drive=scsi{i},bus=scsi0.0,channel=0,scsi-id={i},lun=0{serial}"),
         ]);
     }
     Ok(a)
+}
+
+/// An extra disk's `-drive` value (id `id`) and the `,serial=…` its device gets.
+fn extra_drive(d: &Disk, id: &str, snap: &str) -> Result<(String, String)> {
+    let fmt = image_format(&d.path)?;
+    let ro = if d.read_only { ",read-only=on" } else { "" };
+    let serial = d
+        .serial
+        .as_ref()
+        .map(|s| format!(",serial={}", opt_value(s)))
+        .unwrap_or_default();
+    let drive = format!(
+        "file={},format={fmt},if=none,id={id}{ro}{snap}",
+        opt_path(&d.path)?
+    );
+    Ok((drive, serial))
 }
 
 #[cfg(test)]

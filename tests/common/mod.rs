@@ -414,36 +414,15 @@ pub fn compose(
 /// The shared composed commit of `recipes/base.toml`.
 pub fn base_commit() -> Composed {
     static F: OnceLock<Composed> = OnceLock::new();
-    F.get_or_init(|| {
-        let dir = fixture_dir();
-        let _l = lock(&dir.join("lock"));
-        let repo = dir.join("repo");
-        let cache = project_root().join("build/cache");
-        let recipe = base_recipe();
-        let v = compose(&recipe, &repo, &cache, &[]);
-        Composed {
-            repo,
-            ref_: v["ref"].as_str().unwrap().to_string(),
-            commit: v["commit"].as_str().unwrap().to_string(),
-            recipe,
-            cache_dir: cache,
-        }
-    })
-    .clone()
+    F.get_or_init(|| fixture_commit(base_recipe())).clone()
 }
 
-/// The composed commit of a variant recipe, `recipes/NAME.toml` (it includes base.toml),
-/// in the shared fixture repo; `KILN_TEST_RECIPE_<NAME>` (upper case) names another file.
-/// Recomposed only when its inputs changed (compose's input hash); the compose cache is
-/// the one [`base_commit`] uses.
-pub fn variant_commit(name: &str) -> Composed {
+/// Composes `recipe` into the shared fixture repo under the fixture lock.
+fn fixture_commit(recipe: PathBuf) -> Composed {
     let dir = fixture_dir();
     let _l = lock(&dir.join("lock"));
     let repo = dir.join("repo");
     let cache = project_root().join("build/cache");
-    let recipe = std::env::var_os(format!("KILN_TEST_RECIPE_{}", name.to_uppercase()))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| project_root().join(format!("recipes/{name}.toml")));
     let v = compose(&recipe, &repo, &cache, &[]);
     Composed {
         repo,
@@ -452,6 +431,17 @@ pub fn variant_commit(name: &str) -> Composed {
         recipe,
         cache_dir: cache,
     }
+}
+
+/// The composed commit of a variant recipe, `recipes/NAME.toml` (it includes base.toml),
+/// in the shared fixture repo; `KILN_TEST_RECIPE_<NAME>` (upper case) names another file.
+/// Recomposed only when its inputs changed (compose's input hash); the compose cache is
+/// the one [`base_commit`] uses.
+pub fn variant_commit(name: &str) -> Composed {
+    let recipe = std::env::var_os(format!("KILN_TEST_RECIPE_{}", name.to_uppercase()))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join(format!("recipes/{name}.toml")));
+    fixture_commit(recipe)
 }
 
 /// Runs the kiln binary under test: (exit code, stdout, stderr).
