@@ -3,7 +3,8 @@
 //! Microsoft's keys (`kiln run --secure-boot`'s firmware). One VM, four boots:
 //!
 //! 1. v1 boots through shim → signed GRUB → signed kernel with Secure Boot enforced (the
-//!    `SecureBoot` EFI variable is 1, the kernel says so and is locked down);
+//!    `SecureBoot` EFI variable is 1, the kernel says so and is locked down) and measured
+//!    into the VM's TPM (the event log readable, GRUB's PCRs 8 and 9 extended);
 //! 2. `kiln upgrade` to v2 from a second disk, reboot: v2, still enforced;
 //! 3. `kiln rollback`, reboot: the rollback entry (v1), still enforced;
 //! 4. `kiln deploy` of a commit whose kernel has one byte changed (its signature no longer
@@ -15,7 +16,7 @@ mod common;
 use common::VM_CMD;
 use kiln::cmd::Cmd;
 use kiln::image::{self, Firmware, Format, ImageOptions};
-use kiln::qemu::{Disk, Vm, VmOptions};
+use kiln::qemu::{Disk, TpmState, Vm, VmOptions};
 use std::path::Path;
 
 /// The ref the tampered commit is kept under in the update repo (it is deployed by
@@ -90,6 +91,31 @@ fn assert_enforced(vm: &mut Vm, what: &str) {
     );
 }
 
+/// Measured boot under Secure Boot: the firmware's TPM event log reached the kernel
+/// (through its EFI stub) and the signed GRUB extended PCR 8 (its commands) and PCR 9 (the
+/// kernel and initramfs it loaded).
+fn assert_measured(vm: &mut Vm, what: &str) {
+    let size = vm
+        .run_ok(
+            "wc -c < /sys/kernel/security/tpm0/binary_bios_measurements",
+            VM_CMD,
+        )
+        .unwrap();
+    let size: u64 = size.trim().parse().unwrap_or(0);
+    assert!(size > 0, "{what}: no TPM event log in securityfs");
+    for pcr in [8, 9] {
+        let v = vm
+            .run_ok(&format!("cat /sys/class/tpm/tpm0/pcr-sha256/{pcr}"), VM_CMD)
+            .unwrap();
+        let v = v.trim();
+        assert_eq!(v.len(), 64, "{what}: PCR {pcr}: {v:?}");
+        assert!(
+            v.chars().any(|c| c != '0') && v.chars().any(|c| c != 'F' && c != 'f'),
+            "{what}: PCR {pcr} was never extended: {v}"
+        );
+    }
+}
+
 fn reboot_into(vm: &mut Vm, what: &str) -> String {
     vm.send("systemctl reboot\n").unwrap();
     let c = common::wait_booted(vm, what);
@@ -117,6 +143,7 @@ fn secure_boot_enforced_rollback_and_tampered_kernel_refused() {
     o.artifacts = common::vm_artifacts();
     o.network = true;
     o.secure_boot = true;
+    o.tpm = Some(TpmState::Fresh);
     o.disks.push(Disk {
         path: updates,
         read_only: true,
@@ -128,6 +155,7 @@ fn secure_boot_enforced_rollback_and_tampered_kernel_refused() {
     assert_eq!(common::wait_booted(&mut vm, "boot 1"), f.commit);
     common::vm_login(&mut vm);
     assert_enforced(&mut vm, "boot 1");
+    assert_measured(&mut vm, "boot 1");
     vm.run_ok(
         "mkdir -p /run/updates && mount -o ro /dev/disk/by-id/virtio-updates /run/updates",
         VM_CMD,

@@ -12,8 +12,9 @@
 //! recognises libostree's invocation and runs [`generate`].
 //!
 //! The menu: one entry per BLS entry, default (highest `version`) first, the rollback
-//! second; plain `linux`/`initrd`, which GRUB runs on BIOS (i386-pc) and on UEFI, where
-//! the signed GRUB checks the kernel through shim under Secure Boot. `fallback=1`: when
+//! second; `linux`/`initrd` on BIOS (i386-pc), `linuxefi`/`initrdefi` on UEFI, where the
+//! signed GRUB checks the kernel through shim under Secure Boot and starts it through its
+//! EFI stub (which hands the firmware's TPM event log to the kernel) with or without it. `fallback=1`: when
 //! the default entry's kernel is refused (not signed by a trusted key) or fails to load,
 //! GRUB boots the rollback entry. Kernel arguments stay unquoted where they hold a GRUB
 //! variable (`$ignition_firstboot`, expanded by GRUB at boot).
@@ -155,17 +156,30 @@ pub fn render(bootversion: Option<u32>, entries: &[BlsEntry]) -> String {
             "menuentry {} --id ostree-{i} {{\n",
             grub_word(&e.title)
         ));
-        let args: Vec<String> = e.options.split_whitespace().map(grub_karg).collect();
-        s.push_str(&format!("  linux {}", grub_word(&e.linux)));
-        for a in &args {
-            s.push(' ');
-            s.push_str(a);
+        let mut linux = grub_word(&e.linux);
+        for a in e.options.split_whitespace() {
+            linux.push(' ');
+            linux.push_str(&grub_karg(a));
         }
-        s.push('\n');
+        // UEFI: `linuxefi` starts the kernel through its EFI stub (the EFI handover), with
+        // Secure Boot on or off, so the stub copies the firmware's TPM event log for the
+        // kernel and boots the same way in both modes. BIOS GRUB has only `linux`.
+        // `initrdefi` after a refused `linuxefi` aborts GRUB (bookworm's 2.06) instead of
+        // letting the entry fail over to the fallback entry: only after a loaded kernel.
+        s.push_str("  if [ \"$grub_platform\" = efi ]; then\n");
+        match &e.initrd {
+            Some(i) => s.push_str(&format!(
+                "    if linuxefi {linux}; then\n      initrdefi {}\n    fi\n",
+                grub_word(i)
+            )),
+            None => s.push_str(&format!("    linuxefi {linux}\n")),
+        }
+        s.push_str("  else\n");
+        s.push_str(&format!("    linux {linux}\n"));
         if let Some(i) = &e.initrd {
-            s.push_str(&format!("  initrd {}\n", grub_word(i)));
+            s.push_str(&format!("    initrd {}\n", grub_word(i)));
         }
-        s.push_str("}\n");
+        s.push_str("  fi\n}\n");
     }
     s
 }
@@ -256,7 +270,7 @@ mod tests {
         linux /ostree/kiln-cd/vmlinuz-6.1.0\n";
 
     #[test]
-    fn entries_sort_default_first_and_render_plain_linux() {
+    fn entries_sort_default_first_and_render_linux_per_platform() {
         let td = tempfile::tempdir().unwrap();
         std::fs::write(td.path().join("ostree-1-kiln.conf"), B).unwrap();
         std::fs::write(td.path().join("ostree-2-kiln.conf"), A).unwrap();
@@ -267,14 +281,24 @@ mod tests {
         let cfg = render(Some(1), &es);
         assert!(cfg.contains("set default=0\nset timeout=3\n"), "{cfg}");
         assert!(cfg.contains("set fallback=1\n"), "{cfg}");
-        assert!(cfg.contains(
-            "menuentry 'Debian GNU/Linux 12 (bookworm) (ostree:0)' --id ostree-0 {\n  \
-             linux /ostree/kiln-ab/vmlinuz-6.1.0 root=LABEL=root rw $ignition_firstboot \
-             ostree=/ostree/boot.1/kiln/ab/0\n  initrd /ostree/kiln-ab/initramfs-6.1.0.img\n}\n"
-        ));
+        let k = "/ostree/kiln-ab/vmlinuz-6.1.0 root=LABEL=root rw $ignition_firstboot \
+                 ostree=/ostree/boot.1/kiln/ab/0";
+        let i = "/ostree/kiln-ab/initramfs-6.1.0.img";
+        assert!(
+            cfg.contains(&format!(
+                "menuentry 'Debian GNU/Linux 12 (bookworm) (ostree:0)' --id ostree-0 {{\n  \
+                 if [ \"$grub_platform\" = efi ]; then\n    if linuxefi {k}; then\n      \
+                 initrdefi {i}\n    fi\n  else\n    linux {k}\n    initrd {i}\n  fi\n}}\n"
+            )),
+            "{cfg}"
+        );
         // GRUB metacharacters in an argument stay literal; no initrd line without one.
         assert!(
-            cfg.contains("ostree=/ostree/boot.1/kiln/cd/0 'a=x;y'\n}\n"),
+            cfg.contains("ostree=/ostree/boot.1/kiln/cd/0 'a=x;y'\n  else\n"),
+            "{cfg}"
+        );
+        assert!(
+            cfg.contains("ostree=/ostree/boot.1/kiln/cd/0 'a=x;y'\n  fi\n}\n"),
             "{cfg}"
         );
         assert!(cfg.find("ostree:0").unwrap() < cfg.find("ostree:1").unwrap());
