@@ -116,8 +116,29 @@ fn live_media(format: &str, extra: &[&str]) -> PathBuf {
         v["root_image_size"]
     );
     assert_eq!(v["commit"], f.commit.as_str());
+    check_sbom(&out, format, &f.commit);
     std::fs::write(&stamp, key).unwrap();
     out
+}
+
+/// The commit's SBOM is beside the medium (ISO) or the root filesystem (PXE directory),
+/// listed in the manifest there (tests/sbom.rs validates the same document).
+fn check_sbom(out: &Path, format: &str, commit: &str) {
+    let (dir, name) = if format == "iso" {
+        (work_dir().to_path_buf(), format!("base.{format}.spdx.json"))
+    } else {
+        (out.to_path_buf(), "rootfs.img.spdx.json".to_string())
+    };
+    let bytes = std::fs::read(dir.join(&name)).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(doc["spdxVersion"], "SPDX-2.3");
+    let m = kiln::image::manifest::load(&dir.join("manifest.json")).unwrap();
+    let a = &m.artifacts[&name];
+    assert_eq!(
+        (a.format.as_str(), a.commit.as_str()),
+        ("spdx-json", commit)
+    );
+    kiln::image::manifest::verify(&dir.join("manifest.json")).unwrap();
 }
 
 fn copy_of(src: &Path, name: &str) -> PathBuf {

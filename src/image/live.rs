@@ -435,6 +435,16 @@ fn record(
         };
         manifest::record(&a.path, entry)?;
     }
+    // The SBOM beside the medium (ISO) or, for PXE, beside the root filesystem in the
+    // directory, listed in the same manifest.
+    let sbom = if opts.format == super::Format::Iso {
+        let mut n = opts.output.as_os_str().to_os_string();
+        n.push(".spdx.json");
+        std::path::PathBuf::from(n)
+    } else {
+        opts.output.join("rootfs.img.spdx.json")
+    };
+    manifest::write_sbom(&opts.repo, &opts.rev, info, &sbom)?;
     Ok(())
 }
 

@@ -127,6 +127,49 @@ pub fn verify(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Copies the commit's SBOM (compose puts it in the tree) to `path` (beside the artifact
+/// it describes: `IMAGE.spdx.json`, `NAME.iso.spdx.json`, a PXE directory's
+/// `rootfs.img.spdx.json`) and lists it in the manifest there. A commit without one (made
+/// by an older kiln, or not by compose) gets none: `false`.
+pub fn write_sbom(
+    repo: &Path,
+    rev: &str,
+    info: &crate::repo::CommitInfo,
+    path: &Path,
+) -> Result<bool> {
+    let r = crate::repo::open(repo)?;
+    let tree = crate::repo::tree::CommitTree::open(&r, &info.checksum)?;
+    let Some(bytes) = tree.read(&format!("/{}", crate::compose::sbom::TREE_PATH)) else {
+        return Ok(false);
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, &bytes).context("writing the SBOM")?;
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .context("chmod 0644 the SBOM")?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    record(
+        path,
+        Artifact {
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            size: bytes.len() as u64,
+            format: "spdx-json".into(),
+            commit: info.checksum.clone(),
+            version: info.version.clone(),
+            ref_: Some(rev.to_string()).filter(|r| *r != info.checksum),
+            firmware: None,
+            platform: None,
+            virtual_size: None,
+            secure_boot_import: None,
+        },
+    )?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -546,53 +546,15 @@ fn stage_output(
             secure_boot_import: platform.secure_boot_import(opts.firmware.uefi()),
         },
     )?;
-    write_sbom(opts, info)?;
+    let mut sbom = opts.output.as_os_str().to_os_string();
+    sbom.push(".spdx.json");
+    manifest::write_sbom(&opts.repo, &opts.rev, info, Path::new(&sbom))?;
     Ok(Output {
         sha256,
         size,
         virtual_size: checked.virtual_size,
         manifest,
     })
-}
-
-/// Copies the commit's SBOM (compose puts it in the tree) beside the image as
-/// `IMAGE.spdx.json` and lists it in the manifest. A commit without one (made by an older
-/// kiln, or not by compose) gets none.
-fn write_sbom(opts: &ImageOptions, info: &crate::repo::CommitInfo) -> Result<()> {
-    let repo = crate::repo::open(&opts.repo)?;
-    let tree = crate::repo::tree::CommitTree::open(&repo, &info.checksum)?;
-    let Some(bytes) = tree.read(&format!("/{}", crate::compose::sbom::TREE_PATH)) else {
-        return Ok(());
-    };
-    let mut name = opts.output.as_os_str().to_os_string();
-    name.push(".spdx.json");
-    let path = PathBuf::from(name);
-    let dir = manifest::path_for(&path);
-    let dir = dir.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, &bytes).context("writing the SBOM")?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .context("chmod 0644 the SBOM")?;
-    tmp.persist(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    manifest::record(
-        &path,
-        manifest::Artifact {
-            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
-            size: bytes.len() as u64,
-            format: "spdx-json".into(),
-            commit: info.checksum.clone(),
-            version: info.version.clone(),
-            ref_: Some(opts.rev.clone()).filter(|r| *r != info.checksum),
-            firmware: None,
-            platform: None,
-            virtual_size: None,
-            secure_boot_import: None,
-        },
-    )?;
-    Ok(())
 }
 
 /// Checks the host tools before any work starts.
