@@ -9,6 +9,7 @@
 //! older kiln keep libostree's `syslinux` backend (read with `syslinux_source`).
 
 pub mod agent;
+pub mod bootcount;
 pub mod cli;
 pub mod grub;
 pub mod last_check;
