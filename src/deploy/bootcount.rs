@@ -38,6 +38,13 @@ pub const VAR_TRIES: &str = "kiln_tries";
 pub const GRUB_ENV_PATH: &str = "/grub/grubenv";
 /// The most tries a recipe may give (GRUB has no arithmetic: the script enumerates).
 pub const MAX_TRIES: u32 = 9;
+/// Kernel arguments a boot on trial gets (GRUB appends `$kiln_trial_kargs` to the default
+/// entry's): a kernel panic reboots after 10 s, an initramfs failure reboots instead of
+/// waiting in an emergency shell. Only on trial: a first boot whose Ignition fails stops in
+/// the emergency shell as before.
+pub const TRIAL_KARGS: &str = "panic=10 rd.shell=0 rd.emergency=reboot";
+/// The variable holding them.
+pub const VAR_TRIAL_KARGS: &str = "kiln_trial_kargs";
 /// Tries a new deployment gets when the recipe says nothing.
 pub const DEFAULT_TRIES: u32 = 3;
 /// The part of the block kiln keeps its variables in (see the module doc).
@@ -346,12 +353,15 @@ pub fn grub_script_entry(default_key: &str) -> String {
     if !check_key(default_key) {
         return String::new();
     }
-    let mut s = format!("  if [ \"${VAR_PENDING}\" = \"{default_key}\" ]; then\n");
+    let mut s = format!(
+        "  set {VAR_TRIAL_KARGS}=\"\"\n  if [ \"${VAR_PENDING}\" = \"{default_key}\" ]; then\n"
+    );
     for n in (1..=MAX_TRIES).rev() {
         let kw = if n == MAX_TRIES { "if" } else { "elif" };
         s.push_str(&format!(
             "    {kw} [ \"${VAR_TRIES}\" = \"{n}\" ]; then\n      set {VAR_TRIES}={}\n      \
-             save_env -f {GRUB_ENV_PATH} {VAR_PENDING} {VAR_TRIES}\n",
+             save_env -f {GRUB_ENV_PATH} {VAR_PENDING} {VAR_TRIES}\n      \
+             set {VAR_TRIAL_KARGS}=\"{TRIAL_KARGS}\"\n",
             n - 1
         ));
     }

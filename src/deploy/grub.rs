@@ -171,6 +171,9 @@ pub fn render(bootversion: Option<u32>, entries: &[BlsEntry]) -> String {
             s.push(' ');
             s.push_str(a);
         }
+        if let (true, 0, Some(_)) = (counted, i, &e.key) {
+            s.push_str(&format!(" ${}", super::bootcount::VAR_TRIAL_KARGS));
+        }
         s.push('\n');
         if let Some(i) = &e.initrd {
             s.push_str(&format!("  initrd {}\n", grub_word(i)));
@@ -339,6 +342,11 @@ mod tests {
         let linux0 = cfg.find("  linux /ostree/kiln-ab").unwrap();
         assert!(cfg.find("set fallback=1").unwrap() < head && head < entry0);
         assert!(entry0 < save && save < linux0, "{cfg}");
+        assert!(
+            cfg.contains("ostree=/ostree/boot.1/kiln/ab/0 $kiln_trial_kargs\n"),
+            "{cfg}"
+        );
+        assert_eq!(cfg.matches("$kiln_trial_kargs").count(), 1, "{cfg}");
         // Only the default entry counts, and only when there is a rollback entry.
         assert_eq!(
             cfg.matches("save_env").count(),
