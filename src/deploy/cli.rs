@@ -589,9 +589,10 @@ pub fn cmd_health(c: HealthCommand) -> Result<()> {
         }
         HealthCommand::MarkGood(a) => {
             super::health::mark_good(&a.sysroot, &a.os())?;
-            if !a.json {
-                println!("This boot is marked good.");
+            if a.json {
+                return crate::output::json(&serde_json::json!({ "bootGood": true }));
             }
+            println!("This boot is marked good.");
             Ok(())
         }
         HealthCommand::Forget(a) => {
@@ -610,9 +611,10 @@ pub fn cmd_health(c: HealthCommand) -> Result<()> {
             }
             super::require_root(&a.sys.sysroot, "forgetting a rejection")?;
             super::trial::save_rejections(&a.sys.sysroot, &os, &r)?;
-            if !a.sys.json {
-                println!("Forgot the rejection of {}.", a.commit);
+            if a.sys.json {
+                return crate::output::json(&r);
             }
+            println!("Forgot the rejection of {}.", a.commit);
             Ok(())
         }
     }
