@@ -996,3 +996,71 @@ fn remote_and_inspection_arguments_are_refused_at_the_door() {
     refused(&["show", "--repo", repo, "a b"], "invalid ref");
     refused(&["diff", "--repo", repo, "o:", REF], "invalid ref");
 }
+
+/// Health-checked updates on a sysroot directory: a deploy over an existing deployment
+/// starts its trial (grubenv, `triesLeft`, the GRUB menu counts the default entry);
+/// `kiln upgrade` does not take a rejected newest commit and takes a newer one; `kiln
+/// status` shows the rejection; `kiln health forget` lets it be taken again.
+#[test]
+fn trial_rejection_and_forget_on_a_sysroot() {
+    use kiln::deploy::{bootcount, trial};
+    let f = Fixture::new();
+    let c1 = f.commit(1);
+    let (sr, repo) = (s(&f.sysroot), s(&f.repo));
+    kiln_ok(&["deploy", "--sysroot", sr, "--repo", repo, REF]);
+    // A first deployment has nothing to fall back to: not on trial.
+    assert_eq!(trial::read(&f.sysroot).unwrap(), bootcount::Trial::none());
+    let c2 = f.commit(2);
+    kiln_ok(&["upgrade", "--sysroot", sr, "--repo", repo]);
+    let st = status_json(&f);
+    let d0 = &st["status"]["deployments"][0];
+    assert_eq!(d0["checksum"], c2.as_str());
+    assert_eq!(d0["triesLeft"], bootcount::DEFAULT_TRIES, "{st}");
+    assert!(st["status"]["deployments"][1].get("triesLeft").is_none());
+    let key = bootcount::key(&c2, d0["deploySerial"].as_i64().unwrap() as i32);
+    assert_eq!(
+        trial::read(&f.sysroot).unwrap(),
+        bootcount::Trial::new(&key, bootcount::DEFAULT_TRIES)
+    );
+    let menu = std::fs::read_to_string(f.sysroot.join("boot/loader/grub.cfg")).unwrap();
+    assert!(
+        menu.contains(&format!("\"$kiln_pending\" = \"{key}\"")),
+        "{menu}"
+    );
+
+    // c2 rejected (as kiln-health.service records it), c3 published over it.
+    kiln_ok(&["rollback", "--sysroot", sr]);
+    let mut r = trial::Rejections::default();
+    r.add(trial::Rejection {
+        commit: c2.clone(),
+        version: Some("2.0".into()),
+        time: 1,
+        time_utc: "1970-01-01 00:00:01 UTC".into(),
+        failure: trial::Failure {
+            unit: Some("web.service".into()),
+            reason: "web.service is failed".into(),
+            log: vec!["web: bind: address in use".into()],
+        },
+    });
+    trial::save_rejections(&f.sysroot, "kiln", &r).unwrap();
+    kiln_ok(&["cleanup", "-r", "--sysroot", sr]);
+    let out = kiln_ok(&["upgrade", "--sysroot", sr, "--repo", repo]);
+    assert!(out.contains("was rejected"), "{out}");
+    let st = status_json(&f);
+    assert_eq!(checksums(&st), vec![c1.clone()]);
+    assert_eq!(st["status"]["rejected"][0]["commit"], c2.as_str(), "{st}");
+    assert_eq!(st["status"]["rejected"][0]["unit"], "web.service", "{st}");
+    let text = kiln_ok(&["status", "--sysroot", sr]);
+    assert!(text.contains(&format!("Rejected: {c2}")), "{text}");
+    assert!(text.contains("web: bind: address in use"), "{text}");
+    let c3 = f.commit(3);
+    kiln_ok(&["upgrade", "--sysroot", sr, "--repo", repo]);
+    assert_eq!(checksums(&status_json(&f))[0], c3);
+
+    // Forgotten, the rejected commit may be deployed by an upgrade again (here by hand).
+    kiln_ok(&["health", "forget", "--sysroot", sr, &c2[..12]]);
+    assert!(status_json(&f)["status"]["rejected"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}

@@ -94,6 +94,11 @@ pub fn run_auto(sysroot: &Path, os: &str, now: u64) -> Result<LastCheck> {
             check: pol.mode == Mode::Check,
             allow_downgrade: false,
             quiet: false,
+            skip: super::trial::rejections(sysroot, os)
+                .rejected
+                .into_iter()
+                .map(|r| r.commit)
+                .collect(),
         },
     );
     let deployed = match res {
@@ -109,6 +114,17 @@ pub fn run_auto(sysroot: &Path, os: &str, now: u64) -> Result<LastCheck> {
             version,
         }) => {
             rec.result = "upToDate".into();
+            rec.refspec = Some(refspec);
+            rec.to = Some(checksum);
+            rec.to_version = version;
+            false
+        }
+        Ok(UpgradeOutcome::Rejected {
+            refspec,
+            checksum,
+            version,
+        }) => {
+            rec.result = "rejected".into();
             rec.refspec = Some(refspec);
             rec.to = Some(checksum);
             rec.to_version = version;
