@@ -596,6 +596,7 @@ fn automatic_updates_follow_the_policy_and_report_in_status() {
             length: 3600,
         }),
         random_delay: 0,
+        ..Default::default()
     };
     std::fs::write(
         dep.join("etc/kiln/updates.toml"),
