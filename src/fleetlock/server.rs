@@ -38,6 +38,9 @@ const RESULTS: [&str; 4] = ["ok", "refused", "bad_request", "error"];
 struct State {
     etcd: Etcd,
     groups: BTreeMap<String, u64>,
+    /// One writer per group in this process: its compare-and-swap loses no race to a
+    /// sibling thread (other instances are still fenced by etcd's transaction alone).
+    writers: BTreeMap<String, Mutex<()>>,
     /// requests[endpoint][result]
     requests: [[AtomicU64; 4]; 2],
     etcd_errors: AtomicU64,
@@ -98,6 +101,11 @@ impl Server {
         let http = Arc::new(http);
         let state = Arc::new(State {
             etcd: Etcd::new(&opts.etcd, opts.etcd_timeout),
+            writers: opts
+                .groups
+                .keys()
+                .map(|g| (g.clone(), Mutex::new(())))
+                .collect(),
             groups: opts.groups,
             requests: Default::default(),
             etcd_errors: AtomicU64::new(0),
@@ -204,6 +212,10 @@ impl State {
         let Some(&slots) = self.groups.get(&group) else {
             return Answer::err(400, "unknown_group", format!("unknown group {group:?}"));
         };
+        let _writer = self
+            .writers
+            .get(&group)
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
         if endpoint == 0 {
             self.pre_reboot(&group, slots, &id)
         } else {
