@@ -40,6 +40,9 @@ pub enum Command {
     Cleanup(crate::deploy::cli::CleanupArgs),
     /// Change kernel arguments (new deployment, or in place).
     Kargs(crate::deploy::cli::KargsArgs),
+    /// Boot health: judge this boot, mark it good by hand, forget a rejected commit.
+    #[command(subcommand)]
+    Health(crate::deploy::cli::HealthCommand),
     /// Packages added, removed and changed between two commits.
     Diff(crate::repo::cli::DiffArgs),
     /// Publish commits to an archive repo for HTTP clients (deltas, signatures, retention).

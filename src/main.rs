@@ -29,6 +29,7 @@ fn main() {
         Command::Unpin(a) => kiln::deploy::cli::cmd_pin(a, false),
         Command::Cleanup(a) => kiln::deploy::cli::cmd_cleanup(a),
         Command::Kargs(a) => kiln::deploy::cli::cmd_kargs(a),
+        Command::Health(c) => kiln::deploy::cli::cmd_health(c),
         Command::Diff(a) => kiln::repo::cli::cmd_diff(a),
         Command::Publish(a) => kiln::publish::cli::cmd_publish(a),
         Command::Remote(c) => kiln::remote::cli::cmd(c),

@@ -124,8 +124,66 @@ pub struct Updates {
     /// Seconds the timer waits at random before each run (RandomizedDelaySec).
     #[serde(with = "duration_str")]
     pub random_delay: u64,
+    /// Boots a new deployment gets before GRUB falls back to the previous one
+    /// (`None`: [`crate::deploy::bootcount::DEFAULT_TRIES`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tries: Option<u32>,
     pub strategy: Strategy,
     pub fleetlock: Option<Fleetlock>,
+}
+
+impl Updates {
+    /// The tries a new deployment gets.
+    pub fn tries(&self) -> u32 {
+        self.tries
+            .unwrap_or(crate::deploy::bootcount::DEFAULT_TRIES)
+            .min(crate::deploy::bootcount::MAX_TRIES)
+    }
+}
+
+/// Where the health policy lives inside a tree.
+pub const HEALTH_PATH: &str = "usr/lib/kiln/health.toml";
+/// Seconds a boot has to become good when the recipe says nothing.
+pub const DEFAULT_HEALTH_TIMEOUT: u64 = 300;
+
+/// The `[health]` table of a recipe: what makes a boot good (docs/updating.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct Health {
+    /// Units that must be active.
+    pub required_units: Vec<String>,
+    /// Seconds the boot has to get there (written as `"300s"`).
+    #[serde(with = "duration_str")]
+    pub timeout: u64,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            required_units: Vec::new(),
+            timeout: DEFAULT_HEALTH_TIMEOUT,
+        }
+    }
+}
+
+/// Writes the health policy into a tree (compose, for every recipe).
+pub fn write_health_to_tree(health: &Health, root: &Path) -> Result<()> {
+    let text = format!(
+        "# Written by kiln compose from the recipe's [health] table (docs/updating.md).\n{}",
+        toml::to_string(health).context("serializing the health policy")?
+    );
+    write_file(&root.join(HEALTH_PATH), &text)
+}
+
+/// Reads a tree's health policy; the defaults when it has none.
+pub fn read_health(root: &Path) -> Result<Health> {
+    let p = root.join(HEALTH_PATH);
+    if !p.is_file() {
+        return Ok(Health::default());
+    }
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(toml::from_str(&text)
+        .map_err(|e| crate::error::InputError::new(p.display().to_string(), e.to_string()))?)
 }
 
 /// Seconds as the recipe writes durations (`"90s"`), so a resolved recipe shown by
@@ -386,8 +444,17 @@ mod tests {
                 url: "http://fleetlock.example:3333".into(),
                 group: "workers".into(),
             }),
+            tries: Some(4),
         };
         write_to_tree(&u, td.path()).unwrap();
+        assert_eq!(u.tries(), 4);
+        let h = Health {
+            required_units: vec!["web.service".into()],
+            timeout: 60,
+        };
+        assert_eq!(read_health(td.path()).unwrap(), Health::default());
+        write_health_to_tree(&h, td.path()).unwrap();
+        assert_eq!(read_health(td.path()).unwrap(), h);
         assert_eq!(read_policy(&td.path().join(POLICY_PATH)).unwrap(), u);
         let d = std::fs::read_to_string(td.path().join(TIMER_DROPIN)).unwrap();
         assert!(d.contains("RandomizedDelaySec=900"), "{d}");

@@ -237,6 +237,7 @@ mod tests {
             postprocess: vec![],
             units: Default::default(),
             updates: Default::default(),
+            health: Default::default(),
             kernel_args: vec![],
             dracut_modules: vec![],
             metadata: Default::default(),

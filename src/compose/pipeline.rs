@@ -480,6 +480,7 @@ fn customize(recipe: &Recipe, inputs: &Inputs, tree: &Path, p: &mut Progress) ->
     let s = p.stage("overlays");
     overlay::apply(&recipe.overlays, tree)?;
     crate::updates::write_to_tree(&recipe.updates, tree)?;
+    crate::updates::write_health_to_tree(&recipe.health, tree)?;
     s.done();
 
     let s = p.stage("postprocess");

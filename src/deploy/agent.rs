@@ -114,6 +114,11 @@ pub fn run_auto(sysroot: &Path, os: &str, opts: &AutoOptions) -> Result<LastChec
             check: pol.mode == Mode::Check,
             allow_downgrade: false,
             quiet: false,
+            skip: super::trial::rejections(sysroot, os)
+                .rejected
+                .into_iter()
+                .map(|r| r.commit)
+                .collect(),
         },
     );
     let deployed = match res {
@@ -129,6 +134,17 @@ pub fn run_auto(sysroot: &Path, os: &str, opts: &AutoOptions) -> Result<LastChec
             version,
         }) => {
             rec.result = "upToDate".into();
+            rec.refspec = Some(refspec);
+            rec.to = Some(checksum);
+            rec.to_version = version;
+            false
+        }
+        Ok(UpgradeOutcome::Rejected {
+            refspec,
+            checksum,
+            version,
+        }) => {
+            rec.result = "rejected".into();
             rec.refspec = Some(refspec);
             rec.to = Some(checksum);
             rec.to_version = version;

@@ -260,6 +260,11 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
             check: a.check,
             allow_downgrade: a.allow_downgrade,
             quiet: false,
+            skip: super::trial::rejections(&a.sys.sysroot, &os)
+                .rejected
+                .into_iter()
+                .map(|r| r.commit)
+                .collect(),
         },
     );
     drop(_stdout);
@@ -278,6 +283,18 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
             } => println!(
                 "Already up to date: {refspec} is at {} (commit {}), which boots next.",
                 ver(version),
+                short(checksum)
+            ),
+            UpgradeOutcome::Rejected {
+                refspec,
+                checksum,
+                version,
+            } => println!(
+                "Not upgrading: the newest commit of {refspec}, {} (commit {}), was rejected \
+                 by automatic rollback on this machine (see `kiln status`; `kiln health forget \
+                 {}` allows it again).",
+                ver(version),
+                short(checksum),
                 short(checksum)
             ),
             UpgradeOutcome::Available {
@@ -528,4 +545,93 @@ pub struct Grub2GenerateArgs {
 /// ([`super::grub`]).
 pub fn cmd_grub2_generate(a: Grub2GenerateArgs) -> Result<()> {
     super::grub::generate(&a.output)
+}
+
+/// `kiln health`: boot health and the memory of rejected deployments (docs/updating.md).
+#[derive(Debug, clap::Subcommand)]
+pub enum HealthCommand {
+    /// Judge this boot (what kiln-health.service runs): multi-user.target, the required
+    /// units, the check scripts; then mark it good, reboot so GRUB counts a try, or roll
+    /// back. Exits 0 only once the boot is marked good.
+    Check(SysrootArgs),
+    /// Mark the running deployment good by hand: its trial ends and a rejection of its
+    /// commit is forgotten.
+    MarkGood(SysrootArgs),
+    /// Forget the rejection of a commit, so that the update agent may stage it again.
+    Forget(ForgetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub sys: SysrootArgs,
+    /// The rejected commit (its checksum, or a prefix of it as `kiln status` shows).
+    #[arg(value_parser = parse_commit_prefix)]
+    pub commit: String,
+}
+
+fn parse_commit_prefix(s: &str) -> Result<String, String> {
+    if s.len() >= 4 && s.len() <= 64 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "{s:?} is not a commit checksum (4 to 64 hex digits, as `kiln status` shows)"
+        ))
+    }
+}
+
+pub fn cmd_health(c: HealthCommand) -> Result<()> {
+    match c {
+        HealthCommand::Check(a) => {
+            let os = a.os();
+            let health = crate::updates::read_health(std::path::Path::new("/"))?;
+            let out = super::health::check(&a.sysroot, &os, &health)?;
+            if a.json {
+                crate::output::json(&out)?;
+            } else {
+                if let Some(k) = &out.abandoned {
+                    println!("Abandoned deployment {k}: its tries were spent; rolled back.");
+                }
+                if let Some(f) = &out.failure {
+                    println!("Health check failed: {}", f.reason);
+                    for l in &f.log {
+                        println!("  {l}");
+                    }
+                }
+                println!("Verdict: {}", out.verdict);
+            }
+            if !out.good {
+                anyhow::bail!("this boot is not good (verdict: {})", out.verdict);
+            }
+            Ok(())
+        }
+        HealthCommand::MarkGood(a) => {
+            super::health::mark_good(&a.sysroot, &a.os())?;
+            if !a.json {
+                println!("This boot is marked good.");
+            }
+            Ok(())
+        }
+        HealthCommand::Forget(a) => {
+            let os = a.sys.os();
+            let mut r = super::trial::rejections(&a.sys.sysroot, &os);
+            if !r.forget(&a.commit) {
+                return Err(crate::error::InputError::new(
+                    super::CMDLINE,
+                    format!(
+                        "no rejected commit starts with {:?} (see `kiln status`)",
+                        a.commit
+                    ),
+                )
+                .key("COMMIT")
+                .into());
+            }
+            super::require_root(&a.sys.sysroot, "forgetting a rejection")?;
+            super::trial::save_rejections(&a.sys.sysroot, &os, &r)?;
+            if !a.sys.json {
+                println!("Forgot the rejection of {}.", a.commit);
+            }
+            Ok(())
+        }
+    }
 }

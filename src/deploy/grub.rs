@@ -41,6 +41,8 @@ pub struct BlsEntry {
     pub linux: String,
     pub initrd: Option<String>,
     pub options: String,
+    /// The deployment's boot-counting key ([`super::bootcount::key`]), when known.
+    pub key: Option<String>,
 }
 
 /// Parses one BLS entry the way libostree's `OstreeBootconfigParser` does: a key, then
@@ -53,6 +55,7 @@ pub fn parse_entry(file: &str, text: &str) -> Result<BlsEntry> {
         linux: String::new(),
         initrd: None,
         options: String::new(),
+        key: None,
     };
     for line in text.lines() {
         let line = line.trim();
@@ -150,16 +153,26 @@ pub fn render(bootversion: Option<u32>, entries: &[BlsEntry]) -> String {
         // The default entry's kernel refused (Secure Boot) or missing: boot the rollback.
         s.push_str("set fallback=1\n");
     }
+    let counted = entries.len() > 1;
+    if let (true, Some(k)) = (counted, &entries[0].key) {
+        s.push_str(&super::bootcount::grub_script_head(k));
+    }
     for (i, e) in entries.iter().enumerate() {
         s.push_str(&format!(
             "menuentry {} --id ostree-{i} {{\n",
             grub_word(&e.title)
         ));
+        if let (true, 0, Some(k)) = (counted, i, &e.key) {
+            s.push_str(&super::bootcount::grub_script_entry(k));
+        }
         let args: Vec<String> = e.options.split_whitespace().map(grub_karg).collect();
         s.push_str(&format!("  linux {}", grub_word(&e.linux)));
         for a in &args {
             s.push(' ');
             s.push_str(a);
+        }
+        if let (true, 0, Some(_)) = (counted, i, &e.key) {
+            s.push_str(&format!(" ${}", super::bootcount::VAR_TRIAL_KARGS));
         }
         s.push('\n');
         if let Some(i) = &e.initrd {
@@ -176,11 +189,34 @@ pub fn generate(out: &Path) -> Result<()> {
     let dir = out
         .parent()
         .ok_or_else(|| anyhow!("{} has no parent directory", out.display()))?;
-    let entries = read_entries(&dir.join("entries"))?;
+    let mut entries = read_entries(&dir.join("entries"))?;
+    // boot/loader.N/grub.cfg: the sysroot is three levels up.
+    if let Some(sysroot) = dir.parent().and_then(Path::parent) {
+        for e in &mut entries {
+            e.key = deployment_key(sysroot, &e.options);
+        }
+    }
     let bootversion = std::env::var(BOOTVERSION_ENV)
         .ok()
         .and_then(|v| v.parse().ok());
     super::write_atomic(out, render(bootversion, &entries).as_bytes())
+}
+
+/// The boot-counting key of the deployment a boot entry boots: its `ostree=` bootlink
+/// (`/ostree/boot.N/OS/BOOTCSUM/SERIAL`, which libostree swaps into place before it runs
+/// the generator) points at `deploy/OS/deploy/COMMIT.DEPLOYSERIAL`. `None` when it does not
+/// resolve (the entry is then never counted).
+pub fn deployment_key(sysroot: &Path, options: &str) -> Option<String> {
+    let link = options
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("ostree="))?;
+    let target = std::fs::read_link(sysroot.join(link.trim_start_matches('/'))).ok()?;
+    let name = target.file_name()?.to_str()?;
+    let (commit, serial) = name.split_once('.')?;
+    if !super::is_checksum(commit) {
+        return None;
+    }
+    Some(super::bootcount::key(commit, serial.parse().ok()?))
 }
 
 /// When the process was started the way libostree's grub2 backend starts its generator
@@ -246,6 +282,7 @@ pub fn set_generator_env() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::bootcount;
     use super::*;
 
     const A: &str = "title Debian GNU/Linux 12 (bookworm) (ostree:0)\nversion 2\n\
@@ -279,6 +316,43 @@ mod tests {
         );
         assert!(cfg.find("ostree:0").unwrap() < cfg.find("ostree:1").unwrap());
         assert!(!cfg.contains("linux16") && !cfg.contains("syslinux"));
+    }
+
+    #[test]
+    fn the_default_entry_is_counted_by_its_deployment_key() {
+        let td = tempfile::tempdir().unwrap();
+        let c = "c".repeat(64);
+        let bl = td.path().join("ostree/boot.1/kiln/ab");
+        std::fs::create_dir_all(&bl).unwrap();
+        std::os::unix::fs::symlink(format!("../../../deploy/kiln/deploy/{c}.2"), bl.join("0"))
+            .unwrap();
+        let mut a = parse_entry("a.conf", A).unwrap();
+        a.key = deployment_key(td.path(), &a.options);
+        assert_eq!(a.key.as_deref(), Some(format!("{c}.2").as_str()));
+        let b = parse_entry("b.conf", B).unwrap();
+        assert_eq!(deployment_key(td.path(), &b.options), None);
+        let cfg = render(Some(1), &[a.clone(), b.clone()]);
+        let head = cfg
+            .find(&format!(
+                "if [ \"$kiln_pending\" = \"{c}.2\" ]; then\n  set default=1"
+            ))
+            .unwrap();
+        let entry0 = cfg.find("--id ostree-0").unwrap();
+        let save = cfg.find("save_env").unwrap();
+        let linux0 = cfg.find("  linux /ostree/kiln-ab").unwrap();
+        assert!(cfg.find("set fallback=1").unwrap() < head && head < entry0);
+        assert!(entry0 < save && save < linux0, "{cfg}");
+        assert!(
+            cfg.contains("ostree=/ostree/boot.1/kiln/ab/0 $kiln_trial_kargs\n"),
+            "{cfg}"
+        );
+        assert_eq!(cfg.matches("$kiln_trial_kargs").count(), 1, "{cfg}");
+        // Only the default entry counts, and only when there is a rollback entry.
+        assert_eq!(
+            cfg.matches("save_env").count(),
+            bootcount::MAX_TRIES as usize
+        );
+        assert!(!render(None, &[a]).contains("kiln_pending"));
     }
 
     #[test]

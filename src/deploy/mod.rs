@@ -9,12 +9,15 @@
 //! older kiln keep libostree's `syslinux` backend (read with `syslinux_source`).
 
 pub mod agent;
+pub mod bootcount;
 pub mod cli;
 pub mod grub;
+pub mod health;
 pub mod last_check;
 pub mod ops;
 pub mod safety;
 pub mod status;
+pub mod trial;
 pub mod upgrade;
 use crate::error::InputError;
 use anyhow::{anyhow, bail, Context, Result};
@@ -398,7 +401,7 @@ pub(crate) fn deploy_locked(
     let cancel = gio::Cancellable::NONE;
     let staged = sysroot.booted_deployment().is_some();
     if staged {
-        sysroot
+        let new = sysroot
             .stage_tree_with_options(
                 Some(os),
                 checksum,
@@ -409,6 +412,8 @@ pub(crate) fn deploy_locked(
             )
             .with_context(|| format!("staging commit {checksum} for the next boot"))?;
         safety::point("deploy:staged");
+        // Finalized at shutdown: the trial is in place before the entries change.
+        trial::start(sysroot, &new, true)?;
     } else {
         let new = sysroot
             .deploy_tree_with_options(
@@ -421,6 +426,7 @@ pub(crate) fn deploy_locked(
             )
             .with_context(|| format!("writing the deployment of commit {checksum}"))?;
         safety::point("deploy:tree-written");
+        trial::start(sysroot, &new, merge.is_some())?;
         sysroot
             .simple_write_deployment(
                 Some(os),

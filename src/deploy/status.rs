@@ -45,6 +45,12 @@ pub struct HostStatus {
     pub deployments: Vec<DeploymentStatus>,
     /// The last run of `kiln upgrade --auto` (from /var/lib/kiln/last-check.json).
     pub last_update_check: Option<super::last_check::LastCheck>,
+    /// Commits abandoned by automatic rollback, with the reason (from
+    /// /var/lib/kiln/rejected.json); the update agent never stages them again.
+    pub rejected: Vec<super::trial::Rejection>,
+    /// On a booted host: whether this boot was marked good (`/run/kiln/boot-good`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_good: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +76,10 @@ pub struct DeploymentStatus {
     pub kernel_args: Vec<String>,
     /// Deployment directory, relative to the sysroot.
     pub path: String,
+    /// Boots left before GRUB falls back, while the deployment is on trial (not yet
+    /// marked good); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tries_left: Option<u32>,
 }
 
 /// Builds the status of the sysroot at `path` from an already loaded sysroot.
@@ -78,6 +88,7 @@ pub(crate) fn host_from(sysroot: &ostree::Sysroot, path: &Path) -> Result<Host> 
     let booted = sysroot.booted_deployment();
     let roles = Roles::of(&deployments, booted.as_ref());
     let repo = sysroot.repo();
+    let trial = super::trial::read(path).unwrap_or_default();
     let mut list = Vec::with_capacity(deployments.len());
     for (i, d) in deployments.iter().enumerate() {
         let csum = d.csum().to_string();
@@ -102,6 +113,9 @@ pub(crate) fn host_from(sysroot: &ostree::Sysroot, path: &Path) -> Result<Host> 
             pinned: d.is_pinned(),
             kernel_args: kargs_of(d),
             path: sysroot.deployment_dirpath(d).to_string(),
+            tries_left: trial
+                .is_pending(&super::bootcount::key(d.csum().as_str(), d.deployserial()))
+                .then(|| trial.left()),
         });
     }
     let pick = |i: Option<usize>| i.map(|i| list[i].clone());
@@ -121,6 +135,12 @@ pub(crate) fn host_from(sysroot: &ostree::Sysroot, path: &Path) -> Result<Host> 
             .stateroot
             .as_deref()
             .and_then(|os| super::last_check::last_check(path, os)),
+        rejected: spec
+            .stateroot
+            .as_deref()
+            .map(|os| super::trial::rejections(path, os).rejected)
+            .unwrap_or_default(),
+        boot_good: super::is_booted_host(path).then(|| Path::new(super::trial::BOOT_GOOD).exists()),
         deployments: list,
     };
     Ok(Host {
@@ -262,6 +282,29 @@ pub fn render_text(host: &Host) -> String {
             let _ = writeln!(s, "   timestamp: {}", format_utc(ts));
         }
         let _ = writeln!(s, "       kargs: {}", d.kernel_args.join(" "));
+        if let Some(t) = d.tries_left {
+            let _ = writeln!(s, "       trial: {t} boot(s) left before falling back");
+        }
+    }
+    if let Some(g) = host.status.boot_good {
+        let _ = writeln!(
+            s,
+            "This boot: {}",
+            if g { "good" } else { "not (yet) marked good" }
+        );
+    }
+    for r in &host.status.rejected {
+        let _ = writeln!(
+            s,
+            "Rejected: {} {} on {}: {}",
+            r.commit,
+            r.version.as_deref().unwrap_or("(no version)"),
+            r.time_utc,
+            r.failure.reason
+        );
+        for l in r.failure.log.iter().rev().take(5).rev() {
+            let _ = writeln!(s, "    {l}");
+        }
     }
     if let Some(c) = &host.status.last_update_check {
         let _ = writeln!(

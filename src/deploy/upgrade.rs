@@ -38,6 +38,13 @@ pub enum UpgradeOutcome {
         /// The same delta's content, uncompressed.
         download_unpacked_bytes: Option<u64>,
     },
+    /// The newest commit was abandoned by automatic rollback on this machine
+    /// ([`super::trial`]): not deployed again (`kiln health forget` allows it again).
+    Rejected {
+        refspec: String,
+        checksum: String,
+        version: Option<String>,
+    },
     /// A newer commit was deployed.
     Deployed {
         refspec: String,
@@ -61,6 +68,8 @@ pub struct UpgradeOptions {
     pub allow_downgrade: bool,
     /// No progress lines on stderr.
     pub quiet: bool,
+    /// Commits never to deploy (the machine's rejected commits).
+    pub skip: Vec<String>,
 }
 
 /// What an upgrade starts from.
@@ -143,6 +152,13 @@ fn upgrade_decision(
             version: base.info.version.clone(),
         }));
     }
+    if opts.skip.iter().any(|c| c == newest) {
+        return Ok(Some(UpgradeOutcome::Rejected {
+            refspec: base.refspec.clone(),
+            checksum: newest.to_string(),
+            version: newest_info.version.clone(),
+        }));
+    }
     if newest_info.timestamp < base.info.timestamp && !opts.allow_downgrade {
         bail!(
             "the newest commit of {} ({newest}, {}) is older than the next boot's \
@@ -203,7 +219,8 @@ pub fn upgrade(path: &Path, os: &str, opts: &UpgradeOptions) -> Result<UpgradeOu
     let (newest, stats) = match &base.source {
         Source::LocalRepo(_) => (pull(&repo, &base.source, &base.ref_)?, None),
         Source::Remote(r) => {
-            let kind = if opts.check {
+            // With commits to skip, look at the newest commit before its content.
+            let kind = if opts.check || !opts.skip.is_empty() {
                 crate::repo::pull::PullKind::CommitOnly
             } else {
                 crate::repo::pull::PullKind::Full
@@ -230,6 +247,15 @@ pub fn upgrade(path: &Path, os: &str, opts: &UpgradeOptions) -> Result<UpgradeOu
             }
         }
         return Ok(done);
+    }
+    if let (Source::Remote(r), false) = (&base.source, opts.skip.is_empty()) {
+        crate::repo::pull::pull(
+            &repo,
+            r,
+            &base.ref_,
+            crate::repo::pull::PullKind::Full,
+            opts.quiet,
+        )?;
     }
     safety::point("upgrade:pulled");
     let outcome = deploy_locked(&locked, os, &newest, &base.refspec, None, None)?;

@@ -369,6 +369,19 @@ fn resolve_updates(m: &BTreeMap<String, Val>) -> Result<crate::updates::Updates,
         Some(s) => parse_duration(&s.value).map_err(|e| s.loc.error(e))?,
         None => 0,
     };
+    let tries = match m.get("updates.tries") {
+        Some(Val::Int(n)) => {
+            let max = crate::deploy::bootcount::MAX_TRIES;
+            if !(1..=u64::from(max)).contains(&n.value) {
+                return Err(n.loc.error(format!(
+                    "updates.tries is {}: a new deployment gets between 1 and {max} boots",
+                    n.value
+                )));
+            }
+            Some(n.value as u32)
+        }
+        _ => None,
+    };
     let strategy = match get("updates.strategy").map(|s| s.value.as_str()) {
         Some("fleetlock") => Strategy::Fleetlock,
         _ => Strategy::Immediate,
@@ -386,6 +399,7 @@ fn resolve_updates(m: &BTreeMap<String, Val>) -> Result<crate::updates::Updates,
         reboot,
         window,
         random_delay,
+        tries,
         strategy,
         fleetlock,
     };
@@ -398,6 +412,22 @@ fn resolve_updates(m: &BTreeMap<String, Val>) -> Result<crate::updates::Updates,
         return Err(at.error(msg));
     }
     Ok(u)
+}
+
+/// The `[health]` table.
+fn resolve_health(m: &BTreeMap<String, Val>) -> Result<crate::updates::Health, InputError> {
+    let mut h = crate::updates::Health::default();
+    if let Some(Val::List { items, .. }) = m.get("health.required-units") {
+        h.required_units = items.iter().map(|i| i.value.clone()).collect();
+    }
+    if let Some(Val::Str(s)) = m.get("health.timeout") {
+        let secs = crate::updates::parse_duration(&s.value).map_err(|e| s.loc.error(e))?;
+        if secs == 0 || secs > 86400 {
+            return Err(s.loc.error("health.timeout must be between 1s and 1d"));
+        }
+        h.timeout = secs;
+    }
+    Ok(h)
 }
 
 fn unreachable_loc() -> Loc {
@@ -457,6 +487,7 @@ fn merge(layers: &[Layer], main_display: &str) -> Result<Recipe, InputError> {
         });
     }
     let updates = resolve_updates(&m)?;
+    let health = resolve_health(&m)?;
     let mut list = |key: &str| -> Vec<String> {
         match m.remove(key) {
             Some(Val::List { items, .. }) => items.into_iter().map(|i| i.value).collect(),
@@ -512,6 +543,7 @@ fn merge(layers: &[Layer], main_display: &str) -> Result<Recipe, InputError> {
         postprocess,
         units,
         updates,
+        health,
         kernel_args,
         dracut_modules,
         metadata,
@@ -776,6 +808,23 @@ mod tests {
     }
 
     #[test]
+    fn tries_and_health_resolve() {
+        let d = tree(&[(
+            "r.toml",
+            "{HEAD}[updates]\nmode = \"stage\"\ntries = 5\n\
+             [health]\nrequired-units = [\"web.service\"]\ntimeout = \"2min\"\n",
+        )]);
+        let r = load_in(&d, "r.toml").unwrap();
+        assert_eq!(r.updates.tries, Some(5));
+        assert_eq!(r.health.required_units, vec!["web.service"]);
+        assert_eq!(r.health.timeout, 120);
+        let d = tree(&[("r.toml", "{HEAD}")]);
+        let r = load_in(&d, "r.toml").unwrap();
+        assert_eq!(r.health, crate::updates::Health::default());
+        assert_eq!(r.updates.tries, None);
+    }
+
+    #[test]
     fn updates_errors_are_located() {
         let cases: &[(&str, &str, (usize, usize), &str)] = &[
             ("[updates]\nmode = \"sometimes\"\n", "updates.mode", (5, 8), "unknown update mode"),
@@ -787,6 +836,9 @@ mod tests {
             ("[updates]\nmode = \"apply\"\nreboot = \"immediate\"\nstrategy = \"fleetlock\"\n[updates.fleetlock]\nurl = \"ftp://x\"\n", "updates.fleetlock.url", (9, 7), "not supported"),
             ("[updates]\nmode = \"apply\"\nreboot = \"immediate\"\nstrategy = \"fleetlock\"\n[updates.fleetlock]\nurl = \"http://x\"\ngroup = \"a/b\"\n", "updates.fleetlock.group", (10, 9), "FleetLock group"),
             ("[updates]\nmode = \"stage\"\nstrategy = \"fleetlock\"\n[updates.fleetlock]\nurl = \"http://x\"\n", "updates.strategy", (6, 12), "needs mode = \"apply\""),
+            ("[updates]\ntries = 12\n", "updates.tries", (5, 9), "between 1 and 9"),
+            ("[health]\nrequired-units = [\"web\"]\n", "health.required-units[0]", (5, 19), "not a systemd unit name"),
+            ("[health]\ntimeout = \"0s\"\n", "health.timeout", (5, 11), "between 1s and 1d"),
             ("[updates]\nmode = \"apply\"\nreboot = \"window\"\n[updates.window]\ndays = [\"fri\"]\nstart = \"25:00\"\nlength = \"1h\"\n", "updates.window.start", (9, 9), "not a time of day"),
         ];
         for (text, key, pos, msg) in cases {

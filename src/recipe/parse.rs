@@ -100,6 +100,12 @@ pub(crate) static UPDATE_FIELDS: &[Field] = &[
     f("window", Kind::Table(UPDATE_WINDOW_FIELDS)),
     f("strategy", Kind::Str(validate::update_strategy)),
     f("fleetlock", Kind::Table(UPDATE_FLEETLOCK_FIELDS)),
+    f("tries", Kind::Int),
+];
+
+pub(crate) static HEALTH_FIELDS: &[Field] = &[
+    f("required-units", Kind::List(validate::unit_name)),
+    f("timeout", Kind::Str(validate::duration)),
 ];
 
 /// Every key a recipe file may contain.
@@ -118,6 +124,7 @@ pub(crate) static FIELDS: &[Field] = &[
     f("postprocess", Kind::Paths(PathKind::File)),
     f("units", Kind::Table(UNIT_FIELDS)),
     f("updates", Kind::Table(UPDATE_FIELDS)),
+    f("health", Kind::Table(HEALTH_FIELDS)),
     f("kernel-args", Kind::List(validate::kernel_arg)),
     f("dracut-modules", Kind::List(validate::dracut_module)),
     f(

@@ -33,6 +33,9 @@ pub struct Recipe {
     /// Automatic updates (`[updates]`); off by default.
     #[serde(default)]
     pub updates: crate::updates::Updates,
+    /// What makes a boot good (`[health]`).
+    #[serde(default)]
+    pub health: crate::updates::Health,
     /// Default kernel arguments for deployments of this commit.
     pub kernel_args: Vec<String>,
     /// Extra dracut modules added to the initramfs (besides `ostree`).
