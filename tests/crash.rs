@@ -32,12 +32,14 @@ impl Op {
                 "deploy:locked",
                 "deploy:pulled",
                 "deploy:tree-written",
+                "trial:env-written",
                 "deploy:boot-written",
                 "deploy:cleaned",
             ],
             Op::Upgrade => &[
                 "upgrade:pulled",
                 "deploy:tree-written",
+                "trial:env-written",
                 "deploy:boot-written",
                 "deploy:cleaned",
             ],
@@ -106,7 +108,37 @@ fn check(f: &Fixture) -> usize {
         Some(commit.as_str()),
         "status and boot entries disagree on the default"
     );
+    check_trial(f, &st);
     st["status"]["deployments"].as_array().unwrap().len()
+}
+
+/// The boot-counting block: absent, or a whole 1024-byte GRUB environment block; a trial
+/// in it names the default deployment with every try left (nothing booted here), or a
+/// deployment that is not the default (which GRUB ignores); never a half-written one.
+fn check_trial(f: &Fixture, st: &Value) {
+    use kiln::deploy::bootcount;
+    let p = bootcount::env_path(&f.sysroot);
+    let Ok(data) = std::fs::read(&p) else {
+        return;
+    };
+    assert_eq!(data.len(), bootcount::ENV_SIZE, "torn {}", p.display());
+    assert!(data.starts_with(bootcount::ENV_HEADER.as_bytes()));
+    let t = bootcount::Env::parse(&data).trial();
+    let d = &st["status"]["default"];
+    let key = bootcount::key(
+        d["checksum"].as_str().unwrap(),
+        d["deploySerial"].as_i64().unwrap() as i32,
+    );
+    if t.is_pending(&key) {
+        assert_eq!(t.tries, Some(bootcount::DEFAULT_TRIES), "{t:?}");
+        assert_eq!(d["triesLeft"], bootcount::DEFAULT_TRIES, "{st}");
+    } else {
+        assert!(d.get("triesLeft").is_none(), "{st}");
+    }
+    // What GRUB does with it boots a listed deployment.
+    let deps = st["status"]["deployments"].as_array().unwrap();
+    let (boot, _) = bootcount::grub_step(&t, &key, deps.len() > 1);
+    assert_eq!(boot, bootcount::Boot::Default, "{t:?}");
 }
 
 fn prepare(op: Op, f: &Fixture, version: &mut u32) {
@@ -173,6 +205,67 @@ fn run_and_kill(op: Op, f: &Fixture, point: Option<&str>, delay: Duration) -> bo
     h.kill().unwrap();
     let out = h.wait().unwrap();
     out.status.signal() == Some(libc::SIGKILL)
+}
+
+/// `kiln health forget` killed at any moment leaves the record of rejections whole: the
+/// old one or the new one.
+#[test]
+fn sigkill_during_forget_leaves_a_whole_rejection_record() {
+    use kiln::deploy::trial::{self, Failure, Rejection, Rejections};
+    let f = Fixture::new();
+    f.commit(1);
+    run_ok(Op::Deploy, &f);
+    let os = "kiln";
+    let mut r = Rejections::default();
+    for c in ["a", "b", "c"] {
+        r.add(Rejection {
+            commit: c.repeat(64),
+            version: None,
+            time: 1,
+            time_utc: String::new(),
+            failure: Failure {
+                unit: Some("web.service".into()),
+                reason: "web.service is failed".into(),
+                log: vec!["x".repeat(2000); 20],
+            },
+        });
+    }
+    let sr = f.sysroot.display().to_string();
+    let path = kiln::deploy::last_check::state_dir(&f.sysroot, os).join(trial::REJECTED);
+    trial::save_rejections(&f.sysroot, os, &r).unwrap();
+    for i in 0..8u64 {
+        let before = trial::rejections(&f.sysroot, os);
+        if before.rejected.is_empty() {
+            trial::save_rejections(&f.sysroot, os, &r).unwrap();
+            continue;
+        }
+        let c = before.rejected[0].commit.clone();
+        let h = duct::cmd(
+            KILN,
+            ["health", "forget", "--sysroot", &sr, "--os", os, &c[..8]],
+        )
+        .stderr_capture()
+        .stdout_capture()
+        .unchecked()
+        .start()
+        .unwrap();
+        // Kill at a moment that moves along the run.
+        std::thread::sleep(Duration::from_micros(i * 700));
+        let _ = h.kill();
+        let _ = h.wait();
+        let text = std::fs::read_to_string(&path).unwrap();
+        serde_json::from_str::<Value>(&text).expect("a torn rejected.json");
+        let now = trial::rejections(&f.sysroot, os);
+        let forgot = now.rejected.len() + 1 == before.rejected.len() && !now.contains(&c);
+        assert!(now == before || forgot, "{now:?} after a kill");
+    }
+    // Uninterrupted, it forgets; an unknown commit is a usage error.
+    trial::save_rejections(&f.sysroot, os, &r).unwrap();
+    let (code, _, err) = kiln(&["health", "forget", "--sysroot", &sr, "--os", os, "cccccccc"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!trial::rejections(&f.sysroot, os).contains(&"c".repeat(64)));
+    let (code, _, err) = kiln(&["health", "forget", "--sysroot", &sr, "--os", os, "cccccccc"]);
+    assert_eq!(code, 2, "{err}");
 }
 
 #[test]

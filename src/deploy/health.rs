@@ -50,24 +50,12 @@ fn journal_tail(unit: &str, n: usize) -> Vec<String> {
 }
 
 fn unit_state(unit: &str) -> String {
-    // `is-active` exits non-zero for every state but active: read its output.
-    match Cmd::new("systemctl").args(["is-active", unit]).run() {
-        Ok(o) => o.stdout_str(),
-        Err(e) => {
-            let s = format!("{e:#}");
-            [
-                "failed",
-                "inactive",
-                "activating",
-                "deactivating",
-                "reloading",
-            ]
-            .into_iter()
-            .find(|w| s.contains(&format!("\n{w}")) || s.ends_with(w))
-            .unwrap_or("unknown")
-            .to_string()
-        }
-    }
+    // `systemctl is-active` exits non-zero for every state but active; `show` does not.
+    Cmd::new("systemctl")
+        .args(["show", "--property=ActiveState", "--value", unit])
+        .read()
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn unit_failure(unit: &str, state: &str) -> Failure {

@@ -138,15 +138,18 @@ pub fn write(sysroot: &Path, t: &Trial) -> Result<()> {
     Ok(())
 }
 
-/// The tries a deployment's tree gives a new deployment: its `/etc/kiln/updates.toml`,
-/// else `/usr/lib/kiln/updates.toml`, else [`bootcount::DEFAULT_TRIES`].
+/// The tries a deployment's tree gives a new deployment: `tries` of its
+/// `/etc/kiln/updates.toml`, else of `/usr/lib/kiln/updates.toml`, else
+/// [`bootcount::DEFAULT_TRIES`].
 pub fn tries_of_tree(root: &Path) -> u32 {
     for rel in [
         crate::updates::POLICY_OVERRIDE_PATH,
         crate::updates::POLICY_PATH,
     ] {
         if let Ok(u) = crate::updates::read_policy(&root.join(rel)) {
-            return u.tries();
+            if u.tries.is_some() {
+                return u.tries();
+            }
         }
     }
     bootcount::DEFAULT_TRIES

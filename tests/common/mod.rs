@@ -173,6 +173,9 @@ pub struct MenuEntry {
     /// The kernel arguments, unquoted.
     pub args: String,
     pub initrd: String,
+    /// The entry adds `$kiln_trial_kargs` (the default entry of a menu with a rollback
+    /// entry, when its deployment is known: boot counting, src/deploy/bootcount.rs).
+    pub trial_kargs: bool,
 }
 
 /// The GRUB menu of the current boot version (boot/loader/grub.cfg), in order; checks
@@ -199,12 +202,18 @@ pub fn grub_menu(sysroot: &Path) -> Vec<MenuEntry> {
                 linux: String::new(),
                 args: String::new(),
                 initrd: String::new(),
+                trial_kargs: false,
             });
         } else if let Some(rest) = t.strip_prefix("linux ") {
             let mut w = rest.split_whitespace().map(unquote);
             let e = v.last_mut().expect("linux outside a menuentry");
             e.linux = w.next().unwrap();
-            e.args = w.collect::<Vec<_>>().join(" ");
+            let mut args: Vec<String> = w.collect();
+            e.trial_kargs = args.last().map(String::as_str) == Some("$kiln_trial_kargs");
+            if e.trial_kargs {
+                args.pop();
+            }
+            e.args = args.join(" ");
         } else if let Some(rest) = t.strip_prefix("initrd ") {
             v.last_mut().expect("initrd outside a menuentry").initrd = unquote(rest);
         }
@@ -240,7 +249,11 @@ pub fn check_default_entry(sysroot: &Path) -> String {
     assert!(!entries.is_empty(), "no boot entries");
     let menu = grub_menu(sysroot);
     assert_eq!(menu.len(), entries.len(), "grub.cfg and BLS entries differ");
-    for (m, en) in menu.iter().zip(&entries) {
+    for (i, (m, en)) in menu.iter().zip(&entries).enumerate() {
+        assert!(
+            !m.trial_kargs || (i == 0 && menu.len() > 1),
+            "trial arguments on entry {i}"
+        );
         assert_eq!(m.title, en.title, "menu order differs from {}", en.file);
         assert_eq!(m.linux, en.linux, "menu kernel differs from {}", en.file);
         assert_eq!(m.args, en.options, "menu arguments differ from {}", en.file);
