@@ -252,6 +252,10 @@ fn take_slot(
     let fail = |e: anyhow::Error| ("waitingForSlot", format!("{e:#}"));
     let id = fl::lock_id_of(root).map_err(fail)?;
     let client = fl::Client::new(cfg, &id).map_err(fail)?;
+    eprintln!(
+        "kiln: asking {} for a reboot slot in group {:?} as {id}",
+        cfg.url, cfg.group
+    );
     fl::with_backoff("asking for a reboot slot", keep_trying, || {
         client.pre_reboot()
     })

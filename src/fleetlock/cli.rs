@@ -211,7 +211,8 @@ fn steady_state(a: SteadyArgs) -> Result<()> {
     crate::output::emit(a.sys.json, &out, |o| {
         if o.fleetlock {
             println!(
-                "Reboot slot given back (group {}); {} post-boot hook(s) run.",
+                "Reboot slot of {} given back (group {}); {} post-boot hook(s) run.",
+                o.id.as_deref().unwrap_or(""),
                 o.group.as_deref().unwrap_or(""),
                 o.hooks
             );
