@@ -65,6 +65,9 @@ pub enum Command {
     /// Ignition configs: build from TOML, validate JSON.
     #[command(subcommand)]
     Ignition(crate::ignition::cli::IgnitionCommand),
+    /// Coordinated reboots (FleetLock on etcd): serve, status, release, steady-state.
+    #[command(subcommand)]
+    Fleetlock(crate::fleetlock::cli::FleetlockCommand),
     /// Finalize a staged deployment at shutdown (run by ostree-finalize-staged.service).
     #[command(hide = true)]
     FinalizeStaged,

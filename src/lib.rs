@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod compose;
 pub mod deploy;
 pub mod error;
+pub mod fleetlock;
 pub mod ignition;
 pub mod image;
 pub mod install;

@@ -38,6 +38,7 @@ fn main() {
         Command::Install(a) => kiln::install::cli::cmd_install(a),
         Command::Run(a) => kiln::qemu::cli::cmd_run(a),
         Command::Ignition(c) => kiln::ignition::cli::cmd(c),
+        Command::Fleetlock(c) => kiln::fleetlock::cli::cmd(c),
         Command::FinalizeStaged => kiln::deploy::cli::cmd_finalize_staged(),
         Command::Grub2Generate(a) => kiln::deploy::cli::cmd_grub2_generate(a),
         Command::VerifyReproducible(a) => kiln::reproducible::cli::cmd_verify(a),

@@ -15,6 +15,12 @@ pub const POLICY_OVERRIDE_PATH: &str = "etc/kiln/updates.toml";
 pub const TIMER: &str = "kiln-upgrade.timer";
 /// Drop-in compose writes for the recipe's random delay.
 pub const TIMER_DROPIN: &str = "usr/lib/systemd/system/kiln-upgrade.timer.d/10-recipe.conf";
+/// The unit that gives a FleetLock slot back once a boot is good (enabled by compose when
+/// `strategy = "fleetlock"`).
+pub const STEADY_UNIT: &str = "kiln-fleetlock-steady.service";
+const STEADY_PATH: &str = "usr/lib/systemd/system/kiln-fleetlock-steady.service";
+const STEADY_TEXT: &str =
+    include_str!("../overlays/base/usr/lib/systemd/system/kiln-fleetlock-steady.service");
 const SERVICE_PATH: &str = "usr/lib/systemd/system/kiln-upgrade.service";
 const TIMER_PATH: &str = "usr/lib/systemd/system/kiln-upgrade.timer";
 const SERVICE_UNIT: &str =
@@ -48,6 +54,53 @@ pub enum Reboot {
     Window,
 }
 
+/// How `mode = "apply"` decides that this machine may reboot now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// As soon as `reboot` allows.
+    #[default]
+    Immediate,
+    /// Only with a reboot slot from a FleetLock server (`[updates.fleetlock]`), so at
+    /// most K machines of a group are down at once (src/fleetlock/, docs/updating.md).
+    Fleetlock,
+}
+
+/// `[updates.fleetlock]`: the FleetLock server and this machine's group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Fleetlock {
+    /// The server's base URL (`http://fleetlock.example:3333`); the agent posts to
+    /// `URL/v1/pre-reboot` and `URL/v1/steady-state`.
+    #[serde(deserialize_with = "checked::url")]
+    pub url: String,
+    #[serde(default = "default_group", deserialize_with = "checked::group")]
+    pub group: String,
+}
+
+fn default_group() -> String {
+    "default".into()
+}
+
+/// Values of a policy file checked by [`crate::validate`]'s rules while it is read, so a
+/// bad one is reported with the file's line and column.
+mod checked {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::validate::url(&s, crate::validate::Schemes::Http)
+            .map_err(serde::de::Error::custom)?;
+        Ok(s)
+    }
+
+    pub fn group<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::validate::lock_group(&s).map_err(serde::de::Error::custom)?;
+        Ok(s)
+    }
+}
+
 /// A weekly maintenance window (UTC).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -75,6 +128,8 @@ pub struct Updates {
     /// (`None`: [`crate::deploy::bootcount::DEFAULT_TRIES`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tries: Option<u32>,
+    pub strategy: Strategy,
+    pub fleetlock: Option<Fleetlock>,
 }
 
 impl Updates {
@@ -222,6 +277,33 @@ impl Window {
     }
 }
 
+impl Updates {
+    /// What is wrong with the strategy given the other keys (the recipe and a policy file
+    /// share this check).
+    pub fn strategy_error(&self) -> Option<String> {
+        match (self.strategy, &self.fleetlock) {
+            (Strategy::Fleetlock, None) => Some(
+                "strategy = \"fleetlock\" needs [updates.fleetlock] with the server's url".into(),
+            ),
+            (Strategy::Immediate, Some(_)) => Some(
+                "[updates.fleetlock] is set but strategy is not \"fleetlock\"; set \
+                 strategy = \"fleetlock\" or remove it"
+                    .into(),
+            ),
+            (Strategy::Fleetlock, Some(_))
+                if self.mode != Mode::Apply || self.reboot == Reboot::Never =>
+            {
+                Some(
+                    "strategy = \"fleetlock\" coordinates reboots: it needs mode = \"apply\" \
+                     and reboot = \"immediate\" or \"window\""
+                        .into(),
+                )
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Writes the policy into a tree (compose calls this for every recipe): the policy file
 /// always (mode off included, so `kiln upgrade --auto` reports "off" instead of guessing),
 /// and the timer drop-in with the random delay.
@@ -235,7 +317,11 @@ pub fn write_to_tree(updates: &Updates, root: &Path) -> Result<()> {
     write_file(&p, &text)?;
     // The units themselves come with overlays/base; a recipe without that overlay gets
     // the same files here.
-    for (rel, text) in [(SERVICE_PATH, SERVICE_UNIT), (TIMER_PATH, TIMER_UNIT)] {
+    for (rel, text) in [
+        (SERVICE_PATH, SERVICE_UNIT),
+        (TIMER_PATH, TIMER_UNIT),
+        (STEADY_PATH, STEADY_TEXT),
+    ] {
         let p = root.join(rel);
         if !p.exists() {
             write_file(&p, text)?;
@@ -261,11 +347,22 @@ fn write_file(p: &Path, text: &str) -> Result<()> {
 /// Reads a policy file.
 pub fn read_policy(p: &Path) -> Result<Updates> {
     let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    let u: Updates = toml::from_str(&text)
-        .map_err(|e| crate::error::InputError::new(p.display().to_string(), e.to_string()))?;
+    let u: Updates = toml::from_str(&text).map_err(|e| {
+        let ie = crate::error::InputError::new(p.display().to_string(), e.message().trim());
+        match e.span() {
+            Some(sp) => {
+                let (l, c) = crate::error::line_col(&text, sp.start);
+                ie.at(l, c)
+            }
+            None => ie,
+        }
+    })?;
+    let bad = |m: String| crate::error::InputError::new(p.display().to_string(), m);
     if let Some(w) = &u.window {
-        parse_time_of_day(&w.start)
-            .map_err(|m| crate::error::InputError::new(p.display().to_string(), m))?;
+        parse_time_of_day(&w.start).map_err(bad)?;
+    }
+    if let Some(m) = u.strategy_error() {
+        return Err(bad(m).into());
     }
     Ok(u)
 }
@@ -286,6 +383,30 @@ mod tests {
         assert_eq!(parse_time_of_day("02:30"), Ok(150));
         assert!(parse_time_of_day("24:00").is_err());
         assert!(parse_time_of_day("2:30").is_err());
+    }
+
+    #[test]
+    fn policy_file_values_are_checked_with_their_line() {
+        let td = tempfile::tempdir().unwrap();
+        let p = td.path().join("updates.toml");
+        let cases = [
+            ("mode = \"apply\"\nreboot = \"immediate\"\nstrategy = \"fleetlock\"\n[fleetlock]\nurl = \"ftp://x\"\n", ":5:"),
+            ("mode = \"apply\"\nreboot = \"immediate\"\nstrategy = \"fleetlock\"\n[fleetlock]\nurl = \"http://x\"\ngroup = \"a b\"\n", ":6:"),
+            ("strategy = \"sometimes\"\n", ":1:"),
+            ("mode = \"apply\"\nreboot = \"immediate\"\nstrategy = \"fleetlock\"\n", "needs [updates.fleetlock]"),
+            ("mode = \"stage\"\nstrategy = \"fleetlock\"\n[fleetlock]\nurl = \"http://x\"\n", "needs mode = \"apply\""),
+        ];
+        for (text, want) in cases {
+            std::fs::write(&p, text).unwrap();
+            let e = read_policy(&p).unwrap_err();
+            let ie = e
+                .downcast_ref::<crate::error::InputError>()
+                .expect("an InputError");
+            assert!(format!("{ie}").contains(want), "{text}: {ie}");
+        }
+        std::fs::write(&p, "mode = \"apply\"\nreboot = \"immediate\"\nstrategy = \"fleetlock\"\n[fleetlock]\nurl = \"http://127.0.0.1:3333\"\n").unwrap();
+        let u = read_policy(&p).unwrap();
+        assert_eq!(u.fleetlock.unwrap().group, "default");
     }
 
     #[test]
@@ -318,6 +439,11 @@ mod tests {
                 length: 3600,
             }),
             random_delay: 900,
+            strategy: Strategy::Fleetlock,
+            fleetlock: Some(Fleetlock {
+                url: "http://fleetlock.example:3333".into(),
+                group: "workers".into(),
+            }),
             tries: Some(4),
         };
         write_to_tree(&u, td.path()).unwrap();

@@ -332,6 +332,36 @@ pub fn os_name(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A FleetLock group (`default`, `workers`, `zone-a.db`): 1–63 letters, digits, `-`, `_`
+/// and `.`, not starting with `-` or `.`. The agent sends it, the server keys its
+/// semaphore in etcd by it.
+pub fn lock_group(s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || s.len() > 63
+        || s.starts_with(['-', '.'])
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(format!(
+            "FleetLock group {s:?}: 1-63 letters, digits, '-', '_' and '.', not starting \
+             with '-' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// A FleetLock client id as a request carries it: 1–256 printable ASCII characters
+/// (Zincati and kiln send 32 hex digits; other clients may send other names).
+pub fn lock_holder_id(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 256 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "FleetLock client id {s:?}: 1-256 printable ASCII characters without spaces"
+        ));
+    }
+    Ok(())
+}
+
 /// A 64-character hex string: an OSTree commit checksum.
 pub fn is_commit_checksum(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
@@ -427,6 +457,20 @@ pub fn abs_path(s: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lock_groups_and_ids() {
+        for ok in ["default", "workers", "zone-a.db", "A_1"] {
+            assert!(lock_group(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", "-x", ".x", "a/b", "a b", &"g".repeat(64)] {
+            assert!(lock_group(bad).is_err(), "{bad:?}");
+        }
+        assert!(lock_holder_id("0123abcd").is_ok());
+        for bad in ["", "a b", "a\n", &"x".repeat(257)] {
+            assert!(lock_holder_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn kernel_args() {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::fleet::{free_port, s, wait_port, Env, Gpg, Nginx};
+use common::fleet::{commit_with_policy, free_port, s, wait_port, Env, Gpg, Nginx};
 use common::{check_default_entry, kiln, kiln_ok, KVER, REF};
 use kiln::cmd::Cmd;
 use kiln::repo::{self, keys, CommitOptions, MetaValue};
@@ -489,44 +489,6 @@ fn walkdir(p: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A small bootable commit carrying an update policy, as compose writes it.
-fn commit_with_policy(
-    build: &Path,
-    work: &Path,
-    v: u32,
-    policy: &kiln::updates::Updates,
-) -> String {
-    let t = work.join(format!("small-{v}"));
-    let _ = std::fs::remove_dir_all(&t);
-    let m = t.join("usr/lib/modules").join(KVER);
-    std::fs::create_dir_all(&m).unwrap();
-    std::fs::create_dir_all(t.join("usr/etc")).unwrap();
-    std::fs::write(m.join("vmlinuz"), "kernel\n").unwrap();
-    std::fs::write(m.join("initramfs.img"), "initramfs\n").unwrap();
-    std::fs::write(
-        t.join("usr/lib/os-release"),
-        format!("ID=kiln\nVERSION_ID={v}\n"),
-    )
-    .unwrap();
-    kiln::updates::write_to_tree(policy, &t).unwrap();
-    let r = repo::open(build).unwrap();
-    let c = repo::commit_dir(
-        &r,
-        &t,
-        &CommitOptions {
-            ref_: REF.into(),
-            timestamp: 1_700_000_000 + u64::from(v) * 86400,
-            metadata: vec![(keys::VERSION.into(), MetaValue::Str(format!("{v}.0")))],
-            bootable: true,
-            ..Default::default()
-        },
-    )
-    .unwrap()
-    .checksum;
-    std::fs::remove_dir_all(&t).unwrap();
-    c
-}
-
 #[test]
 fn automatic_updates_follow_the_policy_and_report_in_status() {
     use kiln::updates::{Mode, Reboot, Updates, Window};
@@ -596,7 +558,7 @@ fn automatic_updates_follow_the_policy_and_report_in_status() {
             length: 3600,
         }),
         random_delay: 0,
-        tries: None,
+        ..Default::default()
     };
     std::fs::write(
         dep.join("etc/kiln/updates.toml"),

@@ -6,6 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// etcd clusters, `kiln fleetlock serve` and a request load, shared with the tests.
+#[path = "../../tests/common/fleetlock.rs"]
+pub mod fleetlock;
+
 /// The `kiln` binary built for this bench run.
 pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 

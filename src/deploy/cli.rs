@@ -21,6 +21,10 @@ pub(crate) fn parse_remote(s: &str) -> Result<String, String> {
     crate::validate::remote_name(s).map(|()| s.to_string())
 }
 
+pub(crate) fn parse_abs_path(s: &str) -> Result<PathBuf, String> {
+    crate::validate::abs_path(s).map(|()| PathBuf::from(s))
+}
+
 pub(crate) fn parse_rev(s: &str) -> Result<String, String> {
     crate::validate::rev(s).map(|()| s.to_string())
 }
@@ -41,7 +45,7 @@ pub struct SysrootArgs {
 }
 
 impl SysrootArgs {
-    fn os(&self) -> String {
+    pub(crate) fn os(&self) -> String {
         self.os
             .clone()
             .unwrap_or_else(|| ops::default_os(&self.sysroot))
@@ -92,6 +96,11 @@ pub struct UpgradeArgs {
     /// What kiln-upgrade.service runs.
     #[arg(long, conflicts_with_all = ["check", "repo", "allow_downgrade"])]
     pub auto: bool,
+    /// With --auto: run this program (no arguments) instead of `systemctl reboot` when
+    /// the policy reboots, also for a sysroot directory (which is otherwise never
+    /// rebooted); for tests and outer orchestrators that record or perform the reboot.
+    #[arg(long, requires = "auto", value_parser = parse_abs_path)]
+    pub reboot_command: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -204,7 +213,14 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
             .unwrap_or(0);
         let rec = {
             let _stdout = a.sys.json.then(StdoutToStderr::new);
-            super::agent::run_auto(&a.sys.sysroot, &os, now)?
+            super::agent::run_auto(
+                &a.sys.sysroot,
+                &os,
+                &super::agent::AutoOptions {
+                    now,
+                    reboot_command: a.reboot_command.clone(),
+                },
+            )?
         };
         if a.sys.json {
             return crate::output::json(&rec);
@@ -220,6 +236,8 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
             match rec.reboot.as_str() {
                 "requested" => "; rebooting",
                 "waitingForWindow" => "; reboot waits for the maintenance window",
+                "waitingForSlot" => "; reboot waits for a FleetLock slot",
+                "cancelledByHook" => "; a pre-reboot hook cancelled the reboot",
                 _ => "",
             }
         );

@@ -288,7 +288,7 @@ fn check_units(layers: &[Layer]) -> Result<(), InputError> {
 
 /// The `[updates]` table, with the checks that involve several keys.
 fn resolve_updates(m: &BTreeMap<String, Val>) -> Result<crate::updates::Updates, InputError> {
-    use crate::updates::{parse_duration, Mode, Reboot, Updates, Window};
+    use crate::updates::{parse_duration, Fleetlock, Mode, Reboot, Strategy, Updates, Window};
     let get = |k: &str| match m.get(k) {
         Some(Val::Str(s)) => Some(s),
         _ => None,
@@ -382,13 +382,36 @@ fn resolve_updates(m: &BTreeMap<String, Val>) -> Result<crate::updates::Updates,
         }
         _ => None,
     };
-    Ok(Updates {
+    let strategy = match get("updates.strategy").map(|s| s.value.as_str()) {
+        Some("fleetlock") => Strategy::Fleetlock,
+        _ => Strategy::Immediate,
+    };
+    let url = get("updates.fleetlock.url");
+    let group = get("updates.fleetlock.group");
+    let fleetlock = url.map(|u| Fleetlock {
+        url: u.value.clone(),
+        group: group
+            .map(|g| g.value.clone())
+            .unwrap_or_else(|| "default".into()),
+    });
+    let u = Updates {
         mode,
         reboot,
         window,
         random_delay,
         tries,
-    })
+        strategy,
+        fleetlock,
+    };
+    if let Some(msg) = u.strategy_error() {
+        let at = get("updates.strategy")
+            .or(url)
+            .or(group)
+            .map(|s| s.loc.clone())
+            .unwrap_or_else(unreachable_loc);
+        return Err(at.error(msg));
+    }
+    Ok(u)
 }
 
 /// The `[health]` table.
@@ -485,6 +508,11 @@ fn merge(layers: &[Layer], main_display: &str) -> Result<Recipe, InputError> {
         && !enable.iter().any(|u| u == crate::updates::TIMER)
     {
         enable.push(crate::updates::TIMER.to_string());
+    }
+    if updates.strategy == crate::updates::Strategy::Fleetlock
+        && !enable.iter().any(|u| u == crate::updates::STEADY_UNIT)
+    {
+        enable.push(crate::updates::STEADY_UNIT.to_string());
     }
     let units = Units {
         enable,
@@ -804,6 +832,10 @@ mod tests {
             ("[updates]\nmode = \"apply\"\nreboot = \"window\"\n", "updates.reboot", (6, 10), "needs [updates.window]"),
             ("[updates]\nmode = \"apply\"\nreboot = \"window\"\n[updates.window]\ndays = [\"fri\", \"caturday\"]\nstart = \"02:00\"\nlength = \"1h\"\n", "updates.window.days[1]", (8, 16), "not a day"),
             ("[updates]\nrandom-delay = \"soon\"\n", "updates.random-delay", (5, 16), "not a duration"),
+            ("[updates]\nmode = \"apply\"\nreboot = \"immediate\"\nstrategy = \"fleetlock\"\n", "updates.strategy", (7, 12), "needs [updates.fleetlock]"),
+            ("[updates]\nmode = \"apply\"\nreboot = \"immediate\"\nstrategy = \"fleetlock\"\n[updates.fleetlock]\nurl = \"ftp://x\"\n", "updates.fleetlock.url", (9, 7), "not supported"),
+            ("[updates]\nmode = \"apply\"\nreboot = \"immediate\"\nstrategy = \"fleetlock\"\n[updates.fleetlock]\nurl = \"http://x\"\ngroup = \"a/b\"\n", "updates.fleetlock.group", (10, 9), "FleetLock group"),
+            ("[updates]\nmode = \"stage\"\nstrategy = \"fleetlock\"\n[updates.fleetlock]\nurl = \"http://x\"\n", "updates.strategy", (6, 12), "needs mode = \"apply\""),
             ("[updates]\ntries = 12\n", "updates.tries", (5, 9), "between 1 and 9"),
             ("[health]\nrequired-units = [\"web\"]\n", "health.required-units[0]", (5, 19), "not a systemd unit name"),
             ("[health]\ntimeout = \"0s\"\n", "health.timeout", (5, 11), "between 1s and 1d"),

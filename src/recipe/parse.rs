@@ -88,11 +88,18 @@ pub(crate) static UPDATE_WINDOW_FIELDS: &[Field] = &[
     f("length", Kind::Str(validate::duration)),
 ];
 
+pub(crate) static UPDATE_FLEETLOCK_FIELDS: &[Field] = &[
+    f("url", Kind::Str(validate::fleetlock_url)),
+    f("group", Kind::Str(crate::validate::lock_group)),
+];
+
 pub(crate) static UPDATE_FIELDS: &[Field] = &[
     f("mode", Kind::Str(validate::update_mode)),
     f("reboot", Kind::Str(validate::reboot_policy)),
     f("random-delay", Kind::Str(validate::duration)),
     f("window", Kind::Table(UPDATE_WINDOW_FIELDS)),
+    f("strategy", Kind::Str(validate::update_strategy)),
+    f("fleetlock", Kind::Table(UPDATE_FLEETLOCK_FIELDS)),
     f("tries", Kind::Int),
 ];
 

@@ -197,6 +197,21 @@ pub fn update_mode(s: &str) -> Result<(), String> {
     }
 }
 
+/// `updates.strategy`.
+pub fn update_strategy(s: &str) -> Result<(), String> {
+    match s {
+        "immediate" | "fleetlock" => Ok(()),
+        _ => Err(format!(
+            "unknown update strategy {s:?}: expected \"immediate\" or \"fleetlock\""
+        )),
+    }
+}
+
+/// `updates.fleetlock.url`: the FleetLock server, http or https.
+pub fn fleetlock_url(s: &str) -> Result<(), String> {
+    crate::validate::url(s, crate::validate::Schemes::Http)
+}
+
 /// `updates.reboot`.
 pub fn reboot_policy(s: &str) -> Result<(), String> {
     match s {

@@ -2,9 +2,9 @@
 //! nginx serving a directory on 127.0.0.1, and a temp build repo + sysroot driven through
 //! the real `kiln` binary.
 
-use super::{kiln, kiln_ok, unlock_deployments, OS};
+use super::{kiln, kiln_ok, unlock_deployments, KVER, OS, REF};
 use kiln::cmd::Cmd;
-use kiln::repo;
+use kiln::repo::{self, keys, CommitOptions, MetaValue};
 use serde_json::Value;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -155,6 +155,44 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = self.handle.kill();
     }
+}
+
+/// A small bootable commit carrying an update policy, as compose writes it.
+pub fn commit_with_policy(
+    build: &Path,
+    work: &Path,
+    v: u32,
+    policy: &kiln::updates::Updates,
+) -> String {
+    let t = work.join(format!("small-{v}"));
+    let _ = std::fs::remove_dir_all(&t);
+    let m = t.join("usr/lib/modules").join(KVER);
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::create_dir_all(t.join("usr/etc")).unwrap();
+    std::fs::write(m.join("vmlinuz"), "kernel\n").unwrap();
+    std::fs::write(m.join("initramfs.img"), "initramfs\n").unwrap();
+    std::fs::write(
+        t.join("usr/lib/os-release"),
+        format!("ID=kiln\nVERSION_ID={v}\n"),
+    )
+    .unwrap();
+    kiln::updates::write_to_tree(policy, &t).unwrap();
+    let r = repo::open(build).unwrap();
+    let c = repo::commit_dir(
+        &r,
+        &t,
+        &CommitOptions {
+            ref_: REF.into(),
+            timestamp: 1_700_000_000 + u64::from(v) * 86400,
+            metadata: vec![(keys::VERSION.into(), MetaValue::Str(format!("{v}.0")))],
+            bootable: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .checksum;
+    std::fs::remove_dir_all(&t).unwrap();
+    c
 }
 
 pub struct Env {

@@ -4,6 +4,7 @@
 
 pub mod booted;
 pub mod fleet;
+pub mod fleetlock;
 pub mod install;
 
 use kiln::cmd::Cmd;
