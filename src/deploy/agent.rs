@@ -3,9 +3,10 @@
 //! newest commit of the booted ref, reboot as the policy says, and record the result in
 //! `/var/lib/kiln/last-check.json` ([`super::last_check`]) for `kiln status`.
 
+use super::follow::upgrade;
 use super::last_check::{save, LastCheck};
 use super::ops;
-use super::upgrade::{upgrade, UpgradeOptions, UpgradeOutcome};
+use super::upgrade::{UpgradeOptions, UpgradeOutcome};
 use crate::updates::{read_policy, Mode, Reboot, Updates, POLICY_OVERRIDE_PATH, POLICY_PATH};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -94,6 +95,7 @@ pub fn run_auto(sysroot: &Path, os: &str, now: u64) -> Result<LastCheck> {
             check: pol.mode == Mode::Check,
             allow_downgrade: false,
             quiet: false,
+            containers_dir: None,
         },
     );
     let deployed = match res {

@@ -10,7 +10,9 @@
 
 pub mod agent;
 pub mod cli;
+pub mod follow;
 pub mod grub;
+pub mod image;
 pub mod last_check;
 pub mod ops;
 pub mod safety;

@@ -5,6 +5,7 @@
 pub mod booted;
 pub mod fleet;
 pub mod install;
+pub mod oci;
 
 use kiln::cmd::Cmd;
 use kiln::repo::{self, keys, CommitOptions, MetaValue};

@@ -209,8 +209,27 @@ pub fn pull(img: &ImageRef, cache: &Path, cfg: &MachineConfig) -> Result<()> {
     c.arg(&img.transport)
         .arg(format!("oci:{}:{PULL_TAG}", cache.display()))
         .run()
-        .with_context(|| format!("pulling {}", img.transport))?;
+        .map_err(|e| {
+            let why = pull_failure(&format!("{e:#}"));
+            e.context(format!("pulling {}{why}", img.transport))
+        })?;
     Ok(())
+}
+
+/// What a skopeo pull error means, in a few words (empty when unknown).
+fn pull_failure(err: &str) -> &'static str {
+    if err.contains("Digest did not match") {
+        ": a layer's content does not match its digest (tampered or corrupted); nothing was deployed"
+    } else if err.contains("signature") || err.contains("Signature") {
+        ": refused by the machine's containers signature policy; nothing was deployed"
+    } else if err.contains("connection refused")
+        || err.contains("EOF")
+        || err.contains("connection reset")
+    {
+        ": the registry went away; layers already downloaded are kept and the next run resumes"
+    } else {
+        ""
+    }
 }
 
 /// What the registry says about an image without downloading layers (`skopeo inspect`:
@@ -219,6 +238,8 @@ pub fn pull(img: &ImageRef, cache: &Path, cfg: &MachineConfig) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct Remote {
     pub digest: String,
+    /// (digest, compressed size) of every layer.
+    pub layers: Vec<(String, u64)>,
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
@@ -249,7 +270,16 @@ pub fn inspect(img: &ImageRef, cfg: &MachineConfig) -> Result<Remote> {
                 .collect()
         })
         .unwrap_or_default();
+    let layers = v["LayersData"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| Some((l["Digest"].as_str()?.to_string(), l["Size"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Remote {
+        layers,
         digest: v["Digest"].as_str().unwrap_or_default().to_string(),
         labels,
     })
