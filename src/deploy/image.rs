@@ -87,6 +87,56 @@ fn prune_cache(cache: &Path) {
     }
 }
 
+/// Pulls `img` with a host's containers configuration (`containers_dir`, default
+/// /etc/containers) into a temp layout and imports its commit into the repo `repo_dir`
+/// (created when missing) — what `kiln image --from-oci` builds from.
+pub fn fetch_to_repo(
+    img: &ImageRef,
+    repo_dir: &Path,
+    containers_dir: Option<&Path>,
+) -> Result<Imported> {
+    let cfg = match containers_dir {
+        Some(d) => {
+            let auth = d.join("auth.json");
+            MachineConfig {
+                containers: d.to_path_buf(),
+                authfile: auth.is_file().then_some(auth),
+            }
+        }
+        None => MachineConfig::from_etc(Path::new("/etc")),
+    };
+    let repo = crate::repo::open_or_create(repo_dir, crate::repo::RepoMode::BareUser)?;
+    let parent = repo_dir.parent().unwrap_or(Path::new("."));
+    let layout = tempfile::Builder::new()
+        .prefix("oci-")
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a temp dir in {}", parent.display()))?;
+    fetch(&repo, img, layout.path(), &cfg)
+}
+
+/// Makes the deployments of `commit` follow `image` (their origin), in place.
+pub fn follow_image(path: &Path, os: &str, commit: &str, image: &str) -> Result<()> {
+    let img = ImageRef::parse(image).map_err(|m| anyhow!(m))?;
+    let locked = Locked::open(path)?;
+    let mut n = 0;
+    for d in locked.sysroot.deployments() {
+        if d.osname() == os && d.csum() == commit {
+            locked
+                .sysroot
+                .write_origin_file(&d, Some(&origin_for(&img)), ostree::gio::Cancellable::NONE)
+                .with_context(|| format!("writing the origin of deployment {commit}"))?;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        bail!(
+            "no deployment of {commit} in {} to follow {image}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// What deploying an image did.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
