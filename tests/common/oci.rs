@@ -3,10 +3,9 @@
 //! log parsed for bytes served; a TCP relay that can vanish mid-transfer; a machine's
 //! containers configuration (certs.d, policy.json, registries.d with a file lookaside for
 //! simple signatures); a synthetic OS whose files belong to packages in its own dpkg
-//! database.
+//! database. Self-contained, so benches/common includes it too.
 #![allow(dead_code)]
 
-use super::fleet::{free_port, wait_port, Gpg};
 use kiln::cmd::Cmd;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -378,7 +377,21 @@ pub fn add_packages(t: &Path, n: usize, size: impl Fn(usize) -> usize, bump: &[u
     std::fs::write(t.join("usr/lib/sysimage/dpkg/status"), status).unwrap();
 }
 
-/// Signs with a throwaway key: (key, its public keyring file).
-pub fn gpg(dir: &Path, name: &str) -> Gpg {
-    Gpg::new(dir, name)
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_port(port: u16) {
+    let start = std::time::Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "server on 127.0.0.1:{port} did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
