@@ -19,6 +19,8 @@ pub struct Walk {
     /// (tree path, dirmeta checksum) of every directory, parents first; "" is the root.
     pub dirs: Vec<(String, String)>,
     pub dirtrees: Vec<String>,
+    /// Dirmeta objects of directories without entries (`/sysroot`).
+    pub extra_dirmeta: Vec<String>,
     pub content: Content,
 }
 
@@ -32,6 +34,7 @@ pub fn walk(repo: &ostree::Repo, commit: &str) -> Result<Walk> {
     let mut w = Walk {
         dirs: Vec::new(),
         dirtrees: Vec::new(),
+        extra_dirmeta: Vec::new(),
         content: Content::default(),
     };
     walk_dir(repo, "", &tree, &meta, &mut w)?;
@@ -62,8 +65,20 @@ fn walk_dir(repo: &ostree::Repo, path: &str, tree: &str, meta: &str, w: &mut Wal
         w.content.add(&c, size, join(&name));
     }
     for (name, t, m) in dirs {
-        // The tree's own /sysroot is where the object store sits in the image.
+        // The tree's own /sysroot is where the object store sits in the image: its
+        // objects go in, but no entries for it (it must be empty).
         if path.is_empty() && name == "sysroot" {
+            let (t, m) = (hex::encode(t), hex::encode(m));
+            let v = repo
+                .load_variant(ostree::ObjectType::DirTree, &t)
+                .with_context(|| format!("loading dirtree {t}"))?;
+            if v.child_value(0).n_children() + v.child_value(1).n_children() > 0 {
+                anyhow::bail!(
+                    "the commit has content under /sysroot, where an image keeps its object store"
+                );
+            }
+            w.dirtrees.push(t);
+            w.extra_dirmeta.push(m);
             continue;
         }
         walk_dir(repo, &join(&name), &hex::encode(t), &hex::encode(m), w)?;
@@ -159,7 +174,7 @@ pub fn commit_layer(out: &OciDir, repo: &ostree::Repo, commit: &str, w: &Walk) -
         )?;
     }
     let mut seen = HashSet::new();
-    for (_, m) in &w.dirs {
+    for m in w.dirs.iter().map(|(_, m)| m).chain(&w.extra_dirmeta) {
         if seen.insert(m.clone()) {
             let v = repo.load_variant(ostree::ObjectType::DirMeta, m)?;
             data(&mut b, &object_path(m, "dirmeta"), &variant_bytes(&v))?;

@@ -245,36 +245,46 @@ pub struct Remote {
 
 pub fn inspect(img: &ImageRef, cfg: &MachineConfig) -> Result<Remote> {
     crate::cmd::require_tools(&[("skopeo", "skopeo")])?;
-    let mut c = Cmd::new("skopeo");
-    let conf = cfg.containers.join("registries.conf");
-    if conf.is_file() {
-        c = c.env("CONTAINERS_REGISTRIES_CONF", conf);
-    }
-    c = c.arg("inspect").arg("--no-tags");
-    if let Some(a) = &cfg.authfile {
-        c = c.arg("--authfile").arg(a);
-    }
-    if let Some(d) = cfg.cert_dir(img) {
-        c = c.arg("--cert-dir").arg(d);
-    }
-    let out = c
-        .arg(&img.transport)
-        .read()
-        .with_context(|| format!("inspecting {}", img.transport))?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("parsing skopeo inspect")?;
+    let run = |raw: bool| -> Result<serde_json::Value> {
+        let mut c = Cmd::new("skopeo");
+        let conf = cfg.containers.join("registries.conf");
+        if conf.is_file() {
+            c = c.env("CONTAINERS_REGISTRIES_CONF", conf);
+        }
+        c = c.arg("inspect");
+        c = if raw {
+            c.arg("--raw")
+        } else {
+            c.arg("--no-tags")
+        };
+        if let Some(a) = &cfg.authfile {
+            c = c.arg("--authfile").arg(a);
+        }
+        if let Some(d) = cfg.cert_dir(img) {
+            c = c.arg("--cert-dir").arg(d);
+        }
+        let out = c
+            .arg(&img.transport)
+            .read()
+            .with_context(|| format!("inspecting {}", img.transport))?;
+        serde_json::from_str(&out).context("parsing skopeo inspect")
+    };
+    let v = run(false)?;
+    // The manifest (skopeo 1.9 has no LayersData): layer digests and sizes.
+    let m = run(true)?;
+    let layers = m["layers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| Some((l["digest"].as_str()?.to_string(), l["size"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
     let labels = v["Labels"]
         .as_object()
         .map(|m| {
             m.iter()
                 .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
-    let layers = v["LayersData"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|l| Some((l["Digest"].as_str()?.to_string(), l["Size"].as_u64()?)))
                 .collect()
         })
         .unwrap_or_default();
