@@ -26,6 +26,8 @@ pub enum Command {
     Show(crate::repo::cli::RevArgs),
     /// Deploy a commit to a sysroot and make it the next boot.
     Deploy(crate::deploy::cli::DeployArgs),
+    /// Deploy another ref or a container image, keeping /etc and kernel arguments.
+    Rebase(crate::deploy::cli::DeployArgs),
     /// Show the deployments of a sysroot.
     Status(crate::deploy::cli::StatusArgs),
     /// Pull the newest commit of the booted ref and deploy it.

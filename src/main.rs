@@ -22,6 +22,7 @@ fn main() {
         Command::Log(a) => kiln::repo::cli::cmd_log(a),
         Command::Show(a) => kiln::repo::cli::cmd_show(a),
         Command::Deploy(a) => kiln::deploy::cli::cmd_deploy(a),
+        Command::Rebase(a) => kiln::deploy::cli::cmd_rebase(a),
         Command::Status(a) => kiln::deploy::cli::cmd_status(a),
         Command::Upgrade(a) => kiln::deploy::cli::cmd_upgrade(a),
         Command::Rollback(a) => kiln::deploy::cli::cmd_rollback(a),

@@ -384,6 +384,100 @@ pub fn ostree_ref(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A container image a machine follows or kiln publishes to: `ostree-image-signed:T`,
+/// `ostree-unverified-image:T` with T one of `docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]`,
+/// `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, or `ostree-unverified-registry:HOST/REPO…`;
+/// a bare transport reference (`docker://…`, `oci:…`, `oci-archive:…`) is accepted by
+/// [`image_transport`].
+pub fn image_ref(s: &str) -> Result<(), String> {
+    let t = if let Some(r) = s.strip_prefix("ostree-unverified-registry:") {
+        format!("docker://{r}")
+    } else if let Some(r) = s
+        .strip_prefix("ostree-image-signed:")
+        .or_else(|| s.strip_prefix("ostree-unverified-image:"))
+    {
+        r.to_string()
+    } else {
+        return Err(format!(
+            "{s:?} is not an image reference: use ostree-image-signed:docker://HOST/REPO:TAG \
+             (or ostree-unverified-registry:HOST/REPO:TAG when no signature is required)"
+        ));
+    };
+    image_transport(&t).map_err(|m| format!("{s:?}: {m}"))
+}
+
+/// A containers-image transport reference: `docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]`
+/// (lower-case repository path of letters, digits, `.`, `_`, `-`, `/`), `oci:DIR[:TAG]`
+/// or `oci-archive:FILE[:TAG]` (absolute or relative paths without control characters).
+pub fn image_transport(t: &str) -> Result<(), String> {
+    if t.len() > 1024 || t.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(
+            "an image reference has no spaces or control characters and is at most 1024 bytes"
+                .into(),
+        );
+    }
+    if let Some(d) = t.strip_prefix("docker://") {
+        let (name, tag) = match d.split_once('@') {
+            Some((n, dg)) => {
+                let ok = dg.strip_prefix("sha256:").is_some_and(|h| {
+                    h.len() == 64
+                        && h.bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                });
+                if !ok {
+                    return Err(format!("{dg:?} is not a sha256:HEX digest"));
+                }
+                (n, None)
+            }
+            None => match d.rsplit_once(':') {
+                Some((n, tag)) if !tag.contains('/') => (n, Some(tag)),
+                _ => (d, None),
+            },
+        };
+        let (host, repo) = name
+            .split_once('/')
+            .ok_or("docker://HOST/REPO: name the registry host and the repository")?;
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+        let repo_ok = !repo.is_empty()
+            && repo.split('/').all(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .next()
+                        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                    && p.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
+            });
+        let tag_ok = tag.is_none_or(|t| {
+            !t.is_empty()
+                && t.len() <= 128
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+        if !host_ok || !repo_ok || !tag_ok {
+            return Err(format!(
+                "{d:?} is not HOST[:PORT]/REPO[:TAG]: the repository is lower-case letters, \
+                 digits, '.', '_', '-' and '/', the tag letters, digits, '.', '_' and '-'"
+            ));
+        }
+        return Ok(());
+    }
+    for p in ["oci:", "oci-archive:"] {
+        if let Some(rest) = t.strip_prefix(p) {
+            if rest.is_empty() || rest.starts_with(':') {
+                return Err(format!("{p}PATH[:TAG]: name the path"));
+            }
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "{t:?}: the image transport is one of docker://HOST/REPO:TAG, oci:DIR:TAG, oci-archive:FILE:TAG"
+    ))
+}
+
 /// What to deploy: a commit checksum, a ref, or `REMOTE:REF`.
 pub fn rev(s: &str) -> Result<(), String> {
     if is_commit_checksum(s) {

@@ -162,3 +162,7 @@ pub fn unlock_deployments(sysroot: &Path) {
         }
     }
 }
+
+/// Registry, TLS and relay helpers, shared with the tests (tests/common/oci.rs).
+#[path = "../../tests/common/oci.rs"]
+pub mod oci;

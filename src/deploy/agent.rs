@@ -3,9 +3,10 @@
 //! newest commit of the booted ref, reboot as the policy says, and record the result in
 //! `/var/lib/kiln/last-check.json` ([`super::last_check`]) for `kiln status`.
 
+use super::follow::upgrade;
 use super::last_check::{save, LastCheck};
 use super::ops;
-use super::upgrade::{upgrade, UpgradeOptions, UpgradeOutcome};
+use super::upgrade::{UpgradeOptions, UpgradeOutcome};
 use crate::fleetlock::client as fl;
 use crate::updates::{
     read_policy, Mode, Reboot, Strategy, Updates, POLICY_OVERRIDE_PATH, POLICY_PATH,
@@ -119,6 +120,7 @@ pub fn run_auto(sysroot: &Path, os: &str, opts: &AutoOptions) -> Result<LastChec
                 .into_iter()
                 .map(|r| r.commit)
                 .collect(),
+            containers_dir: None,
         },
     );
     let deployed = match res {

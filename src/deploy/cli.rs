@@ -25,6 +25,15 @@ pub(crate) fn parse_abs_path(s: &str) -> Result<PathBuf, String> {
     crate::validate::abs_path(s).map(|()| PathBuf::from(s))
 }
 
+/// A ref, a commit checksum, or an image (`ostree-image-signed:docker://…`).
+pub(crate) fn parse_target(s: &str) -> Result<String, String> {
+    if crate::repo::oci::is_image_ref(s) {
+        crate::validate::image_ref(s).map(|()| s.to_string())
+    } else {
+        crate::validate::rev(s).map(|()| s.to_string())
+    }
+}
+
 pub(crate) fn parse_rev(s: &str) -> Result<String, String> {
     crate::validate::rev(s).map(|()| s.to_string())
 }
@@ -56,8 +65,10 @@ impl SysrootArgs {
 pub struct DeployArgs {
     #[command(flatten)]
     pub sys: SysrootArgs,
-    /// Ref or commit checksum to deploy.
-    #[arg(value_parser = parse_rev)]
+    /// Ref or commit checksum to deploy, or a container image to follow:
+    /// `ostree-image-signed:docker://HOST/REPO:TAG` (verified against the machine's
+    /// containers policy), `ostree-unverified-registry:HOST/REPO:TAG` (not verified).
+    #[arg(value_parser = parse_target)]
     pub rev: String,
     /// Pull from this local repo.
     #[arg(long, conflicts_with = "remote")]
@@ -69,6 +80,11 @@ pub struct DeployArgs {
     /// given; a first deployment otherwise takes the commit's kiln.kargs).
     #[arg(long = "karg", value_parser = parse_user_karg)]
     pub kargs: Vec<String>,
+    /// Images: the machine's containers configuration (policy.json, registries.d/,
+    /// certs.d/, registries.conf, auth.json); default: the deployment's /etc/containers
+    /// (pull secret /etc/ostree/auth.json).
+    #[arg(long)]
+    pub containers_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +117,9 @@ pub struct UpgradeArgs {
     /// rebooted); for tests and outer orchestrators that record or perform the reboot.
     #[arg(long, requires = "auto", value_parser = parse_abs_path)]
     pub reboot_command: Option<PathBuf>,
+    /// Images: the machine's containers configuration (default: its /etc/containers).
+    #[arg(long)]
+    pub containers_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,7 +166,72 @@ pub(crate) fn ver(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("(no version)")
 }
 
+/// `kiln rebase TARGET`: like `kiln deploy`, for a sysroot that already has a deployment
+/// (its /etc and kernel arguments carry over to the new origin).
+pub fn cmd_rebase(a: DeployArgs) -> Result<()> {
+    if !crate::repo::oci::is_image_ref(&a.rev) {
+        super::ensure_initialized(&a.sys.sysroot)?;
+        return cmd_deploy(a);
+    }
+    deploy_image(a, true)
+}
+
+fn deploy_image(a: DeployArgs, rebase: bool) -> Result<()> {
+    let img = crate::repo::oci::ImageRef::parse(&a.rev)
+        .map_err(|m| crate::error::InputError::new("command line", m).key("TARGET"))?;
+    if a.repo.is_some() || a.remote.is_some() {
+        return Err(crate::error::InputError::new(
+            "command line",
+            "an image is pulled from its registry: --repo and --remote do not apply",
+        )
+        .key("--repo")
+        .into());
+    }
+    let os = a.sys.os();
+    let mut progress = crate::progress::Progress::new(false);
+    let stage = progress.stage(&format!(
+        "deploying {} to {}",
+        a.rev,
+        a.sys.sysroot.display()
+    ));
+    let out = super::image::deploy_image(
+        &a.sys.sysroot,
+        &os,
+        &img,
+        (!a.kargs.is_empty()).then(|| a.kargs.clone()),
+        a.containers_dir.as_deref(),
+        rebase,
+    );
+    if out.is_ok() {
+        stage.done();
+    }
+    let out = out?;
+    if a.sys.json {
+        return crate::output::json(&out);
+    }
+    println!(
+        "{} {} (commit {}) from {}; {}.",
+        if out.outcome.staged {
+            "Staged"
+        } else {
+            "Deployed"
+        },
+        ver(&out.outcome.version),
+        short(&out.outcome.commit),
+        out.image,
+        if out.outcome.staged {
+            "it is finalized at shutdown and boots next"
+        } else {
+            "it boots next"
+        }
+    );
+    Ok(())
+}
+
 pub fn cmd_deploy(a: DeployArgs) -> Result<()> {
+    if crate::repo::oci::is_image_ref(&a.rev) {
+        return deploy_image(a, false);
+    }
     let source = match (&a.repo, &a.remote) {
         (Some(r), _) => Source::LocalRepo(r.clone()),
         (None, Some(r)) => Source::Remote(r.clone()),
@@ -252,7 +336,7 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
     // libostree prints "Freed objects: ..." on stdout when it prunes: keep stdout for
     // the JSON answer alone.
     let _stdout = a.sys.json.then(StdoutToStderr::new);
-    let out = super::upgrade::upgrade(
+    let out = super::follow::upgrade(
         &a.sys.sysroot,
         &os,
         &UpgradeOptions {
@@ -265,6 +349,7 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
                 .into_iter()
                 .map(|r| r.commit)
                 .collect(),
+            containers_dir: a.containers_dir.clone(),
         },
     );
     drop(_stdout);

@@ -11,8 +11,10 @@
 pub mod agent;
 pub mod bootcount;
 pub mod cli;
+pub mod follow;
 pub mod grub;
 pub mod health;
+pub mod image;
 pub mod last_check;
 pub mod ops;
 pub mod safety;

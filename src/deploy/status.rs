@@ -103,7 +103,7 @@ pub(crate) fn host_from(sysroot: &ostree::Sysroot, path: &Path) -> Result<Host> 
             checksum: csum,
             deploy_serial: d.deployserial(),
             version,
-            refspec: refspec_of(d),
+            refspec: refspec_of(d).or_else(|| image_of(d)),
             timestamp,
             booted: is_booted,
             staged: d.is_staged(),
@@ -196,6 +196,16 @@ impl Roles {
 pub(crate) fn refspec_of(d: &ostree::Deployment) -> Option<String> {
     d.origin()
         .and_then(|o| o.string("origin", "refspec").ok())
+        .map(|s| s.to_string())
+}
+
+/// The origin key naming the container image a deployment follows (ostree-ext's).
+pub const IMAGE_ORIGIN_KEY: &str = "container-image-reference";
+
+/// The image a deployment follows, if any.
+pub fn image_of(d: &ostree::Deployment) -> Option<String> {
+    d.origin()
+        .and_then(|o| o.string("origin", IMAGE_ORIGIN_KEY).ok())
         .map(|s| s.to_string())
 }
 

@@ -70,6 +70,9 @@ pub struct UpgradeOptions {
     pub quiet: bool,
     /// Commits never to deploy (the machine's rejected commits).
     pub skip: Vec<String>,
+    /// The machine's containers configuration for image origins (default: its
+    /// /etc/containers).
+    pub containers_dir: Option<PathBuf>,
 }
 
 /// What an upgrade starts from.
@@ -81,15 +84,15 @@ struct UpgradeBase {
     source: Source,
 }
 
-fn upgrade_base(
+/// The deployment an upgrade starts from: the next boot, if of `os`, else the first of `os`.
+pub(crate) fn next_boot(
     sysroot: &ostree::Sysroot,
     path: &Path,
     os: &str,
-    opts: &UpgradeOptions,
-) -> Result<UpgradeBase> {
+) -> Result<ostree::Deployment> {
     let deps = sysroot.deployments();
     let roles = Roles::of(&deps, sysroot.booted_deployment().as_ref());
-    let base = roles
+    roles
         .next_boot
         .map(|i| share(&deps[i]))
         .filter(|d| d.osname() == os)
@@ -99,7 +102,16 @@ fn upgrade_base(
                 "no deployment of stateroot {os:?} in {}: deploy one first with `kiln deploy`",
                 path.display()
             )
-        })?;
+        })
+}
+
+fn upgrade_base(
+    sysroot: &ostree::Sysroot,
+    path: &Path,
+    os: &str,
+    opts: &UpgradeOptions,
+) -> Result<UpgradeBase> {
+    let base = next_boot(sysroot, path, os)?;
     let refspec = refspec_of(&base)
         .ok_or_else(|| anyhow!("the deployment to upgrade has no origin refspec"))?;
     if is_checksum(&refspec) {

@@ -21,8 +21,21 @@ pub struct ImageArgs {
     #[arg(long, default_value = "build/repo")]
     pub repo: PathBuf,
     /// Ref or commit checksum to put in the image.
-    #[arg(long = "ref")]
-    pub ref_: String,
+    #[arg(
+        long = "ref",
+        required_unless_present = "from_oci",
+        conflicts_with = "from_oci"
+    )]
+    pub ref_: Option<String>,
+    /// Build from a container image instead (`ostree-image-signed:docker://HOST/REPO:TAG`,
+    /// `ostree-unverified-registry:…`, `ostree-unverified-image:oci:DIR:TAG`), pulled with
+    /// this host's containers configuration; the machine follows that image (`kiln
+    /// upgrade` pulls its new versions).
+    #[arg(long, value_parser = parse_image_ref, conflicts_with = "remote")]
+    pub from_oci: Option<crate::repo::oci::ImageRef>,
+    /// --from-oci: the containers configuration to pull with (default: /etc/containers).
+    #[arg(long, requires = "from_oci")]
+    pub containers_dir: Option<PathBuf>,
     /// Output format (default: from the output's extension, else the platform's first
     /// format, else qcow2). docs/cloud.md lists which formats each platform takes.
     #[arg(long, value_enum)]
@@ -100,6 +113,10 @@ impl ImageArgs {
     }
 }
 
+fn parse_image_ref(s: &str) -> Result<crate::repo::oci::ImageRef, String> {
+    crate::repo::oci::ImageRef::parse(s)
+}
+
 /// Checks the values of `kiln image` (disk, ISO and PXE alike) before any work: every
 /// `--karg` by the shared kernel-argument rule, the stateroot name, the Ignition config
 /// (read and validated now, not after the deploy), and the GPG key files (regular files,
@@ -114,7 +131,7 @@ fn check_args(a: &ImageArgs) -> Result<()> {
         crate::validate::open_regular(ign).map_err(|m| bad("--ignition", m))?;
         let text = read_ignition_config(ign)?;
         if !a.no_check_against {
-            let image = crate::ignition::cli::open_image(&a.repo, &a.ref_, "--ref")?;
+            let image = crate::ignition::cli::open_image(&a.repo, a.rev(), "--ref")?;
             let platform = a.platform.unwrap_or(Platform::Metal).id();
             let against = crate::ignition::Against {
                 image: &image,
@@ -132,20 +149,40 @@ fn check_args(a: &ImageArgs) -> Result<()> {
 }
 
 /// `kiln image`.
-pub fn cmd_image(a: ImageArgs) -> Result<()> {
+impl ImageArgs {
+    fn rev(&self) -> &str {
+        self.ref_.as_deref().unwrap_or_default()
+    }
+}
+
+pub fn cmd_image(mut a: ImageArgs) -> Result<()> {
+    // --from-oci: the image's commit, imported into a repo of its own.
+    let _oci_repo = match &a.from_oci {
+        Some(img) => {
+            let tmp = crate::cleanup::TempDir::new("kiln-from-oci")?;
+            let repo = tmp.path().join("repo");
+            let imported =
+                crate::deploy::image::fetch_to_repo(img, &repo, a.containers_dir.as_deref())?;
+            a.repo = repo;
+            a.ref_ = Some(imported.commit);
+            Some(tmp)
+        }
+        None => None,
+    };
     check_args(&a)?;
     let output = artifact_path(
         &a.output,
-        &a.ref_,
+        a.rev(),
         a.format,
         a.platform,
         a.ignition.is_some(),
     );
     let format = resolve_format(a.format, a.platform, &output)?;
+    let rev = a.rev().to_string();
     let opts = ImageOptions {
         firmware: a.firmware(),
         repo: a.repo,
-        rev: a.ref_,
+        rev,
         format,
         size: a.size.bytes(),
         output,
@@ -160,6 +197,7 @@ pub fn cmd_image(a: ImageArgs) -> Result<()> {
             r
         }),
         live_fs: a.live_fs,
+        follow_image: a.from_oci.as_ref().map(|i| i.canonical()),
     };
     let mut p = Progress::new(false);
     if format.is_live() {

@@ -75,6 +75,8 @@ pub struct ImageOptions {
     pub remote: Option<ImageRemote>,
     /// Root image filesystem of live media (`iso`, `pxe`).
     pub live_fs: LiveFs,
+    /// The container image the machine follows (`kiln image --from-oci`).
+    pub follow_image: Option<String>,
 }
 
 /// An update server configured in the image (`kiln image --remote NAME=URL`).
@@ -132,6 +134,7 @@ impl ImageOptions {
             epoch: None,
             remote: None,
             live_fs: LiveFs::Squashfs,
+            follow_image: None,
         }
     }
 }
@@ -251,6 +254,9 @@ pub(crate) fn deploy_into(
                 opts.rev
             );
         }
+    }
+    if let Some(img) = &opts.follow_image {
+        crate::deploy::image::follow_image(sysroot, &opts.os, &info.checksum, img)?;
     }
     deployment_dir(sysroot, &opts.os, &info.checksum)
 }

@@ -14,8 +14,31 @@ pub struct PublishArgs {
     #[arg(long, default_value = "build/repo")]
     pub repo: PathBuf,
     /// The published repo (mode archive; created when missing).
-    #[arg(long)]
-    pub to: PathBuf,
+    #[arg(long, required_unless_present = "oci", conflicts_with = "oci")]
+    pub to: Option<PathBuf>,
+    /// Publish one commit (--ref, or the repo's only ref) as an ostree-container image to
+    /// a registry (`HOST/REPO:TAG`, `docker://…`), an OCI layout (`oci:DIR:TAG`) or an
+    /// archive (`oci-archive:FILE:TAG`); --gpg-sign (simple signing) or --sigstore-key signs.
+    #[arg(long, value_parser = parse_oci_dest)]
+    pub oci: Option<super::oci::Dest>,
+    /// Layers of an --oci image at most.
+    #[arg(long, default_value_t = super::oci::MAX_LAYERS, requires = "oci")]
+    pub max_layers: usize,
+    /// --oci: the registry credentials (containers-auth.json; default: skopeo's).
+    #[arg(long, requires = "oci")]
+    pub authfile: Option<PathBuf>,
+    /// --oci: a directory of CA certificates (*.crt) for the registry's TLS.
+    #[arg(long, requires = "oci")]
+    pub cert_dir: Option<PathBuf>,
+    /// --oci: sign with this sigstore private key.
+    #[arg(long, requires = "oci")]
+    pub sigstore_key: Option<PathBuf>,
+    /// --oci: the passphrase of the signing key, in a file.
+    #[arg(long, requires = "oci")]
+    pub sign_passphrase_file: Option<PathBuf>,
+    /// --oci: containers registries.d directory (where simple signatures are staged).
+    #[arg(long, requires = "oci")]
+    pub registries_d: Option<PathBuf>,
     /// Refs to publish, repeatable; default: every ref of the build repo.
     #[arg(long = "ref", value_parser = parse_ref)]
     pub refs: Vec<String>,
@@ -43,10 +66,51 @@ pub struct PublishArgs {
     pub json: bool,
 }
 
+fn parse_oci_dest(s: &str) -> Result<super::oci::Dest, String> {
+    super::oci::Dest::parse(s)
+}
+
 pub fn cmd_publish(a: PublishArgs) -> Result<()> {
+    if let Some(dest) = &a.oci {
+        if a.refs.len() > 1 {
+            return Err(crate::error::InputError::new(
+                "command line",
+                "--oci publishes one commit: give one --ref",
+            )
+            .key("--ref")
+            .into());
+        }
+        if a.gpg_sign.len() > 1 {
+            return Err(crate::error::InputError::new(
+                "command line",
+                "--oci signs with one key: give one --gpg-sign",
+            )
+            .key("--gpg-sign")
+            .into());
+        }
+        let report = super::oci::publish_oci(
+            dest,
+            &super::oci::OciOptions {
+                repo: a.repo,
+                rev: a.refs.first().cloned(),
+                max_layers: a.max_layers,
+                push: crate::repo::oci::transport::PushOptions {
+                    authfile: a.authfile,
+                    cert_dir: a.cert_dir,
+                    sign_by: a.gpg_sign.first().cloned(),
+                    gpg_homedir: a.gpg_homedir,
+                    sigstore_key: a.sigstore_key,
+                    passphrase_file: a.sign_passphrase_file,
+                    registries_d: a.registries_d,
+                },
+                quiet: a.json,
+            },
+        )?;
+        return crate::output::emit(a.json, &report, print_oci_report);
+    }
     let report = publish(&PublishOptions {
         repo: a.repo,
-        to: a.to,
+        to: a.to.unwrap_or_default(),
         refs: a.refs,
         gpg_sign: a.gpg_sign,
         gpg_homedir: a.gpg_homedir,
@@ -94,6 +158,19 @@ fn print_report(report: &PublishReport) {
         } else {
             "unsigned"
         }
+    );
+}
+
+fn print_oci_report(r: &super::oci::OciReport) {
+    println!(
+        "{}: commit {} ({}) as {} in {} layers, {} compressed{}",
+        r.destination,
+        short(&r.commit),
+        r.version.as_deref().unwrap_or("no version"),
+        r.manifest_digest,
+        r.layers.len(),
+        crate::progress::human_bytes(r.image_bytes),
+        if r.signed { ", signed" } else { "" }
     );
 }
 

@@ -19,6 +19,7 @@
 
 pub mod cli;
 pub mod deltas;
+pub mod oci;
 
 pub use deltas::{delta_dir, parse_delta_name};
 

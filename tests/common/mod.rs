@@ -6,6 +6,7 @@ pub mod booted;
 pub mod fleet;
 pub mod fleetlock;
 pub mod install;
+pub mod oci;
 
 use kiln::cmd::Cmd;
 use kiln::repo::{self, keys, CommitOptions, MetaValue};
