@@ -34,7 +34,7 @@ pub struct ComposeOptions {
     pub cache_dir: PathBuf,
     /// The binary installed as `usr/bin/kiln` (default: the running executable).
     pub kiln_binary: Option<PathBuf>,
-    /// Move the final tree here instead of deleting it (benchmarks, debugging).
+    /// Copy the final tree here before deleting it (benchmarks, debugging).
     pub keep_tree: Option<PathBuf>,
     /// Root of the host's apt configuration (`/`), for the default mirror.
     pub apt_root: PathBuf,
@@ -66,7 +66,7 @@ pub struct ComposeOutcome {
 /// Which stages' results came from the cache (`"reused"` in `--json`).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Reused {
-    /// The bootstrapped root (`CACHE/bootstrap`).
+    /// The bootstrapped root (`CACHE/trees`, [`super::treecache`]).
     pub bootstrap: bool,
     /// The initramfs (`CACHE/initramfs`), every input of dracut unchanged.
     pub initramfs: bool,
@@ -225,7 +225,7 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
         recipe.ref_, res.checksum
     ));
     if let Some(dst) = &opts.keep_tree {
-        keep_tree(&tree, dst)?;
+        keep_tree(&tree, dst, &log)?;
     }
     Ok(ComposeOutcome {
         ref_: recipe.ref_.clone(),
@@ -657,15 +657,17 @@ fn commit_tree(
     Ok((res, version))
 }
 
-/// Moves the final tree to `dst` (`--keep-tree`).
-fn keep_tree(tree: &Path, dst: &Path) -> Result<()> {
+/// Copies the final tree to `dst` (`--keep-tree`).
+/// A copy, not the tree itself: most of its files are hard links into the tree cache, and
+/// whatever is done to the kept tree later must not reach the cache.
+fn keep_tree(tree: &Path, dst: &Path, log: &Path) -> Result<()> {
     super::overlay::remove_any(dst)?;
-    std::fs::rename(tree, dst).with_context(|| {
-        format!(
-            "moving the tree to {} (must be on the cache dir's file system)",
-            dst.display()
-        )
-    })
+    crate::cmd::Cmd::new("cp")
+        .args(["-a", "--preserve=all"])
+        .arg(tree)
+        .arg(dst)
+        .run_logged(log)
+        .with_context(|| format!("copying the tree to {}", dst.display()))
 }
 
 fn sanitize(s: &str) -> String {
