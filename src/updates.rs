@@ -341,6 +341,8 @@ pub fn write_to_tree(updates: &Updates, root: &Path) -> Result<()> {
 fn write_file(p: &Path, text: &str) -> Result<()> {
     let dir = p.parent().context("path without parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Never write into an existing file: it may be a hard link into the tree cache.
+    crate::compose::overlay::remove_any(p)?;
     std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))
 }
 

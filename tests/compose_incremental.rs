@@ -1,15 +1,22 @@
 //! Incremental compose against a compose from an empty cache, with the real pipeline
 //! (mmdebstrap against the configured mirror, dracut under strace, libostree). Needs root.
 //!
-//! One test, in order, in its own cache dirs (their `.deb`s, apt lists and bootstrapped
-//! roots hardlinked from `build/cache`, so no download is repeated; no initramfs record):
-//! 1. a first compose builds the initramfs and keeps its record, which covers the kernel's
-//!    modules, dracut's configuration and its module directories;
-//! 2. one changed overlay file that dracut never reads: the initramfs is reused, and the
-//!    tree (OSTree content checksum) equals a compose of the same inputs from an empty
-//!    cache;
-//! 3. one changed file of a dracut module (in the overlay): the record no longer matches,
-//!    the initramfs is rebuilt, and the tree again equals a compose from an empty cache.
+//! One test, in order, in its own cache dirs (their `.deb`s and apt lists hardlinked from
+//! `build/cache`, so no download is repeated; no cached root, no initramfs record). Each
+//! incremental result is compared with a compose of the same inputs from such an empty
+//! cache (OSTree content checksum of the root tree, and the metadata apart from parent,
+//! version and subject), or with an earlier one of the same inputs:
+//! 1. a first compose bootstraps, caches the root and builds the initramfs, whose record
+//!    covers the kernel's modules, dracut's configuration and its module directories;
+//! 2. one changed overlay file that dracut never reads: the root comes from the tree
+//!    cache by hard links, the initramfs is reused, the commit re-hashes almost nothing;
+//! 3. one changed file of a dracut module (in the overlay): the initramfs is rebuilt;
+//! 4. a package added (`htop`): bootstrapped again, equal to the from-scratch tree;
+//! 5. the package removed again: the cached root of step 3 is reused, and the tree equals
+//!    step 3's from-scratch tree;
+//! 6. a postprocess script that writes into a file of the root in place: the tree has it,
+//!    and (7) with the script gone again the tree equals step 3's: the script's write
+//!    never reached the cache.
 
 mod common;
 
@@ -17,9 +24,8 @@ use std::path::{Path, PathBuf};
 
 const EPOCH: &str = "1700000000";
 
-/// `build/cache`'s downloads and bootstrapped roots, hardlinked once into `dir` while
-/// holding that cache's compose lock (another compose may be saving or pruning a root
-/// there); the seeds of the test's cache dirs are taken from this copy.
+/// `build/cache`'s downloads, hardlinked once into `dir` while holding that cache's
+/// compose lock; the seeds of the test's cache dirs are taken from this copy.
 fn pristine(dir: &Path) -> PathBuf {
     let shared = common::project_root().join("build/cache");
     std::fs::create_dir_all(dir).unwrap();
@@ -28,8 +34,7 @@ fn pristine(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// A cache dir with the pristine downloads and bootstrapped roots (hard links: restoring
-/// copies them) and nothing else.
+/// A cache dir with the pristine downloads and nothing else.
 fn seeded_cache(pristine: &Path, dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     link_caches(pristine, dir);
@@ -37,7 +42,9 @@ fn seeded_cache(pristine: &Path, dir: &Path) -> PathBuf {
 }
 
 fn link_caches(from: &Path, to: &Path) {
-    for d in ["debs", "apt-lists", "bootstrap"] {
+    // Downloads only: a cached root (CACHE/trees) is checked out by hard links, and must
+    // never share inodes with another cache dir's.
+    for d in ["debs", "apt-lists"] {
         if from.join(d).is_dir() {
             let st = std::process::Command::new("cp")
                 .arg("-al")
@@ -46,16 +53,6 @@ fn link_caches(from: &Path, to: &Path) {
                 .status()
                 .unwrap();
             assert!(st.success(), "seeding {d}");
-        }
-    }
-    // Half-written entries of another compose are not part of the seed.
-    for e in std::fs::read_dir(to.join("bootstrap"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if e.file_name().to_string_lossy().ends_with(".tmp") {
-            std::fs::remove_dir_all(e.path()).unwrap();
         }
     }
 }
@@ -88,6 +85,16 @@ fn content(repo: &Path, v: &serde_json::Value) -> String {
     kiln::reproducible::content_checksum(repo, v["commit"].as_str().unwrap()).unwrap()
 }
 
+/// The commit's metadata without what names its place in the ref's history (version,
+/// and the recipe's `{serial}` expansion in it).
+fn metadata(repo: &Path, v: &serde_json::Value) -> serde_json::Value {
+    let r = kiln::repo::open(repo).unwrap();
+    let c = kiln::repo::read_commit(&r, v["commit"].as_str().unwrap()).unwrap();
+    let mut m = c.metadata;
+    m.remove("version");
+    serde_json::Value::Object(m)
+}
+
 /// The incremental result must be the from-scratch one: fails loudly with both checksums.
 fn assert_same_tree(
     what: &str,
@@ -96,6 +103,11 @@ fn assert_same_tree(
 ) {
     let a = content(inc.0, inc.1);
     let b = content(scratch.0, scratch.1);
+    assert_eq!(
+        metadata(inc.0, inc.1),
+        metadata(scratch.0, scratch.1),
+        "{what}: the commit metadata differ"
+    );
     assert_eq!(
         a, b,
         "{what}: the incremental tree ({}) differs from the tree composed from an empty \
@@ -169,6 +181,17 @@ fn incremental_composes_equal_composes_from_an_empty_cache() {
     std::fs::write(&motd, "changed\n").unwrap();
     let v2 = compose(&recipe, &repo, &cache, "overlay change");
     assert_eq!(v2["reused"]["initramfs"], true, "{v2}");
+    assert_eq!(v2["reused"]["bootstrap"], true, "{v2}");
+    let linked = v2["reused"]["files_linked"].as_u64().unwrap();
+    let unhashed = v2["reused"]["files_not_rehashed"].as_u64().unwrap();
+    assert!(
+        linked > 5000,
+        "the root is hard-linked from the tree cache: {v2}"
+    );
+    assert!(
+        unhashed * 10 > linked * 8,
+        "the commit re-hashes only what changed: {v2}"
+    );
     let scratch2 = w.join("scratch2");
     let c2 = seeded_cache(&seed, &scratch2.join("cache"));
     let s2 = compose(
@@ -212,8 +235,63 @@ fn incremental_composes_equal_composes_from_an_empty_cache() {
     );
     assert_ne!(content(&repo, &v2), content(&repo, &v3));
 
-    // The rebuilt record replaced the old one, and the next compose reuses it.
-    std::fs::write(&motd, "changed again\n").unwrap();
-    let v4 = compose(&recipe, &repo, &cache, "overlay change after the rebuild");
-    assert_eq!(v4["reused"]["initramfs"], true, "{v4}");
+    // 4. A package added: bootstrapped again (the root's key changed).
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let added = text.replacen("packages = [", "packages = [\n    \"htop\",", 1);
+    assert_ne!(text, added, "the recipe has a packages list");
+    std::fs::write(&recipe, &added).unwrap();
+    let v4 = compose(&recipe, &repo, &cache, "htop added");
+    assert_eq!(v4["reused"]["bootstrap"], false, "{v4}");
+    let scratch4 = w.join("scratch4");
+    let c4 = seeded_cache(&seed, &scratch4.join("cache"));
+    let s4 = compose(
+        &recipe,
+        &scratch4.join("repo"),
+        &c4,
+        "htop added, empty cache",
+    );
+    assert_same_tree("htop added", (&repo, &v4), (&scratch4.join("repo"), &s4));
+    assert_ne!(content(&repo, &v3), content(&repo, &v4));
+
+    // 5. Removed again: step 3's cached root is reused.
+    std::fs::write(&recipe, &text).unwrap();
+    let v5 = compose(&recipe, &repo, &cache, "htop removed");
+    assert_eq!(v5["reused"]["bootstrap"], true, "{v5}");
+    assert_same_tree("htop removed", (&repo, &v5), (&scratch3.join("repo"), &s3));
+
+    // 6. A script that appends to a file of the root: the tree has the change...
+    let script = w.join("recipes/append.sh");
+    std::fs::write(
+        &script,
+        "echo '# appended in place' >> /usr/share/base-files/motd\n",
+    )
+    .unwrap();
+    let with_script = text.replacen(
+        "\nremove-files = [",
+        "\npostprocess = [\"append.sh\"]\n\nremove-files = [",
+        1,
+    );
+    assert_ne!(text, with_script, "the recipe has a remove-files list");
+    std::fs::write(&recipe, &with_script).unwrap();
+    let v6 = compose(&recipe, &repo, &cache, "script writing in place");
+    assert_eq!(v6["reused"]["bootstrap"], true, "{v6}");
+    let r = kiln::repo::open(&repo).unwrap();
+    let t = kiln::repo::tree::CommitTree::open(&r, v6["commit"].as_str().unwrap()).unwrap();
+    let motd = t
+        .read("/usr/share/base-files/motd")
+        .expect("motd in the tree");
+    assert!(
+        String::from_utf8_lossy(&motd).contains("# appended in place"),
+        "the script ran on the tree"
+    );
+
+    // 7. ...and never reached the cache: without the script the tree is step 3's again.
+    std::fs::write(&recipe, &text).unwrap();
+    let v7 = compose(&recipe, &repo, &cache, "script removed");
+    assert_eq!(v7["reused"]["bootstrap"], true, "{v7}");
+    assert_same_tree(
+        "script removed",
+        (&repo, &v7),
+        (&scratch3.join("repo"), &s3),
+    );
 }

@@ -70,13 +70,14 @@ fn content(repo: &Path, commit: &str) -> String {
     kiln::reproducible::content_checksum(repo, commit).unwrap()
 }
 
-/// Copies the cached bootstrap roots of one cache dir into another (hard links: restoring
-/// copies them, so neither cache sees the other's changes).
+/// Copies the cached bootstrap roots (the tree cache, `CACHE/trees`) of one cache dir into
+/// another. A full copy: composes check roots out of it by hard links, so two caches must
+/// not share inodes.
 fn seed_bootstraps(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     let st = Command::new("cp")
-        .args(["-al"])
-        .arg(from.join("bootstrap"))
+        .args(["-a"])
+        .arg(from.join("trees"))
         .arg(to)
         .status()
         .unwrap();

@@ -129,14 +129,12 @@ pub fn bootstrap(
     Ok(())
 }
 
-/// Bootstrap results kept in the cache dir (newest first beyond this are pruned).
-const KEEP_BOOTSTRAPS: usize = 2;
-
 /// The key of a bootstrap result: everything mmdebstrap's output depends on — the package
 /// selection, the apt sources and their `InRelease` hashes, the epoch when fixed, the
 /// mmdebstrap version and kiln's hooks. Equal keys give the same root, so a compose whose
 /// recipe changed only in overlays, scripts, units, kernel arguments or metadata (or whose
-/// kiln binary changed) starts from a copy of the cached root instead of re-installing.
+/// kiln binary changed) starts from a hardlink checkout of the cached root
+/// ([`super::treecache`]) instead of re-installing.
 pub fn key(
     recipe: &Recipe,
     sources: &[AptSource],
@@ -161,61 +159,6 @@ pub fn key(
         "epoch": fixed_epoch,
     });
     Ok(hex::encode(Sha256::digest(v.to_string().as_bytes())))
-}
-
-fn store(cache_dir: &Path) -> PathBuf {
-    cache_dir.join("bootstrap")
-}
-
-/// Copies the cached root for `key` to `tree` (which must not exist). `false` when there
-/// is none.
-pub fn restore(cache_dir: &Path, key: &str, tree: &Path, log: &Path) -> Result<bool> {
-    let src = store(cache_dir).join(key);
-    if !src.is_dir() {
-        return Ok(false);
-    }
-    // A full copy (reflinks where the file system has them): later stages may change files
-    // in place, which must never reach the cache.
-    Cmd::new("cp")
-        .args(["-a", "--reflink=auto"])
-        .arg(&src)
-        .arg(tree)
-        .run_logged(log)
-        .with_context(|| format!("copying the cached bootstrap {}", src.display()))?;
-    // Most recently used first when pruning.
-    let _ = Cmd::new("touch").arg(&src).run();
-    Ok(true)
-}
-
-/// Keeps a copy of a fresh bootstrap under `key`, dropping the least recently used ones.
-pub fn save(cache_dir: &Path, key: &str, tree: &Path, log: &Path) -> Result<()> {
-    let dir = store(cache_dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".{key}.tmp"));
-    let dst = dir.join(key);
-    super::overlay::remove_any(&tmp)?;
-    Cmd::new("cp")
-        .args(["-a", "--reflink=auto"])
-        .arg(tree)
-        .arg(&tmp)
-        .run_logged(log)
-        .with_context(|| format!("caching the bootstrap in {}", dir.display()))?;
-    super::overlay::remove_any(&dst)?;
-    std::fs::rename(&tmp, &dst).with_context(|| format!("renaming to {}", dst.display()))?;
-    // cp -a kept the tree's mtime; the entry's age is its last use.
-    Cmd::new("touch").arg(&dst).run()?;
-    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
-    entries.sort();
-    entries.reverse();
-    for (_, old) in entries.into_iter().skip(KEEP_BOOTSTRAPS) {
-        super::overlay::remove_any(&old)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -269,26 +212,5 @@ mod tests {
         let m2 = vec!["http://deb.debian.org/debian bookworm ab".to_string()];
         assert_ne!(k, key(&r, &src, &m2, None).unwrap());
         assert_ne!(k, key(&r, &src, &m, Some(1)).unwrap());
-    }
-
-    #[test]
-    fn save_restore_and_prune() {
-        let d = tempfile::tempdir().unwrap();
-        let log = d.path().join("log");
-        let t = d.path().join("t");
-        std::fs::create_dir_all(t.join("etc")).unwrap();
-        std::fs::write(t.join("etc/x"), "1").unwrap();
-        for k in ["k1", "k2", "k3"] {
-            save(d.path(), k, &t, &log).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert!(
-            !store(d.path()).join("k1").exists(),
-            "least recently used pruned"
-        );
-        let out = d.path().join("out");
-        assert!(restore(d.path(), "k3", &out, &log).unwrap());
-        assert_eq!(std::fs::read_to_string(out.join("etc/x")).unwrap(), "1");
-        assert!(!restore(d.path(), "k1", &d.path().join("o2"), &log).unwrap());
     }
 }

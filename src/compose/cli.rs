@@ -25,7 +25,7 @@ pub struct ComposeArgs {
     /// Print one JSON object with the result on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Keep the final tree at this path (same file system as the cache dir).
+    /// Keep a copy of the final tree at this path.
     #[arg(long, hide = true)]
     pub keep_tree: Option<PathBuf>,
 }

@@ -71,6 +71,7 @@ pub fn build(tree: &Path, req: &Request) -> Result<Built> {
     let vmlinuz = moddir.join("vmlinuz");
     let boot_k = tree.join("boot").join(format!("vmlinuz-{kver}"));
     if !vmlinuz.exists() {
+        super::overlay::remove_any(&vmlinuz)?;
         std::fs::copy(&boot_k, &vmlinuz)
             .with_context(|| format!("copying {} to {}", boot_k.display(), vmlinuz.display()))?;
     }

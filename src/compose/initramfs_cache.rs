@@ -384,6 +384,7 @@ impl Store {
         }
         let dst = tree.join(out.trim_start_matches('/'));
         let src = entry.join("initramfs.img");
+        super::overlay::remove_any(&dst)?;
         std::fs::copy(&src, &dst)
             .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
         std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(m.image_mode))

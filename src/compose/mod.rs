@@ -4,7 +4,8 @@
 //! Stages, one module each: [`sources`] (host apt sources, mirror state), [`bootstrap`]
 //! (mmdebstrap with cached .debs), [`overlay`], [`postprocess`] (units, scripts,
 //! remove-files), [`initramfs`] (dracut; [`initramfs_cache`] reuses an image whose inputs, read from a
-//! [`dracut_trace`], are unchanged), [`layout`] (OSTree conversion), [`inputhash`]
+//! [`dracut_trace`], are unchanged), [`layout`] (OSTree conversion), [`treecache`] (bootstrapped roots
+//! in a private bare repo, hardlink checkouts, commits through the dev/ino cache), [`inputhash`]
 //! (no-change detection); [`pipeline`] runs them and commits; [`cli`] is `kiln compose`.
 
 pub mod bootstrap;
@@ -22,5 +23,6 @@ pub mod pipeline;
 pub mod postprocess;
 pub mod sbom;
 pub mod sources;
+pub mod treecache;
 
 pub use pipeline::{compose, ComposeOptions, ComposeOutcome, MIRROR_STATE_KEY};

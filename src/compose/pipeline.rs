@@ -4,6 +4,7 @@
 pub use super::cachelock::CacheLock;
 use super::{
     bootstrap, epoch as epochs, initramfs, inputhash, layout, overlay, postprocess, sources,
+    treecache::{Checkout, TreeCache},
 };
 use crate::progress::Progress;
 use crate::recipe::Recipe;
@@ -33,7 +34,7 @@ pub struct ComposeOptions {
     pub cache_dir: PathBuf,
     /// The binary installed as `usr/bin/kiln` (default: the running executable).
     pub kiln_binary: Option<PathBuf>,
-    /// Move the final tree here instead of deleting it (benchmarks, debugging).
+    /// Copy the final tree here before deleting it (benchmarks, debugging).
     pub keep_tree: Option<PathBuf>,
     /// Root of the host's apt configuration (`/`), for the default mirror.
     pub apt_root: PathBuf,
@@ -65,10 +66,16 @@ pub struct ComposeOutcome {
 /// Which stages' results came from the cache (`"reused"` in `--json`).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Reused {
-    /// The bootstrapped root (`CACHE/bootstrap`).
+    /// The bootstrapped root (`CACHE/trees`, [`super::treecache`]).
     pub bootstrap: bool,
     /// The initramfs (`CACHE/initramfs`), every input of dracut unchanged.
     pub initramfs: bool,
+    /// Files of the tree hard-linked from the tree cache (`CACHE/trees`) instead of
+    /// installed or copied.
+    pub files_linked: u64,
+    /// Files the commit took by checksum from libostree's dev/ino cache, neither read nor
+    /// re-hashed (unchanged since the checkout).
+    pub files_not_rehashed: u64,
 }
 
 /// The build epoch and whether it is fixed: `SOURCE_DATE_EPOCH` wins, then the recipe's
@@ -194,40 +201,31 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
     std::fs::write(&log, b"").with_context(|| format!("truncating {}", log.display()))?;
     let work = WorkDir::new(&inputs.cache_dir.join("work"))?;
     let tree = work.path().join("tree");
-    let reused = bootstrap_tree(recipe, &mut inputs, work.path(), &tree, &mut p)?;
-    customize(recipe, &inputs, &tree, &mut p)?;
-    let s = p.stage("initramfs");
-    let built = initramfs::build(
-        &tree,
-        &initramfs::Request {
-            extra_modules: &recipe.dracut_modules,
-            kernel_args: &recipe.kernel_args,
-            epoch: inputs.epoch,
-            cache_dir: Some(&inputs.cache_dir),
-            work: work.path(),
-            log: &log,
-        },
-    )?;
-    s.done();
-    p.note(&built.note);
-    let kver = built.kver;
-    let s = p.stage("sbom");
-    let subject = super::sbom::Subject {
-        name: &recipe.name,
-        ref_: &recipe.ref_,
-        epoch: inputs.epoch,
-        kiln_version: &inputs.kiln_version,
+    let (tc, co, reused) = bootstrap_tree(recipe, &mut inputs, work.path(), &tree, &mut p)?;
+    let mut reuse = Reused {
+        bootstrap: reused,
+        files_linked: co.files(),
+        ..Default::default()
     };
-    super::sbom::write_into(&tree, &inputs.cache_dir.join("debs"), &subject)?;
-    s.done();
-    let packages = to_ostree_layout(&tree, work.path(), &mut p)?;
-    let (res, version) = commit_tree(recipe, &inputs, &tree, packages, &mut p)?;
+    let r = build_tree(recipe, &inputs, &tree, work.path(), &co, &mut p, &mut reuse);
+    let r = r.and_then(|(packages, kver)| {
+        let cache = (&tc, &co);
+        let (res, version) = commit_tree(recipe, &inputs, &tree, packages, cache, &mut p)?;
+        Ok((res, version, kver))
+    });
+    if r.is_err() && matches!(TreeCache::changed_in_place(&co, &tree), Ok(v) if v.is_empty()) {
+        // The cache is intact: the next compose may use it (else the marker stays and
+        // the next compose drops it).
+        let _ = tc.release();
+    }
+    let (res, version, kver) = r?;
+    reuse.files_not_rehashed = res.devino_hits;
     p.note(&format!(
         "committed {} {version} (kernel {kver}) as {}",
         recipe.ref_, res.checksum
     ));
     if let Some(dst) = &opts.keep_tree {
-        keep_tree(&tree, dst)?;
+        keep_tree(&tree, dst, &log)?;
     }
     Ok(ComposeOutcome {
         ref_: recipe.ref_.clone(),
@@ -236,16 +234,54 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
         version,
         skipped: false,
         bootstrap_reused: reused,
-        reused: Reused {
-            bootstrap: reused,
-            initramfs: built.reused,
-        },
+        reused: reuse,
         input_hash: inputs.input_hash,
         stages: p.timings_json(),
         objects_written: res.content_objects_written + res.metadata_objects_written,
         content_bytes_written: res.content_bytes_written,
         log,
     })
+}
+
+/// The stages between bootstrap and commit on `tree`: overlays, postprocess, initramfs,
+/// SBOM and layout. Returns the installed packages; notes the kernel in `reuse`.
+fn build_tree(
+    recipe: &Recipe,
+    inputs: &Inputs,
+    tree: &Path,
+    work: &Path,
+    co: &Checkout,
+    p: &mut Progress,
+    reuse: &mut Reused,
+) -> Result<(Vec<String>, String)> {
+    let log = inputs.log.clone();
+    customize(recipe, inputs, tree, work, p)?;
+    let s = p.stage("initramfs");
+    let built = initramfs::build(
+        tree,
+        &initramfs::Request {
+            extra_modules: &recipe.dracut_modules,
+            kernel_args: &recipe.kernel_args,
+            epoch: inputs.epoch,
+            cache_dir: Some(&inputs.cache_dir),
+            work,
+            log: &log,
+        },
+    )?;
+    s.done();
+    p.note(&built.note);
+    reuse.initramfs = built.reused;
+    let s = p.stage("sbom");
+    let subject = super::sbom::Subject {
+        name: &recipe.name,
+        ref_: &recipe.ref_,
+        epoch: inputs.epoch,
+        kiln_version: &inputs.kiln_version,
+    };
+    super::sbom::write_into(tree, &inputs.cache_dir.join("debs"), &subject)?;
+    s.done();
+    let packages = to_ostree_layout(tree, work, co, p)?;
+    Ok((packages, built.kver))
 }
 
 /// Everything the no-change decision and the later stages need, found before any
@@ -393,21 +429,23 @@ fn require_root() -> Result<()> {
     Ok(())
 }
 
-/// The "bootstrap" stage: the Debian root at `tree`, from the cache when the same packages,
-/// sources and mirror state were bootstrapped before. Learns the epoch first when nothing
-/// fixes it, and updates the mirror state and input hash to what apt saw. Returns whether
-/// the cached root was reused.
+/// The "bootstrap" stage: the Debian root at `tree`, checked out by hard links from the
+/// tree cache when the same packages, sources and mirror state were bootstrapped before
+/// (else bootstrapped, cached and checked out the same way). Learns the epoch first when
+/// nothing fixes it, and updates the mirror state and input hash to what apt saw. Returns
+/// the cache, the checkout and whether the cached root was reused.
 fn bootstrap_tree(
     recipe: &Recipe,
     inputs: &mut Inputs,
     work: &Path,
     tree: &Path,
     p: &mut Progress,
-) -> Result<bool> {
+) -> Result<(TreeCache, Checkout, bool)> {
     let log = inputs.log.clone();
     let cache_dir = inputs.cache_dir.clone();
     let cache = bootstrap::CacheDirs::new(&cache_dir)?;
     let s = p.stage("bootstrap");
+    let (tc, dropped) = TreeCache::open(&cache_dir)?;
     let mut epoch_note = None;
     if inputs.pinned.is_none() {
         epoch_note = Some(learn_epoch(recipe, inputs, &cache, work)?);
@@ -415,7 +453,8 @@ fn bootstrap_tree(
     let fixed_epoch = inputs.pinned;
     let srcs = &inputs.srcs;
     let bkey = bootstrap::key(recipe, srcs, &inputs.mirror, fixed_epoch)?;
-    let reused = bootstrap::restore(&cache_dir, &bkey, tree, &log)?;
+    let mut co = tc.checkout(&bkey, tree)?;
+    let reused = co.is_some();
     if !reused {
         bootstrap::bootstrap(recipe, srcs, tree, &cache, inputs.epoch, work, &log)
             .with_context(|| format!("full log: {}", log.display()))?;
@@ -429,16 +468,24 @@ fn bootstrap_tree(
     check_excluded(recipe, tree)?;
     if !reused {
         let k = bootstrap::key(recipe, &inputs.srcs, &inputs.mirror, fixed_epoch)?;
-        bootstrap::save(&cache_dir, &k, tree, &log)?;
+        // Searched once here; later composes search only the files they add.
+        check_no_build_paths(tree, work, None)?;
+        tc.save(&k, tree)?;
+        co = tc.checkout(&k, tree)?;
     }
+    let co = co.ok_or_else(|| anyhow!("the tree cache lost the root it just saved"))?;
     s.done();
-    if let Some(n) = epoch_note {
+    for n in [dropped, epoch_note].into_iter().flatten() {
         p.note(&n);
     }
     if reused {
-        p.note("bootstrap: reused the cached root (same packages, sources and mirror state)");
+        p.note(&format!(
+            "bootstrap: reused the cached root (same packages, sources and mirror state), \
+             {} files hard-linked",
+            co.files()
+        ));
     }
-    Ok(reused)
+    Ok((tc, co, reused))
 }
 
 /// Neither SOURCE_DATE_EPOCH nor the recipe fixes the epoch: installs once to learn the
@@ -476,7 +523,13 @@ fn learn_epoch(
 
 /// The "overlays" and "postprocess" stages: the recipe's files, update policy, units,
 /// scripts and removals, and kiln itself as usr/bin/kiln.
-fn customize(recipe: &Recipe, inputs: &Inputs, tree: &Path, p: &mut Progress) -> Result<()> {
+fn customize(
+    recipe: &Recipe,
+    inputs: &Inputs,
+    tree: &Path,
+    work: &Path,
+    p: &mut Progress,
+) -> Result<()> {
     let s = p.stage("overlays");
     overlay::apply(&recipe.overlays, tree)?;
     crate::updates::write_to_tree(&recipe.updates, tree)?;
@@ -486,6 +539,10 @@ fn customize(recipe: &Recipe, inputs: &Inputs, tree: &Path, p: &mut Progress) ->
     let s = p.stage("postprocess");
     let log = &inputs.log;
     postprocess::apply_units(&recipe.units, tree, log)?;
+    if !recipe.postprocess.is_empty() {
+        // Scripts may write into any file: none of them may be the cache's.
+        TreeCache::break_links(tree, work, log)?;
+    }
     postprocess::run_scripts(&recipe.postprocess, tree, &recipe.name, inputs.epoch, log)?;
     postprocess::remove_files(&recipe.remove_files, tree)?;
     layout::write_file(&tree.join("usr/bin/kiln"), &inputs.kiln_tree_bin, 0o755)?;
@@ -495,12 +552,17 @@ fn customize(recipe: &Recipe, inputs: &Inputs, tree: &Path, p: &mut Progress) ->
 
 /// The "layout" stage: the package list read, then the tree converted to the OSTree
 /// layout. Returns the installed packages.
-fn to_ostree_layout(tree: &Path, work: &Path, p: &mut Progress) -> Result<Vec<String>> {
+fn to_ostree_layout(
+    tree: &Path,
+    work: &Path,
+    co: &Checkout,
+    p: &mut Progress,
+) -> Result<Vec<String>> {
     let s = p.stage("layout");
     let packages = installed_packages(&tree.join("var/lib/dpkg"))?;
     let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
     layout::convert(tree, host_name.as_deref())?;
-    check_no_build_paths(tree, work)?;
+    check_no_build_paths(tree, work, Some(co))?;
     s.done();
     Ok(packages)
 }
@@ -512,6 +574,7 @@ fn commit_tree(
     inputs: &Inputs,
     tree: &Path,
     packages: Vec<String>,
+    (tc, co): (&TreeCache, &Checkout),
     p: &mut Progress,
 ) -> Result<(repo::CommitResult, String)> {
     let s = p.stage("commit");
@@ -557,31 +620,55 @@ fn commit_tree(
             MetaValue::Str(v.clone()),
         ));
     }
-    let res = repo::commit_dir(
-        &inputs.repo,
-        tree,
-        &CommitOptions {
-            ref_: recipe.ref_.clone(),
-            parent: inputs.previous.clone(),
-            subject: Some(format!("{} {version}", recipe.name)),
-            timestamp: epoch,
-            metadata: md,
-            bootable: true,
-        },
-    )?;
+    let opts = CommitOptions {
+        ref_: recipe.ref_.clone(),
+        parent: inputs.previous.clone(),
+        subject: Some(format!("{} {version}", recipe.name)),
+        timestamp: epoch,
+        metadata: md,
+        bootable: true,
+    };
+    let changed = TreeCache::changed_in_place(co, tree)?;
+    let mut note = None;
+    let res = if changed.is_empty() {
+        let r = tc.commit(co, tree, &inputs.repo, &opts)?;
+        tc.release()?;
+        r
+    } else {
+        // The cache's objects hold those bytes now: commit by reading every file, and
+        // drop the cache.
+        note = Some(format!(
+            "tree cache: {} cached file(s) were changed in place ({}); committing without \
+             the cache and dropping it",
+            changed.len(),
+            changed[0].display()
+        ));
+        let r = repo::commit_dir_with(&inputs.repo, tree, &opts, inputs.previous.clone(), None)?;
+        tc.discard()?;
+        r
+    };
     s.done();
+    p.note(&note.unwrap_or_else(|| {
+        format!(
+            "commit: {} files unchanged since the checkout taken by checksum (not \
+             re-hashed), {} new objects written",
+            res.devino_hits, res.content_objects_written
+        )
+    }));
     Ok((res, version))
 }
 
-/// Moves the final tree to `dst` (`--keep-tree`).
-fn keep_tree(tree: &Path, dst: &Path) -> Result<()> {
+/// Copies the final tree to `dst` (`--keep-tree`).
+/// A copy, not the tree itself: most of its files are hard links into the tree cache, and
+/// whatever is done to the kept tree later must not reach the cache.
+fn keep_tree(tree: &Path, dst: &Path, log: &Path) -> Result<()> {
     super::overlay::remove_any(dst)?;
-    std::fs::rename(tree, dst).with_context(|| {
-        format!(
-            "moving the tree to {} (must be on the cache dir's file system)",
-            dst.display()
-        )
-    })
+    crate::cmd::Cmd::new("cp")
+        .args(["-a", "--preserve=all"])
+        .arg(tree)
+        .arg(dst)
+        .run_logged(log)
+        .with_context(|| format!("copying the tree to {}", dst.display()))
 }
 
 fn sanitize(s: &str) -> String {
@@ -662,12 +749,25 @@ pub fn tree_kiln_binary(bin: &Path, scratch: &Path, strip: &str) -> Result<Vec<u
     std::fs::read(tmp.path()).with_context(|| format!("reading {}", tmp.path().display()))
 }
 
-/// Fails when the work directory's path appears in any file of the tree.
-fn check_no_build_paths(tree: &Path, work: &Path) -> Result<()> {
+/// Fails when the work directory's path appears in any file of the tree — or, given the
+/// checkout, in any file not shared with the tree cache (a cached root was searched for
+/// its own build's path before it was saved, and cannot hold this one's, made after it).
+fn check_no_build_paths(tree: &Path, work: &Path, co: Option<&Checkout>) -> Result<()> {
+    let Some(co) = co else {
+        return grep_build_paths(work, &[tree.to_path_buf()], "-rlsF");
+    };
+    let files = co.unshared_files(tree)?;
+    for chunk in files.chunks(500) {
+        grep_build_paths(work, chunk, "-lsF")?;
+    }
+    Ok(())
+}
+
+fn grep_build_paths(work: &Path, paths: &[PathBuf], flags: &str) -> Result<()> {
     let r = crate::cmd::Cmd::new("grep")
-        .args(["-rlsF", "--"])
+        .args([flags, "--"])
         .arg(work.as_os_str())
-        .arg(tree)
+        .args(paths)
         .run();
     match r {
         Ok(out) => {

@@ -32,7 +32,7 @@ pub fn apply_units(units: &Units, tree: &Path, log: &Path) -> Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+    super::layout::write_file(&p, text.as_bytes(), 0o644)?;
     let root = format!("--root={}", tree.display());
     let named: Vec<&String> = units.enable.iter().chain(&units.disable).collect();
     if !named.is_empty() {

@@ -343,6 +343,8 @@ pub fn write_into(tree: &Path, debs: &Path, s: &Subject) -> Result<()> {
     }
     let mut text = serde_json::to_string_pretty(&doc).context("encoding the SBOM")?;
     text.push('\n');
+    // Never write into an existing file: it may be a hard link into the tree cache.
+    super::overlay::remove_any(&path)?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 

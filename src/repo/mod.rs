@@ -132,17 +132,33 @@ pub struct CommitResult {
     pub content_objects_written: u64,
     pub metadata_objects_written: u64,
     pub content_bytes_written: u64,
+    /// Files taken from the dev/ino cache (not read, not re-hashed).
+    pub devino_hits: u64,
 }
 
 /// Commits the directory `dir` to `repo` in one transaction and moves `opts.ref_` to it.
 /// The dev/ino cache is used so files hardlinked from a checkout of the same repo are not
 /// re-hashed.
 pub fn commit_dir(repo: &ostree::Repo, dir: &Path, opts: &CommitOptions) -> Result<CommitResult> {
-    let cancel = gio::Cancellable::NONE;
     let parent = match &opts.parent {
         Some(p) => Some(p.clone()),
         None => resolve(repo, &opts.ref_)?,
     };
+    commit_dir_with(repo, dir, opts, parent, None)
+}
+
+/// [`commit_dir`] with the parent exactly as given, and optionally libostree's dev/ino
+/// cache of a hardlink checkout from `repo`: files still sharing an inode with one of
+/// `repo`'s objects are taken by checksum without being read. The caller guarantees that
+/// no such file was changed in place (`compose::treecache` checks it).
+pub fn commit_dir_with(
+    repo: &ostree::Repo,
+    dir: &Path,
+    opts: &CommitOptions,
+    parent: Option<String>,
+    devino: Option<&ostree::RepoDevInoCache>,
+) -> Result<CommitResult> {
+    let cancel = gio::Cancellable::NONE;
     let dirf = std::fs::File::open(dir)
         .with_context(|| format!("opening tree {} for commit", dir.display()))?;
     let tx = repo
@@ -150,7 +166,10 @@ pub fn commit_dir(repo: &ostree::Repo, dir: &Path, opts: &CommitOptions) -> Resu
         .context("starting OSTree transaction")?;
     let mtree = ostree::MutableTree::new();
     let modifier = ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::NONE, None);
-    modifier.set_devino_cache(&ostree::RepoDevInoCache::new());
+    match devino {
+        Some(c) => modifier.set_devino_cache(c),
+        None => modifier.set_devino_cache(&ostree::RepoDevInoCache::new()),
+    }
     repo.write_dfd_to_mtree(dirf.as_raw_fd(), ".", &mtree, Some(&modifier), cancel)
         .with_context(|| format!("writing {} into the repo", dir.display()))?;
     let root = repo
@@ -196,6 +215,7 @@ pub fn commit_dir(repo: &ostree::Repo, dir: &Path, opts: &CommitOptions) -> Resu
         content_objects_written: stats.get_content_objects_written() as u64,
         metadata_objects_written: stats.get_metadata_objects_written() as u64,
         content_bytes_written: stats.get_content_bytes_written(),
+        devino_hits: stats.get_devino_cache_hits() as u64,
     })
 }
 

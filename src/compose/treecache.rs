@@ -1,0 +1,487 @@
+//! The tree cache: bootstrapped roots kept as commits of a private `bare` OSTree repo
+//! (`CACHE/trees`), restored by a hardlink checkout, and the composed tree committed
+//! back through libostree's dev/ino cache so files that no stage touched are neither
+//! copied nor re-hashed.
+//!
+//! - **Save** (after a fresh mmdebstrap): the root is committed with `CONSUME` (files are
+//!   adopted into the repo, not copied), device nodes, FIFOs and sockets removed (`/dev`
+//!   gets the namespace's own nodes at every chroot run, and the layout empties it).
+//!   The fresh root is then checked out like a cached one, so a compose from an empty
+//!   cache and one from a warm cache run the later stages on the same kind of tree.
+//! - **Checkout**: hard links to the repo's objects, with the dev/ino → checksum map kept
+//!   for the commit. Every file's inode, ctime, mode, owner, size and mtime are noted.
+//! - **Copy-on-write by hand**: kiln's own stages never write into an existing file (they
+//!   unlink first: `layout::write_file`); postprocess scripts are arbitrary, so before
+//!   they run every shared file is broken out ([`TreeCache::break_links`]).
+//! - **Check** before the commit: any file still sharing an inode with the repo whose
+//!   ctime moved and whose mode, owner, size or mtime differ was changed in place. Then
+//!   the compose commits without the dev/ino cache (reading every file, so its result is
+//!   right) and the whole tree cache is deleted: it held the changed bytes.
+//!   A marker (`kiln-in-use`) is written before the checkout and removed after the check;
+//!   a compose that died in between leaves it, and the next one starts from an empty
+//!   tree cache rather than trusting it.
+//! - **Commit**: into this repo with the dev/ino cache, then pulled (objects it lacks
+//!   only) into the output repo. The commit object is the same as one written straight
+//!   into the output repo: same tree, metadata, parent and timestamp.
+
+use crate::repo::{self, CommitOptions, CommitResult};
+use anyhow::{Context, Result};
+use ostree::prelude::*;
+use ostree::{gio, glib};
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+const DIR: &str = "trees";
+const IN_USE: &str = "kiln-in-use";
+const USED: &str = "kiln-used";
+/// The last composed tree (its new objects: initramfs, kiln binary, overlay files).
+const COMPOSED_REF: &str = "kiln/composed";
+/// Bootstrapped roots kept (least recently used beyond this are pruned).
+const KEEP: usize = 2;
+
+fn bootstrap_ref(key: &str) -> String {
+    format!("kiln/bootstrap/{key}")
+}
+
+pub struct TreeCache {
+    repo: ostree::Repo,
+    dir: PathBuf,
+}
+
+/// A hardlink checkout of a cached root.
+pub struct Checkout {
+    devino: ostree::RepoDevInoCache,
+    stamps: HashMap<u64, Stamp>,
+}
+
+impl Checkout {
+    /// Files (and symlinks) the checkout hard-linked.
+    pub fn files(&self) -> u64 {
+        self.stamps.len() as u64
+    }
+
+    /// The regular files of `tree` that share no inode with the cache: what the stages
+    /// after the checkout wrote.
+    pub fn unshared_files(&self, tree: &Path) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        walk(tree, &mut |p, md| {
+            if md.is_file() && !(md.nlink() > 1 && self.stamps.contains_key(&md.ino())) {
+                out.push(p.to_path_buf());
+            }
+            Ok(())
+        })?;
+        out.sort();
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ctime: (i64, i64),
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(md: &std::fs::Metadata) -> Self {
+        Stamp {
+            ctime: (md.ctime(), md.ctime_nsec()),
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+        }
+    }
+
+    /// Changed apart from ctime (which links, unlinks and renames move too).
+    fn content_or_meta_differs(&self, o: &Stamp) -> bool {
+        (self.mode, self.uid, self.gid, self.size, self.mtime)
+            != (o.mode, o.uid, o.gid, o.size, o.mtime)
+    }
+}
+
+impl TreeCache {
+    /// Opens (or creates) `CACHE/trees`. Returns a note when a marker showed that a
+    /// compose died between checkout and check, and the cache was dropped for it.
+    pub fn open(cache_dir: &Path) -> Result<(Self, Option<String>)> {
+        let dir = cache_dir.join(DIR);
+        let mut note = None;
+        if dir.join(IN_USE).exists() {
+            super::overlay::remove_any(&dir)?;
+            note = Some(
+                "tree cache: a compose stopped before checking its hardlinked tree; the \
+                 cache was dropped (the root is bootstrapped again)"
+                    .to_string(),
+            );
+        }
+        let repo = repo::open_or_create(&dir, repo::RepoMode::Bare)?;
+        Ok((TreeCache { repo, dir }, note))
+    }
+
+    /// Commits a freshly bootstrapped `tree` as the root for `key`, consuming it (the
+    /// directory is removed), and prunes the least recently used roots.
+    pub fn save(&self, key: &str, tree: &Path) -> Result<()> {
+        let cancel = gio::Cancellable::NONE;
+        // libostree refuses them before any commit filter sees them.
+        remove_special_files(tree)?;
+        let modifier =
+            ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::CONSUME, None);
+        let dirf = std::fs::File::open(tree)
+            .with_context(|| format!("opening {} to cache it", tree.display()))?;
+        let tx = self
+            .repo
+            .auto_transaction(cancel)
+            .context("starting a tree cache transaction")?;
+        let mtree = ostree::MutableTree::new();
+        self.repo
+            .write_dfd_to_mtree(dirf.as_raw_fd(), ".", &mtree, Some(&modifier), cancel)
+            .with_context(|| format!("caching {}", tree.display()))?;
+        let root = self
+            .repo
+            .write_mtree(&mtree, cancel)
+            .context("writing the cached root's directories")?;
+        let root = root
+            .downcast::<ostree::RepoFile>()
+            .map_err(|_| anyhow::anyhow!("libostree returned a root that is not a RepoFile"))?;
+        let c = self
+            .repo
+            .write_commit_with_time(None, Some(key), None, None, &root, 0, cancel)
+            .context("writing the cached root's commit")?;
+        self.repo
+            .transaction_set_ref(None, &bootstrap_ref(key), Some(c.as_str()));
+        tx.commit(cancel)
+            .context("committing the tree cache transaction")?;
+        drop(dirf);
+        super::overlay::remove_any(tree)?;
+        self.mark_used(key)?;
+        self.prune_old()
+    }
+
+    fn mark_used(&self, key: &str) -> Result<()> {
+        let d = self.dir.join(USED);
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        let p = d.join(key);
+        super::layout::write_file(&p, b"", 0o644)
+    }
+
+    /// Drops the roots beyond [`KEEP`] (least recently used first) and their objects.
+    fn prune_old(&self) -> Result<()> {
+        let d = self.dir.join(USED);
+        let mut used: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(&d)
+            .with_context(|| format!("listing {}", d.display()))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let t = e.metadata().ok()?.modified().ok()?;
+                Some((t, e.file_name().to_string_lossy().into_owned()))
+            })
+            .collect();
+        used.sort();
+        used.reverse();
+        for (_, key) in used.into_iter().skip(KEEP) {
+            self.repo
+                .set_ref_immediate(None, &bootstrap_ref(&key), None, gio::Cancellable::NONE)
+                .with_context(|| format!("dropping cached root {key}"))?;
+            super::overlay::remove_any(&d.join(&key))?;
+        }
+        self.repo
+            .prune(ostree::RepoPruneFlags::REFS_ONLY, 0, gio::Cancellable::NONE)
+            .context("pruning the tree cache")?;
+        Ok(())
+    }
+
+    /// Checks out the root cached for `key` at `tree` (which must not exist) by hard
+    /// links. `None` when there is none.
+    pub fn checkout(&self, key: &str, tree: &Path) -> Result<Option<Checkout>> {
+        let Some(commit) = repo::resolve(&self.repo, &bootstrap_ref(key))? else {
+            return Ok(None);
+        };
+        super::layout::write_file(&self.dir.join(IN_USE), b"", 0o644)?;
+        let devino = ostree::RepoDevInoCache::new();
+        let opts = ostree::RepoCheckoutAtOptions {
+            mode: ostree::RepoCheckoutMode::None,
+            devino_to_csum_cache: Some(devino.clone()),
+            ..Default::default()
+        };
+        self.repo
+            .checkout_at(
+                Some(&opts),
+                libc::AT_FDCWD,
+                tree,
+                &commit,
+                gio::Cancellable::NONE,
+            )
+            .with_context(|| format!("checking out the cached root {key}"))?;
+        self.mark_used(key)?;
+        let mut stamps = HashMap::new();
+        walk(tree, &mut |_, md| {
+            // Only inodes the repo holds too: they stay allocated for the whole compose,
+            // so their numbers cannot be reused by files the stages create. (libostree
+            // copies some files, e.g. past the link limit; those are the tree's own.)
+            if md.nlink() > 1 {
+                stamps.insert(md.ino(), Stamp::of(md));
+            }
+            Ok(())
+        })?;
+        Ok(Some(Checkout { devino, stamps }))
+    }
+
+    /// Breaks every file of `tree` that shares its inode with anything (the cache's
+    /// objects) out into its own copy: postprocess scripts may write into any file.
+    pub fn break_links(tree: &Path, scratch: &Path, log: &Path) -> Result<()> {
+        let copy = scratch.join("tree-copy");
+        crate::cmd::Cmd::new("cp")
+            .args(["-a", "--preserve=all"])
+            .arg(tree)
+            .arg(&copy)
+            .run_logged(log)
+            .with_context(|| format!("copying {} for the postprocess scripts", tree.display()))?;
+        super::overlay::remove_any(tree)?;
+        std::fs::rename(&copy, tree)
+            .with_context(|| format!("renaming {} to {}", copy.display(), tree.display()))
+    }
+
+    /// The files of `tree` that still share an inode with the cache and were changed in
+    /// place since the checkout (relative paths).
+    pub fn changed_in_place(co: &Checkout, tree: &Path) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        walk(tree, &mut |p, md| {
+            if let Some(s) = co.stamps.get(&md.ino()) {
+                let now = Stamp::of(md);
+                if now.ctime != s.ctime && now.content_or_meta_differs(s) {
+                    out.push(p.strip_prefix(tree).unwrap_or(p).to_path_buf());
+                }
+            }
+            Ok(())
+        })?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Commits `tree` into the cache repo through the checkout's dev/ino cache, then
+    /// copies the commit into `out` and moves `opts.ref_` there to it.
+    pub fn commit(
+        &self,
+        co: &Checkout,
+        tree: &Path,
+        out: &ostree::Repo,
+        opts: &CommitOptions,
+    ) -> Result<CommitResult> {
+        let inner = CommitOptions {
+            ref_: COMPOSED_REF.to_string(),
+            ..opts.clone()
+        };
+        let res = repo::commit_dir_with(
+            &self.repo,
+            tree,
+            &inner,
+            opts.parent.clone(),
+            Some(&co.devino),
+        )?;
+        let pull = glib::VariantDict::new(None);
+        pull.insert_value("refs", &vec![res.checksum.clone()].to_variant());
+        pull.insert_value("depth", &0i32.to_variant());
+        pull.insert_value("gpg-verify", &false.to_variant());
+        pull.insert_value("gpg-verify-summary", &false.to_variant());
+        repo::on_own_main_context(|| {
+            out.pull_with_options(
+                &format!("file://{}", self.dir.display()),
+                &pull.end(),
+                None,
+                gio::Cancellable::NONE,
+            )
+        })?
+        .with_context(|| format!("copying commit {} from the tree cache", res.checksum))?;
+        out.set_ref_immediate(
+            None,
+            &opts.ref_,
+            Some(res.checksum.as_str()),
+            gio::Cancellable::NONE,
+        )
+        .with_context(|| format!("moving {} to {}", opts.ref_, res.checksum))?;
+        Ok(res)
+    }
+
+    /// The tree was checked and found intact: the marker goes.
+    pub fn release(&self) -> Result<()> {
+        super::overlay::remove_any(&self.dir.join(IN_USE))
+    }
+
+    /// The tree cache held bytes a stage changed: all of it goes.
+    pub fn discard(&self) -> Result<()> {
+        super::overlay::remove_any(&self.dir)
+    }
+}
+
+/// Removes device nodes, FIFOs and sockets below `dir`.
+fn remove_special_files(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e.with_context(|| format!("listing {}", dir.display()))?;
+        let p = e.path();
+        let md = std::fs::symlink_metadata(&p).with_context(|| format!("stat {}", p.display()))?;
+        if md.is_dir() {
+            remove_special_files(&p)?;
+        } else if !md.is_file() && !md.file_type().is_symlink() {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every regular file and symlink below `dir`, with its metadata (not following links).
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<()>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e.with_context(|| format!("listing {}", dir.display()))?;
+        let p = e.path();
+        let md = std::fs::symlink_metadata(&p).with_context(|| format!("stat {}", p.display()))?;
+        if md.is_dir() {
+            walk(&p, f)?;
+        } else if md.is_file() || md.file_type().is_symlink() {
+            f(&p, &md)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tree(t: &Path) {
+        std::fs::create_dir_all(t.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(t.join("etc")).unwrap();
+        std::fs::create_dir_all(t.join("dev")).unwrap();
+        for i in 0..20 {
+            std::fs::write(t.join(format!("usr/bin/tool{i}")), format!("tool {i}")).unwrap();
+        }
+        std::fs::write(t.join("etc/conf"), "a=1\n").unwrap();
+        std::fs::set_permissions(t.join("usr/bin/tool1"), PermissionsExt::from_mode(0o4755))
+            .unwrap();
+        std::os::unix::fs::symlink("tool0", t.join("usr/bin/link")).unwrap();
+        let c = std::ffi::CString::new(t.join("dev/fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    #[test]
+    fn saved_roots_check_out_as_hardlinks_and_in_place_changes_are_found() {
+        let d = tempfile::tempdir().unwrap();
+        let (tc, note) = TreeCache::open(d.path()).unwrap();
+        assert!(note.is_none());
+        let t = d.path().join("t");
+        tree(&t);
+        tc.save("k1", &t).unwrap();
+        assert!(!t.exists(), "the fresh root is consumed");
+        assert!(tc.checkout("nope", &t).unwrap().is_none());
+        let co = tc.checkout("k1", &t).unwrap().unwrap();
+        let md = std::fs::metadata(t.join("usr/bin/tool3")).unwrap();
+        assert!(md.nlink() >= 2, "a hard link to the cache's object");
+        assert_eq!(
+            std::fs::metadata(t.join("usr/bin/tool1")).unwrap().mode() & 0o7777,
+            0o4755
+        );
+        assert!(t.join("dev").is_dir() && !t.join("dev/fifo").exists());
+        assert_eq!(
+            std::fs::read_link(t.join("usr/bin/link")).unwrap(),
+            Path::new("tool0")
+        );
+        // Unlinking, renaming and replacing are not changes in place.
+        std::fs::remove_file(t.join("usr/bin/tool4")).unwrap();
+        std::fs::rename(t.join("usr/bin/tool5"), t.join("usr/bin/tool5b")).unwrap();
+        crate::compose::layout::write_file(&t.join("etc/conf"), b"a=2\n", 0o644).unwrap();
+        assert!(TreeCache::changed_in_place(&co, &t).unwrap().is_empty());
+        assert_eq!(co.unshared_files(&t).unwrap(), vec![t.join("etc/conf")]);
+        // A write into a shared file, or a chmod of one, is.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(t.join("usr/bin/tool6"))
+                .unwrap();
+            f.write_all(b"!").unwrap();
+        }
+        std::fs::set_permissions(t.join("usr/bin/tool7"), PermissionsExt::from_mode(0o700))
+            .unwrap();
+        assert_eq!(
+            TreeCache::changed_in_place(&co, &t).unwrap(),
+            vec![
+                PathBuf::from("usr/bin/tool6"),
+                PathBuf::from("usr/bin/tool7")
+            ]
+        );
+        // The marker stays until released; a later open drops a cache left marked.
+        drop(tc);
+        let (tc, note) = TreeCache::open(d.path()).unwrap();
+        assert!(note.is_some());
+        assert!(tc.checkout("k1", &d.path().join("t2")).unwrap().is_none());
+    }
+
+    #[test]
+    fn broken_out_files_no_longer_share_the_cache() {
+        let d = tempfile::tempdir().unwrap();
+        let (tc, _) = TreeCache::open(d.path()).unwrap();
+        let t = d.path().join("t");
+        tree(&t);
+        tc.save("k", &t).unwrap();
+        let co = tc.checkout("k", &t).unwrap().unwrap();
+        let log = d.path().join("log");
+        TreeCache::break_links(&t, d.path(), &log).unwrap();
+        assert_eq!(
+            std::fs::metadata(t.join("usr/bin/tool3")).unwrap().nlink(),
+            1
+        );
+        assert_eq!(
+            std::fs::metadata(t.join("usr/bin/tool1")).unwrap().mode() & 0o7777,
+            0o4755
+        );
+        std::fs::write(t.join("usr/bin/tool3"), "changed").unwrap();
+        assert!(TreeCache::changed_in_place(&co, &t).unwrap().is_empty());
+        tc.release().unwrap();
+        let t2 = d.path().join("t2");
+        tc.checkout("k", &t2).unwrap().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(t2.join("usr/bin/tool3")).unwrap(),
+            "tool 3"
+        );
+    }
+
+    #[test]
+    fn commits_through_the_cache_equal_direct_commits() {
+        let d = tempfile::tempdir().unwrap();
+        let (tc, _) = TreeCache::open(d.path()).unwrap();
+        let t = d.path().join("t");
+        tree(&t);
+        tc.save("k", &t).unwrap();
+        let co = tc.checkout("k", &t).unwrap().unwrap();
+        crate::compose::layout::write_file(&t.join("etc/new"), b"new\n", 0o600).unwrap();
+        let out = repo::open_or_create(&d.path().join("out"), repo::RepoMode::BareUser).unwrap();
+        let direct =
+            repo::open_or_create(&d.path().join("direct"), repo::RepoMode::Archive).unwrap();
+        let opts = CommitOptions {
+            ref_: "os/x".into(),
+            timestamp: 1_700_000_000,
+            ..Default::default()
+        };
+        let a = tc.commit(&co, &t, &out, &opts).unwrap();
+        assert!(a.devino_hits >= 19, "{} files not re-hashed", a.devino_hits);
+        let b = repo::commit_dir(&direct, &t, &opts).unwrap();
+        assert_eq!(a.checksum, b.checksum);
+        assert_eq!(
+            repo::resolve(&out, "os/x").unwrap().as_deref(),
+            Some(a.checksum.as_str())
+        );
+        let st = std::process::Command::new("ostree")
+            .arg(format!("--repo={}", d.path().join("out").display()))
+            .args(["fsck", "-q"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "the output repo holds every object");
+    }
+}
