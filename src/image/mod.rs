@@ -647,6 +647,8 @@ pub fn resolve_format(
 
 /// The artifact's path: `output` itself, or for a directory (existing, or written with a
 /// trailing `/`) `<dir>/<name>-<platform>.<extension>` with name the ref's last component.
+/// A PXE build's output is itself a directory: one that already holds PXE files
+/// (`boot.ipxe`) is that output, replaced as a whole, not a place to put a new one in.
 pub fn artifact_path(
     output: &Path,
     rev: &str,
@@ -655,7 +657,8 @@ pub fn artifact_path(
     embedded_config: bool,
 ) -> PathBuf {
     let is_dir = output.is_dir() || output.as_os_str().to_string_lossy().ends_with('/');
-    if !is_dir {
+    let earlier_pxe = format == Some(Format::Pxe) && output.join("boot.ipxe").is_file();
+    if !is_dir || earlier_pxe {
         return output.to_path_buf();
     }
     let platform = platform.unwrap_or_else(|| Platform::default_for(embedded_config));
@@ -670,6 +673,21 @@ pub fn artifact_path(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_earlier_pxe_directory_is_replaced_not_nested_into() {
+        let td = tempfile::tempdir().unwrap();
+        let pxe = td.path().join("base.pxe");
+        std::fs::create_dir(&pxe).unwrap();
+        let r = "kiln/bookworm/x86_64/base";
+        let nested = artifact_path(&pxe, r, Some(Format::Pxe), Some(Platform::Metal), false);
+        assert_eq!(nested, pxe.join("base-metal.pxe"));
+        std::fs::write(pxe.join("boot.ipxe"), "#!ipxe\n").unwrap();
+        let again = artifact_path(&pxe, r, Some(Format::Pxe), Some(Platform::Metal), false);
+        assert_eq!(again, pxe);
+        let qcow = artifact_path(&pxe, r, Some(Format::Qcow2), Some(Platform::Qemu), false);
+        assert_eq!(qcow, pxe.join("base-qemu.qcow2"));
+    }
 
     #[test]
     fn kargs_merge() {
