@@ -5,7 +5,9 @@
 //! 1. v1 boots through shim → signed GRUB → signed kernel with Secure Boot enforced (the
 //!    `SecureBoot` EFI variable is 1, the kernel says so and is locked down) and measured
 //!    into the VM's TPM (the event log readable, GRUB's PCRs 8 and 9 extended);
-//! 2. `kiln upgrade` to v2 from a second disk, reboot: v2, still enforced;
+//! 2. `kiln upgrade` to v2 from a second disk, reboot: v2, still enforced, and on trial:
+//!    the signed GRUB counted the boot in grubenv (`save_env`), `kiln health mark-good`
+//!    ends the trial;
 //! 3. `kiln rollback`, reboot: the rollback entry (v1), still enforced;
 //! 4. `kiln deploy` of a commit whose kernel has one byte changed (its signature no longer
 //!    matches), reboot: GRUB refuses that kernel (`bad shim signature`), falls back to
@@ -162,15 +164,37 @@ fn secure_boot_enforced_rollback_and_tampered_kernel_refused() {
     )
     .unwrap();
 
-    // Boot 2: the upgrade (a staged deployment, finalized at shutdown).
+    // Boot 2: the upgrade (a staged deployment, finalized at shutdown), on trial. The
+    // health check is masked for this boot (the mask in /etc carries into v2's /etc) so
+    // the boot counting GRUB did stays visible: the signed GRUB took one try with
+    // `save_env` on the boot partition.
+    vm.run_ok("systemctl mask kiln-health.service", VM_CMD)
+        .unwrap();
     vm.run_ok("kiln upgrade --repo /run/updates/repo", VM_CMD)
         .unwrap();
+    let env = vm.run_ok("cat /boot/grub/grubenv", VM_CMD).unwrap();
+    assert!(
+        env.contains(&format!("kiln_pending={v2}.")) && env.contains("kiln_tries=3"),
+        "no trial of v2 before the reboot: {env}"
+    );
     assert_eq!(
         reboot_into(&mut vm, "boot 2"),
         v2,
         "did not boot the upgrade"
     );
     assert_enforced(&mut vm, "boot 2");
+    let env = vm.run_ok("cat /boot/grub/grubenv", VM_CMD).unwrap();
+    assert!(
+        env.contains(&format!("kiln_pending={v2}.")) && env.contains("kiln_tries=2"),
+        "the signed GRUB did not count the trial boot: {env}"
+    );
+    vm.run_ok(
+        "systemctl unmask kiln-health.service && kiln health mark-good",
+        VM_CMD,
+    )
+    .unwrap();
+    let env = vm.run_ok("cat /boot/grub/grubenv", VM_CMD).unwrap();
+    assert!(!env.contains("kiln_tries="), "trial not ended: {env}");
 
     // Boot 3: the rollback entry.
     vm.run_ok("kiln rollback", VM_CMD).unwrap();
