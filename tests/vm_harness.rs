@@ -7,8 +7,14 @@ mod common;
 
 use kiln::qemu::{Disk, Vm, VmOptions};
 
+/// The comma test points the process's TMPDIR (where a VM's work dir goes) at a directory
+/// it removes when done: the tests of this file take turns, also when cargo runs them
+/// on several threads.
+static TMPDIR_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn paths_with_commas_reach_qemu_whole() {
+    let _turn = TMPDIR_TURN.lock().unwrap_or_else(|e| e.into_inner());
     // The work dir (console and monitor sockets, the UEFI vars copy) has a comma too.
     let base = common::fixture_workdir("vm-harness-");
     let tmp = base.path().join("tmp,x");
@@ -63,6 +69,7 @@ fn paths_with_commas_reach_qemu_whole() {
 
 #[test]
 fn a_saved_vm_resumes_and_throwaway_disks_are_never_saved() {
+    let _turn = TMPDIR_TURN.lock().unwrap_or_else(|e| e.into_inner());
     let base = common::fixture_workdir("vm-harness-save-");
     let disk = base.path().join("disk.raw");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
