@@ -160,23 +160,7 @@ fn ensure_boot_loader_files(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `data` to `path` through a temp file in the same directory and a rename.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
-    tmp.write_all(data)
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
-}
+pub(crate) use crate::cleanup::write_atomic;
 
 /// Pulls the commit into the sysroot and deploys it as the next boot, with the current
 /// default deployment as the merge deployment (3-way /etc merge). Initializes the sysroot
