@@ -644,4 +644,41 @@ fn upgrade_check_previews_packages_and_download_size() {
         diff * 10 <= served,
         "estimate {estimate} vs {served} bytes served: more than 10 % apart"
     );
+    assert_eq!(chk["downloadFrom"], "staticDelta", "{chk}");
+
+    // Without a static delta: the sizes of the objects the machine lacks.
+    let c3 = commit_version_sized(&env.build, &work, 3, 64, 16384);
+    let p3 = env.publish("srv/p", &["--deltas-from-previous", "0"]);
+    assert_eq!(p3["deltasAdded"], serde_json::json!([]), "{p3}");
+    nginx.take_log();
+    let (code, out, err) = kiln(&["upgrade", "--check", "--sysroot", s(&env.sysroot), "--json"]);
+    assert_eq!(code, 77, "{out}\n{err}");
+    let chk: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(chk["to"], c3.as_str());
+    assert_eq!(chk["downloadFrom"], "objects", "{chk}");
+    let estimate = chk["downloadBytes"].as_u64().expect("no download size");
+    let (_, checked) = nginx.take_log();
+    let (code, out, _) = kiln(&["upgrade", "--check", "--sysroot", s(&env.sysroot)]);
+    assert_eq!(code, 77);
+    assert!(out.contains("(objects not on this machine)"), "{out}");
+    nginx.take_log();
+    let (code, out, err) = env.upgrade();
+    assert_eq!(code, 0, "{out}\n{err}");
+    let up: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(up["pull"]["deltaUsed"], false, "{up}");
+    let (reqs, served) = nginx.take_log();
+    eprintln!(
+        "no delta: estimate {estimate} bytes; the check was served {checked}; the upgrade \
+         {served} ({} requests)",
+        reqs.len()
+    );
+    assert!(
+        checked * 10 < estimate,
+        "the check downloaded {checked} bytes"
+    );
+    assert!(
+        served.abs_diff(estimate) * 10 <= served,
+        "estimate {estimate} vs {served} bytes served: more than 10 % apart"
+    );
+    assert_eq!(check_default_entry(&env.sysroot), c3);
 }

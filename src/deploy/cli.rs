@@ -390,6 +390,7 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
                 to_version,
                 packages,
                 download_bytes,
+                download_from,
                 download_unpacked_bytes,
             } => {
                 println!(
@@ -399,7 +400,12 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
                     ver(to_version),
                     short(to)
                 );
-                print_preview(packages.as_ref(), *download_bytes, *download_unpacked_bytes);
+                print_preview(
+                    packages.as_ref(),
+                    *download_bytes,
+                    *download_from,
+                    *download_unpacked_bytes,
+                );
             }
             UpgradeOutcome::Deployed {
                 refspec,
@@ -432,6 +438,7 @@ pub fn cmd_upgrade(a: UpgradeArgs) -> Result<()> {
 fn print_preview(
     packages: Option<&crate::repo::diff::PackageChanges>,
     download: Option<u64>,
+    from: Option<super::upgrade::DownloadFrom>,
     unpacked: Option<u64>,
 ) {
     match packages {
@@ -451,15 +458,19 @@ fn print_preview(
         }
         None => println!("  (a commit has no package list: not made by kiln compose)"),
     }
-    match (download, unpacked) {
-        (Some(d), Some(u)) => println!(
+    use super::upgrade::DownloadFrom;
+    let size = crate::progress::human_bytes;
+    match (download, from, unpacked) {
+        (Some(d), Some(DownloadFrom::StaticDelta), Some(u)) => println!(
             "Download: {} (a static delta; {} unpacked).",
-            crate::progress::human_bytes(d),
-            crate::progress::human_bytes(u)
+            size(d),
+            size(u)
         ),
-        _ => {
-            println!("Download: size unknown (the server has no static delta from a commit here).")
+        (Some(d), Some(DownloadFrom::Layers), _) => {
+            println!("Download: {} (image layers not on this machine).", size(d))
         }
+        (Some(d), _, _) => println!("Download: {} (objects not on this machine).", size(d)),
+        (None, _, _) => println!("Download: size unknown."),
     }
 }
 

@@ -322,6 +322,7 @@ fn check(
         from_version: from_info.version,
         to_version: to_info.version,
         download_bytes: Some(missing),
+        download_from: Some(super::upgrade::DownloadFrom::Layers),
         download_unpacked_bytes: None,
     })
 }

@@ -32,10 +32,11 @@ pub enum UpgradeOutcome {
         /// What the update adds, removes and changes (the commits' package lists);
         /// `None` when a commit has no list.
         packages: Option<crate::repo::diff::PackageChanges>,
-        /// Bytes the update would download: the server's static delta from a commit
-        /// here (`None`: the server has no such delta, or the source is a local repo).
+        /// Bytes the update would download (`None`: unknown, or the source is a local
+        /// repo), and how they would come.
         download_bytes: Option<u64>,
-        /// The same delta's content, uncompressed.
+        download_from: Option<DownloadFrom>,
+        /// A static delta's content, uncompressed.
         download_unpacked_bytes: Option<u64>,
     },
     /// The newest commit was abandoned by automatic rollback on this machine
@@ -55,6 +56,18 @@ pub enum UpgradeOutcome {
         #[serde(skip_serializing_if = "Option::is_none")]
         pull: Option<crate::repo::pull::PullStats>,
     },
+}
+
+/// How an available update would be downloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DownloadFrom {
+    /// The server's static delta from a commit here (its parts' size).
+    StaticDelta,
+    /// Object by object: the sizes of the objects this repo lacks.
+    Objects,
+    /// Container image layers this machine lacks.
+    Layers,
 }
 
 /// Options of [`upgrade`].
@@ -190,6 +203,7 @@ fn upgrade_decision(
             to_version: newest_info.version.clone(),
             packages: crate::repo::diff::changes(&base.info, newest_info),
             download_bytes: None,
+            download_from: None,
             download_unpacked_bytes: None,
         }));
     }
@@ -247,7 +261,9 @@ pub fn upgrade(path: &Path, os: &str, opts: &UpgradeOptions) -> Result<UpgradeOu
         if let (
             Source::Remote(r),
             UpgradeOutcome::Available {
+                to,
                 download_bytes,
+                download_from,
                 download_unpacked_bytes,
                 ..
             },
@@ -256,6 +272,10 @@ pub fn upgrade(path: &Path, os: &str, opts: &UpgradeOptions) -> Result<UpgradeOu
             if let Some((z, u)) = crate::repo::pull::delta_download_size(&repo, r, &base.ref_)? {
                 *download_bytes = Some(z);
                 *download_unpacked_bytes = Some(u);
+                *download_from = Some(DownloadFrom::StaticDelta);
+            } else if let Some(n) = crate::repo::estimate::object_download_size(&repo, r, to)? {
+                *download_bytes = Some(n);
+                *download_from = Some(DownloadFrom::Objects);
             }
         }
         return Ok(done);

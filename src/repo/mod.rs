@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod diff;
+pub mod estimate;
 pub mod oci;
 pub mod pull;
 pub mod tree;
