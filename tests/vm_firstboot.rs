@@ -1,4 +1,4 @@
-// suite-minutes: 15 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
+// suite-minutes: 12 (TCG run time here; tests/suite.sh balances the VM test files over two groups by it)
 //! End to end: first boot of a kiln image provisioned by the real Ignition (QEMU TCG).
 //!
 //! - fw_cfg (`kiln run --ignition`, platform `qemu`): a config that writes files in /etc
@@ -6,8 +6,8 @@
 //!   a kernel argument. The marker appears after exactly one extra (kargs) reboot; the
 //!   files, the user's key (honoured by sshd) and the argument are there; a second boot
 //!   does not run Ignition again and keeps the state.
-//! - The same config embedded with `kiln image --ignition` (platform `metal`).
-//! - A config that partitions and formats a second disk and mounts it under /var.
+//! - The same config embedded with `kiln image --ignition` (platform `metal`), with a
+//!   second disk partitioned, formatted and mounted under /var (one boot checks both).
 //! - A config with a bad hash stops the boot with a console message naming the stage; the
 //!   stamp stays, so booting the same disk with a good config provisions it.
 //!
@@ -252,11 +252,42 @@ fn fwcfg_config_is_applied_once() {
     check_main_config_applied(&mut vm, false);
 }
 
+/// The main config plus a second disk partitioned, formatted and mounted under /var,
+/// embedded in a `metal` image: one boot checks both.
 #[test]
-fn embedded_config_metal() {
-    let cfg = write_config("metal.ign", &main_config());
+fn embedded_config_metal_with_a_second_disk_under_var() {
+    let mut v = main_config();
+    v["storage"]["disks"] = json!([{
+        "device": "/dev/disk/by-id/virtio-kiln-data",
+        "wipeTable": true,
+        "partitions": [{"number": 1, "label": "kiln-data"}]
+    }]);
+    v["storage"]["filesystems"] = json!([{
+        "device": "/dev/disk/by-partlabel/kiln-data",
+        "format": "ext4",
+        "label": "kiln-data",
+        "path": "/var/data",
+        "wipeFilesystem": true
+    }]);
+    v["storage"]["files"].as_array_mut().unwrap().push(json!(
+        {"path": "/var/data/hello.txt", "mode": 420,
+         "contents": {"source": "data:,on%20the%20second%20disk"}}));
+    v["systemd"]["units"].as_array_mut().unwrap().push(json!(
+        {"name": "var-data.mount", "enabled": true,
+         "contents": "[Unit]\nBefore=local-fs.target\n[Mount]\nWhat=/dev/disk/by-label/kiln-data\nWhere=/var/data\nType=ext4\n[Install]\nWantedBy=local-fs.target\n"}));
+    let cfg = write_config("metal.ign", &v);
     let img = build_image("base-metal.qcow2", Some(cfg), None);
-    let mut vm = Vm::start(vm_options(&img, "firstboot-metal", None)).unwrap();
+    let data = work_dir().join("data-disk.raw");
+    let f = std::fs::File::create(&data).unwrap();
+    f.set_len(256 << 20).unwrap();
+    drop(f);
+    let mut o = vm_options(&img, "firstboot-metal", None);
+    o.disks.push(Disk {
+        path: data,
+        read_only: false,
+        serial: Some("kiln-data".into()),
+    });
+    let mut vm = Vm::start(o).unwrap();
     let t = common::boot_timeout();
     vm.wait_for(
         "using the Ignition config from /boot/ignition/config.ign",
@@ -273,52 +304,7 @@ fn embedded_config_metal() {
     // The config copy on /boot (secrets) went with the stamp.
     vm.run_ok("test ! -e /boot/ignition/config.ign", CMD)
         .unwrap();
-}
-
-#[test]
-fn second_disk_partitioned_formatted_and_mounted_under_var() {
-    let img = overlay(&qemu_image(), "disks.qcow2");
-    let data = work_dir().join("data-disk.raw");
-    let f = std::fs::File::create(&data).unwrap();
-    f.set_len(256 << 20).unwrap();
-    drop(f);
-    let cfg = write_config(
-        "disks.ign",
-        &json!({
-            "ignition": {"version": "3.3.0"},
-            "storage": {
-                "disks": [{
-                    "device": "/dev/disk/by-id/virtio-kiln-data",
-                    "wipeTable": true,
-                    "partitions": [{"number": 1, "label": "kiln-data"}]
-                }],
-                "filesystems": [{
-                    "device": "/dev/disk/by-partlabel/kiln-data",
-                    "format": "ext4",
-                    "label": "kiln-data",
-                    "path": "/var/data",
-                    "wipeFilesystem": true
-                }],
-                "files": [{"path": "/var/data/hello.txt", "mode": 420,
-                           "contents": {"source": "data:,on%20the%20second%20disk"}}]
-            },
-            "systemd": {"units": [
-                {"name": "var-data.mount", "enabled": true,
-                 "contents": "[Unit]\nBefore=local-fs.target\n[Mount]\nWhat=/dev/disk/by-label/kiln-data\nWhere=/var/data\nType=ext4\n[Install]\nWantedBy=local-fs.target\n"},
-                marker_unit()
-            ]}
-        }),
-    );
-    let mut o = vm_options(&img, "firstboot-disks", Some(&cfg));
-    o.disks.push(Disk {
-        path: data,
-        read_only: false,
-        serial: Some("kiln-data".into()),
-    });
-    let mut vm = Vm::start(o).unwrap();
-    let t = common::boot_timeout();
-    vm.wait_for(MARKER, t).unwrap();
-    vm.login(t).unwrap();
+    // The second disk.
     let m = vm
         .run_ok("findmnt -n -o SOURCE,FSTYPE,LABEL /var/data", CMD)
         .unwrap();
