@@ -22,6 +22,12 @@ pub struct Tls {
 
 impl Tls {
     pub fn new(dir: &Path) -> Tls {
+        Tls::for_ips(dir, &["127.0.0.1"])
+    }
+
+    /// A server certificate valid for each address of `ips` (a VM reaches the registry
+    /// at its guestfwd address, the host at 127.0.0.1).
+    pub fn for_ips(dir: &Path, ips: &[&str]) -> Tls {
         std::fs::create_dir_all(dir).unwrap();
         let p = |n: &str| dir.join(n);
         let ssl = |args: &[&str]| {
@@ -55,7 +61,8 @@ impl Tls {
             "-out",
             &s(&p("server.csr")),
         ]);
-        std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        let san: Vec<String> = ips.iter().map(|ip| format!("IP:{ip}")).collect();
+        std::fs::write(p("ext.cnf"), format!("subjectAltName={}\n", san.join(","))).unwrap();
         ssl(&[
             "x509",
             "-req",
