@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 pub const EXEC_ENV: &str = "OSTREE_GRUB2_EXEC";
 /// The boot version libostree passes to the generator.
 pub const BOOTVERSION_ENV: &str = "_OSTREE_GRUB2_BOOTVERSION";
-/// Seconds GRUB shows the menu before it boots the default entry.
-pub const TIMEOUT_SECS: u32 = 3;
+/// Seconds GRUB shows the menu before it boots the default entry (Fedora CoreOS: 1).
+pub const TIMEOUT_SECS: u32 = 1;
 
 /// One BLS entry (`boot/loader.N/entries/*.conf`), the keys the menu needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,7 +316,7 @@ mod tests {
         assert_eq!(es.len(), 2);
         assert_eq!(es[0].version, "2");
         let cfg = render(Some(1), &es);
-        assert!(cfg.contains("set default=0\nset timeout=3\n"), "{cfg}");
+        assert!(cfg.contains("set default=0\nset timeout=1\n"), "{cfg}");
         assert!(cfg.contains("set fallback=1\n"), "{cfg}");
         let k = "/ostree/kiln-ab/vmlinuz-6.1.0 root=LABEL=root rw $ignition_firstboot \
                  ostree=/ostree/boot.1/kiln/ab/0";
