@@ -192,9 +192,10 @@ impl Apply<'_> {
                 continue;
             }
             if let Some(hidden) = name.strip_prefix(".wh.") {
-                self.dir(dir)?
-                    .remove(hidden, true)
-                    .with_context(|| format!("removing /{dir}/{hidden}"))?;
+                if let Some(d) = self.find_dir(dir) {
+                    d.remove(hidden, true)
+                        .with_context(|| format!("removing /{dir}/{hidden}"))?;
+                }
                 continue;
             }
             if kind.is_file() && e.size() == 0 && self.mount_point(&path)? {
@@ -215,16 +216,36 @@ impl Apply<'_> {
             return Ok(false);
         }
         let (dir, name) = split(path);
-        Ok(!matches!(self.dir(dir)?.lookup(name), Ok((Some(_), _))))
+        Ok(!matches!(
+            self.find_dir(dir).map(|d| d.lookup(name)),
+            Some(Ok((Some(_), _)))
+        ))
     }
 
     fn entry(&mut self, e: &mut tar::Entry<Box<dyn Read>>, path: &str) -> Result<()> {
         let h = e.header().clone();
         let kind = h.entry_type();
+        let (dir, name) = split(path);
+        if kind.is_hard_link() {
+            // The link shares its target's object (owner, mode and all).
+            let target = e
+                .link_name()?
+                .ok_or_else(|| anyhow!("a hard link without a target"))?
+                .to_string_lossy()
+                .into_owned();
+            let t = tree_path(&target).unwrap_or_default();
+            let (td, tn) = split(&t);
+            let Some(Ok((Some(c), _))) = self.find_dir(td).map(|d| d.lookup(tn)) else {
+                return Err(self.refuse(
+                    path,
+                    format!("a hard link to /{t}, which is not a file of the image"),
+                ));
+            };
+            return self.place(dir, name, &c);
+        }
         let (uid, gid) = (h.uid()? as u32, h.gid()? as u32);
         let perm = h.mode()? & 0o7777;
         let xattrs = xattrs(e)?;
-        let (dir, name) = split(path);
         if kind.is_dir() {
             let meta = self.dirmeta(uid, gid, perm, xattrs.as_ref())?;
             let parent = self.dir(dir)?;
@@ -245,23 +266,6 @@ impl Apply<'_> {
                 .write_symlink(None, uid, gid, xattrs.as_ref(), &target, cancel())
                 .context("writing a symlink object")?
                 .to_string()
-        } else if kind.is_hard_link() {
-            let target = e
-                .link_name()?
-                .ok_or_else(|| anyhow!("a hard link without a target"))?
-                .to_string_lossy()
-                .into_owned();
-            let t = tree_path(&target).unwrap_or_default();
-            let (td, tn) = split(&t);
-            match self.dir(td)?.lookup(tn) {
-                Ok((Some(c), _)) => c.to_string(),
-                _ => {
-                    return Err(self.refuse(
-                        path,
-                        format!("a hard link to /{t}, which is not a file of the image"),
-                    ))
-                }
-            }
         } else if kind.is_file() || kind == tar::EntryType::Continuous {
             let mut data = Vec::with_capacity(h.size()? as usize);
             e.read_to_end(&mut data).context("reading file content")?;
@@ -281,12 +285,29 @@ impl Apply<'_> {
             // PAX/GNU headers are consumed by the tar reader; anything else is not a file.
             return Err(self.refuse(path, format!("a tar entry of type {kind:?}")));
         };
+        self.place(dir, name, &checksum)
+    }
+
+    /// Makes `dir/name` the content object `checksum` (replacing a directory there).
+    fn place(&mut self, dir: &str, name: &str, checksum: &str) -> Result<()> {
         let parent = self.dir(dir)?;
         if let Ok((_, Some(_))) = parent.lookup(name) {
             parent.remove(name, false)?;
         }
-        parent.replace_file(name, &checksum)?;
+        parent.replace_file(name, checksum)?;
         Ok(())
+    }
+
+    /// The directory at `path`, if there is one.
+    fn find_dir(&self, path: &str) -> Option<ostree::MutableTree> {
+        let mut d = self.root.clone();
+        for c in path.split('/').filter(|c| !c.is_empty()) {
+            d = match d.lookup(c) {
+                Ok((_, Some(sub))) => sub,
+                _ => return None,
+            };
+        }
+        Some(d)
     }
 
     /// The directory at `path`, created (0755 root) where missing or a file.
@@ -342,10 +363,11 @@ impl Apply<'_> {
 
     /// Some `usr/lib/modules/VER` has `vmlinuz` and `initramfs.img`.
     fn check_kernel(&mut self) -> Result<()> {
-        let modules = self.dir("usr/lib/modules")?;
         let mut found = false;
-        let mut vers: Vec<(String, ostree::MutableTree)> =
-            modules.copy_subdirs().into_iter().collect();
+        let mut vers: Vec<(String, ostree::MutableTree)> = self
+            .find_dir("usr/lib/modules")
+            .map(|m| m.copy_subdirs().into_iter().collect())
+            .unwrap_or_default();
         vers.sort_by(|a, b| a.0.cmp(&b.0));
         for (ver, d) in vers {
             let files = d.copy_files();
@@ -378,7 +400,7 @@ impl Apply<'_> {
 
     fn read_file(&mut self, path: &str) -> Result<Option<String>> {
         let (dir, name) = split(path);
-        let Ok((Some(c), _)) = self.dir(dir)?.lookup(name) else {
+        let Some(Ok((Some(c), _))) = self.find_dir(dir).map(|d| d.lookup(name)) else {
             return Ok(None);
         };
         let (input, _, _) = self
