@@ -68,7 +68,7 @@ fn ls(repo: &Path, commit: &str, path: &str) -> Vec<String> {
         .read()
         .unwrap_or_default()
         .split('\0')
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.is_empty() && *l != path)
         .map(|l| l.rsplit('/').next().unwrap().to_string())
         .collect()
 }
