@@ -124,6 +124,33 @@ pub fn parse_rfc2822(s: &str) -> Option<u64> {
     u64::try_from(t).ok()
 }
 
+/// Seconds since the epoch of an RFC 3339 UTC time (`2026-12-07T17:45:01.5Z`, as OCI
+/// image configs write `created`); fractions are dropped, offsets applied.
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let (date, time) = s.split_once(['T', 't', ' '])?;
+    let mut d = date.splitn(3, '-');
+    let y: i64 = d.next()?.parse().ok()?;
+    let mo: i64 = d.next()?.parse().ok()?;
+    let day: i64 = d.next()?.parse().ok()?;
+    let (clock, off) = if let Some(c) = time.strip_suffix(['Z', 'z']) {
+        (c, 0)
+    } else {
+        let i = time.rfind(['+', '-'])?;
+        let (c, z) = time.split_at(i);
+        let (h, m) = z[1..].split_once(':')?;
+        let secs = h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60;
+        (c, if z.starts_with('-') { -secs } else { secs })
+    };
+    let mut hms = clock.split(':');
+    let h: i64 = hms.next()?.parse().ok()?;
+    let m: i64 = hms.next()?.parse().ok()?;
+    let sec: i64 = hms.next()?.split('.').next()?.parse().ok()?;
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    u64::try_from(days_from_civil(y, mo, day) * 86400 + h * 3600 + m * 60 + sec - off).ok()
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -168,6 +195,21 @@ pub fn remember(cache_dir: &Path, unpinned_key: &str, epoch: u64) -> Result<()> 
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20.123456789Z"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-15T00:13:20+02:00"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(parse_rfc3339("2023-13-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
 
     #[test]
     fn rfc2822_dates() {

@@ -194,6 +194,8 @@ fn deploy_image(a: DeployArgs, rebase: bool) -> Result<()> {
         a.rev,
         a.sys.sysroot.display()
     ));
+    // libostree prints "Freed objects: ..." on stdout when it prunes.
+    let _stdout = a.sys.json.then(StdoutToStderr::new);
     let out = super::image::deploy_image(
         &a.sys.sysroot,
         &os,
@@ -202,6 +204,7 @@ fn deploy_image(a: DeployArgs, rebase: bool) -> Result<()> {
         a.containers_dir.as_deref(),
         rebase,
     );
+    drop(_stdout);
     if out.is_ok() {
         stage.done();
     }

@@ -71,7 +71,7 @@ fn fetch(
     transport::pull(img, cache, cfg)?;
     safety::point("image:pulled");
     let dir = OciDir::open(cache)?;
-    import::import(repo, &dir, transport::PULL_TAG, false)
+    import::import(repo, &dir, transport::PULL_TAG, &img.transport)
         .with_context(|| format!("importing {}", img.transport))
 }
 
@@ -226,7 +226,7 @@ pub(crate) fn upgrade(
     let cache = cache_dir(path, os);
     // Nothing to download when the registry's image is the one deployed.
     if let Ok(remote) = transport::inspect(&img, &cfg) {
-        if remote.labels.get(labels::COMMIT) == Some(&from) {
+        if is_deployed(&remote, &from_info) {
             return Ok(UpgradeOutcome::UpToDate {
                 refspec: img.canonical(),
                 checksum: from,
@@ -272,6 +272,15 @@ pub(crate) fn upgrade(
     })
 }
 
+/// The registry's image is the deployed commit: the commit it names, or (a derived image,
+/// whose label names its base) the manifest the deployed commit was made from.
+fn is_deployed(remote: &transport::Remote, from: &crate::repo::CommitInfo) -> bool {
+    remote.labels.get(labels::COMMIT) == Some(&from.checksum)
+        || (!remote.digest.is_empty()
+            && from.meta_str(crate::repo::oci::derive::MANIFEST_DIGEST)
+                == Some(remote.digest.as_str()))
+}
+
 /// `--check`: the registry's manifest and config only (no layer is downloaded).
 fn check(
     sysroot: &ostree::Sysroot,
@@ -283,6 +292,13 @@ fn check(
     let from = base.csum().to_string();
     let from_info = crate::repo::read_commit(&sysroot.repo(), &from)?;
     let remote = transport::inspect(img, cfg)?;
+    if is_deployed(&remote, &from_info) {
+        return Ok(UpgradeOutcome::UpToDate {
+            refspec: img.canonical(),
+            checksum: from,
+            version: from_info.version,
+        });
+    }
     let to = remote.labels.get(labels::COMMIT).cloned().ok_or_else(|| {
         anyhow!(
             "{} has no {} label: not an OSTree image",

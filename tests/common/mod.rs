@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod booted;
+pub mod derived;
 pub mod fleet;
 pub mod fleetlock;
 pub mod install;

@@ -197,6 +197,17 @@ pub fn commit_layer(out: &OciDir, repo: &ostree::Repo, commit: &str, w: &Walk) -
             ostree::DirMetaParsed::from_variant(&v).map_err(|e| anyhow!("dirmeta {m}: {e}"))?;
         dir(&mut b, &tar_path(p), dm.mode, dm.uid, dm.gid)?;
     }
+    for (p, e) in super::varview::entries(repo, &w.content)? {
+        vartmp |= p == "var/tmp";
+        match e {
+            super::varview::Entry::Dir { mode, uid, gid } => dir(&mut b, &p, mode, uid, gid)?,
+            super::varview::Entry::Link(target) => {
+                let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
+                b.append_link(&mut h, &p, &target)
+                    .with_context(|| format!("writing the link {p} into a layer"))?;
+            }
+        }
+    }
     if !vartmp {
         dir(&mut b, "var/tmp", 0o1777, 0, 0)?;
     }

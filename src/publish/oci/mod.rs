@@ -7,6 +7,7 @@
 
 pub mod chunk;
 pub mod export;
+pub mod varview;
 
 use crate::repo::oci::layout::{
     ContainerConfig, Descriptor, ImageConfig, Manifest, OciDir, RootFs,

@@ -3,10 +3,10 @@
 //! checksums, so libostree verifies each one; the commit's checksum is the one the image
 //! config names (`ostree.commit`). Entries outside the object store (the hard links that
 //! make the image a container filesystem) are skipped; a layer with files but no objects
-//! is a derived layer (`podman build`), which [`import`] refuses with a clear error
-//! naming what to do.
+//! is a derived layer (`podman build`), applied on the commit by [`derive`].
 
-use super::layout::{Manifest, OciDir, MEDIA_LAYER_GZIP, MEDIA_LAYER_TAR};
+use super::derive;
+use super::layout::{Descriptor, Manifest, OciDir, MEDIA_LAYER_GZIP, MEDIA_LAYER_TAR};
 use super::{labels, OBJECTS_DIR};
 use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
@@ -24,8 +24,13 @@ pub struct Imported {
     pub manifest_digest: String,
     /// Objects written (the rest were in the repo already).
     pub objects_written: u64,
-    /// Layers that carried no OSTree objects (derived image layers).
+    /// Layers that carried no OSTree objects (derived image layers, applied on
+    /// `base_commit`).
     pub derived_layers: Vec<String>,
+    /// The kiln commit a derived image was built on (`commit` is then the derived one).
+    pub base_commit: Option<String>,
+    /// Files under /var, /tmp and /run of derived layers, not in the commit.
+    pub dropped: Vec<String>,
 }
 
 /// Reads the image tagged `tag` in `dir` and returns (manifest digest, manifest, the commit
@@ -57,50 +62,50 @@ pub fn inspect(
     Ok((desc.digest, m, commit, labels))
 }
 
-/// Imports the OSTree layers of the image tagged `tag` into `repo` in one transaction.
-/// `allow_derived`: layers without OSTree objects are reported instead of refused.
-pub fn import(
-    repo: &ostree::Repo,
-    dir: &OciDir,
-    tag: &str,
-    allow_derived: bool,
-) -> Result<Imported> {
+/// Opens a layer blob as its uncompressed tar stream.
+fn open_layer(dir: &OciDir, layer: &Descriptor) -> Result<Box<dyn Read>> {
+    let path = dir.blob_path(&layer.digest)?;
+    let f =
+        std::fs::File::open(&path).with_context(|| format!("opening layer {}", path.display()))?;
+    Ok(match layer.media_type.as_str() {
+        MEDIA_LAYER_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)))
+        }
+        MEDIA_LAYER_TAR | "application/vnd.docker.image.rootfs.diff.tar" => {
+            Box::new(std::io::BufReader::new(f))
+        }
+        other => bail!(
+            "layer {} has media type {other}, which kiln cannot read",
+            layer.digest
+        ),
+    })
+}
+
+/// Imports the image tagged `tag` in `dir` into `repo` in one transaction: the objects of
+/// its OSTree layers, then the layers kiln did not write (a derived image) applied on
+/// that commit by [`derive::apply`]. `image` names the image in messages.
+pub fn import(repo: &ostree::Repo, dir: &OciDir, tag: &str, image: &str) -> Result<Imported> {
     let (digest, manifest, commit, labels) = inspect(dir, tag)?;
     let cancel = gio::Cancellable::NONE;
     repo.prepare_transaction(cancel)
         .context("starting a repo transaction")?;
     let mut written = 0;
-    let mut derived = Vec::new();
-    let res = (|| -> Result<()> {
+    let mut derived: Vec<&Descriptor> = Vec::new();
+    let res = (|| -> Result<Option<derive::Derived>> {
         for layer in &manifest.layers {
-            let path = dir.blob_path(&layer.digest)?;
-            let f = std::fs::File::open(&path)
-                .with_context(|| format!("opening layer {}", path.display()))?;
-            let r: Box<dyn Read> = match layer.media_type.as_str() {
-                MEDIA_LAYER_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
-                    Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)))
-                }
-                MEDIA_LAYER_TAR => Box::new(std::io::BufReader::new(f)),
-                other => bail!(
-                    "layer {} has media type {other}, which kiln cannot read",
-                    layer.digest
-                ),
-            };
-            let (n, objects) = import_layer(repo, r)
+            let (n, objects) = import_layer(repo, open_layer(dir, layer)?)
                 .with_context(|| format!("importing layer {}", layer.digest))?;
             written += n;
             if !objects {
-                derived.push(layer.digest.clone());
+                derived.push(layer);
+            } else if let Some(d) = derived.first() {
+                bail!(
+                    "{image}: layer {} holds OSTree objects but comes after layer {}, which \
+                     does not: kiln reads derived layers only on top of the base image's",
+                    layer.digest,
+                    d.digest
+                );
             }
-        }
-        if !derived.is_empty() && !allow_derived {
-            bail!(
-                "the image has {} layer(s) without OSTree objects (a derived image, e.g. \
-                 from `podman build`): {}; turn it into a commit with `kiln image --from-oci` \
-                 or publish it again with `kiln publish --oci`",
-                derived.len(),
-                derived.join(", ")
-            );
         }
         if !repo
             .has_object(ostree::ObjectType::Commit, &commit, cancel)
@@ -108,24 +113,58 @@ pub fn import(
         {
             bail!("the image's layers do not contain its commit {commit}");
         }
-        Ok(())
+        if derived.is_empty() {
+            return Ok(None);
+        }
+        let created = dir
+            .config(&manifest)?
+            .created
+            .as_deref()
+            .and_then(crate::compose::epoch::parse_rfc3339);
+        let streams = derived
+            .iter()
+            .map(|l| {
+                Ok(derive::LayerStream {
+                    digest: l.digest.clone(),
+                    reader: open_layer(dir, l)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        derive::apply(repo, image, &commit, streams, &digest, created).map(Some)
     })();
-    if let Err(e) = res {
-        let _ = repo.abort_transaction(cancel);
-        return Err(e);
-    }
+    let derived_commit = match res {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = repo.abort_transaction(cancel);
+            return Err(e);
+        }
+    };
     repo.commit_transaction(cancel)
         .context("committing the imported objects")?;
     let version = labels
         .get(labels::VERSION)
         .or_else(|| labels.get("version"))
         .cloned();
-    Ok(Imported {
-        commit,
-        version,
-        manifest_digest: digest,
-        objects_written: written,
-        derived_layers: derived,
+    let derived_layers = derived.iter().map(|l| l.digest.clone()).collect();
+    Ok(match derived_commit {
+        Some(d) => Imported {
+            commit: d.commit,
+            base_commit: Some(d.base),
+            version,
+            manifest_digest: digest,
+            objects_written: written,
+            derived_layers,
+            dropped: d.dropped,
+        },
+        None => Imported {
+            commit,
+            base_commit: None,
+            version,
+            manifest_digest: digest,
+            objects_written: written,
+            derived_layers,
+            dropped: Vec::new(),
+        },
     })
 }
 

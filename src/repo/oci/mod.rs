@@ -8,10 +8,12 @@
 //! list; layer annotations `ostree.components` name each layer's packages.
 //!
 //! Files: [`layout`] (OCI layout directories), [`import`] (layers → repo objects, verified
-//! against the commit's checksums), [`transport`] (registries through skopeo: pull into a
+//! against the commit's checksums), [`derive`] (layers from `podman build` applied on the
+//! base commit), [`transport`] (registries through skopeo: pull into a
 //! layout, which fetches only missing layers and enforces the containers signature
 //! policy; push, with signing). The writer is `crate::publish::oci`.
 
+pub mod derive;
 pub mod import;
 pub mod layout;
 pub mod transport;
