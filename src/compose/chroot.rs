@@ -4,7 +4,8 @@
 //! character devices) and a read-only `/sys`; they disappear with the namespace when the
 //! program exits, on success and on error alike, so nothing is ever left mounted on the
 //! host. The new network namespace has only a down loopback: no network. The new PID
-//! namespace means any daemon a script starts dies with it.
+//! namespace means any daemon a script starts dies with it, and its own `/proc` (mounted
+//! on the namespace's `/proc` too) shows only the namespace's processes.
 
 use crate::cmd::Cmd;
 use anyhow::Result;
@@ -26,16 +27,18 @@ ln -s /proc/self/fd/0 "$t/dev/stdin"
 ln -s /proc/self/fd/1 "$t/dev/stdout"
 ln -s /proc/self/fd/2 "$t/dev/stderr"
 mount -t sysfs -o ro kiln-sys "$t/sys"
-exec chroot "$t" "$@"
+exec "$@"
 "#;
 
 /// A command to run in `tree` with a clean environment plus `env`.
 pub fn command(tree: &Path, argv: &[&str], env: &[(&str, String)]) -> Cmd {
-    Cmd::new("unshare").args(unshare_args(tree, argv, env))
+    Cmd::new("unshare").args(unshare_args(tree, &[], argv, env))
 }
 
-/// [`command`] run under `strace OPTIONS -o TRACE` (strace on the host, tracing the whole
-/// chain: namespace setup, chroot, and the program with its children).
+/// [`command`] with the `chroot` run under `strace OPTIONS -o TRACE`. strace (the host's)
+/// starts inside the namespaces, after the setup: it sees the namespace's process ids
+/// (those `clone` returns) without translating each one, and traces only the chroot and
+/// what runs in it.
 pub fn traced(
     tree: &Path,
     argv: &[&str],
@@ -43,16 +46,21 @@ pub fn traced(
     options: &[&str],
     trace: &Path,
 ) -> Cmd {
-    Cmd::new("strace")
-        .args(options)
-        .arg("-o")
-        .arg(trace)
-        .arg("unshare")
-        .args(unshare_args(tree, argv, env))
+    let mut pre: Vec<OsString> = vec!["strace".into()];
+    pre.extend(options.iter().map(OsString::from));
+    pre.push("-o".into());
+    pre.push(trace.as_os_str().to_owned());
+    Cmd::new("unshare").args(unshare_args(tree, &pre, argv, env))
 }
 
-/// `unshare`'s arguments for running `argv` in `tree`.
-fn unshare_args(tree: &Path, argv: &[&str], env: &[(&str, String)]) -> Vec<OsString> {
+/// `unshare`'s arguments for running `argv` in `tree`, the `chroot` under `pre` (a
+/// program and its options) when not empty.
+fn unshare_args(
+    tree: &Path,
+    pre: &[OsString],
+    argv: &[&str],
+    env: &[(&str, String)],
+) -> Vec<OsString> {
     for d in ["proc", "dev", "sys"] {
         let _ = std::fs::create_dir_all(tree.join(d));
     }
@@ -62,6 +70,7 @@ fn unshare_args(tree: &Path, argv: &[&str], env: &[(&str, String)]) -> Vec<OsStr
         "--pid",
         "--fork",
         "--kill-child",
+        "--mount-proc",
         "--",
         "/bin/bash",
         "-c",
@@ -71,6 +80,9 @@ fn unshare_args(tree: &Path, argv: &[&str], env: &[(&str, String)]) -> Vec<OsStr
     .iter()
     .map(OsString::from)
     .collect();
+    a.push(tree.as_os_str().to_owned());
+    a.extend(pre.iter().cloned());
+    a.push("chroot".into());
     a.push(tree.as_os_str().to_owned());
     for x in [
         "/usr/bin/env",
