@@ -5,6 +5,7 @@
 pub mod booted;
 pub mod fleet;
 pub mod fleetlock;
+pub mod initramfs;
 pub mod install;
 pub mod oci;
 
