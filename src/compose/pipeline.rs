@@ -198,6 +198,7 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
         return Ok(unchanged);
     }
     require_root()?;
+    crate::cmd::require_tools(initramfs::HOST_TOOLS)?;
     // One compose at a time per cache dir (shared .deb cache, apt lists, logs).
     let _lock = CacheLock::acquire(&inputs.cache_dir.join("lock"))?;
     let log = inputs.log.clone();
