@@ -6,7 +6,6 @@ mod common;
 use kiln::repo::keys;
 use ostree::gio;
 use ostree::prelude::*;
-use std::io::Write;
 use std::path::Path;
 
 fn root_of(repo: &ostree::Repo, commit: &str) -> gio::File {
@@ -77,62 +76,6 @@ fn symlink_target(root: &gio::File, p: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Names in a newc cpio stream; concatenated archives and a compressed tail (gzip, zstd,
-/// xz, lz4) as dracut writes them.
-fn initramfs_names(data: &[u8]) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut off = 0;
-    while off + 6 <= data.len() {
-        if data[off] == 0 {
-            off += 1; // padding between archives
-            continue;
-        }
-        if &data[off..off + 6] != b"070701" {
-            let tool: &[&str] = match &data[off..off + 4] {
-                [0x1f, 0x8b, ..] => &["gzip", "-dc"],
-                [0x28, 0xb5, 0x2f, 0xfd] => &["zstd", "-dc"],
-                [0xfd, 0x37, 0x7a, 0x58] => &["xz", "-dc"],
-                [0x02, 0x21, 0x4c, 0x18] => &["lz4", "-dc"],
-                other => panic!("unknown initramfs segment at {off}: {other:02x?}"),
-            };
-            let mut child = std::process::Command::new(tool[0])
-                .args(&tool[1..])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut stdin = child.stdin.take().unwrap();
-            let tail = data[off..].to_vec();
-            let w = std::thread::spawn(move || {
-                let _ = stdin.write_all(&tail);
-            });
-            let out = child.wait_with_output().unwrap();
-            w.join().unwrap();
-            names.extend(initramfs_names(&out.stdout));
-            return names;
-        }
-        let hex = |a: usize| {
-            usize::from_str_radix(
-                std::str::from_utf8(&data[off + a..off + a + 8]).unwrap(),
-                16,
-            )
-            .unwrap()
-        };
-        let filesize = hex(54);
-        let namesize = hex(94);
-        let name_start = off + 110;
-        let name =
-            String::from_utf8_lossy(&data[name_start..name_start + namesize - 1]).into_owned();
-        let data_start = (name_start + namesize + 3) & !3;
-        off = (data_start + filesize + 3) & !3;
-        if name == "TRAILER!!!" {
-            continue;
-        }
-        names.push(name);
-    }
-    names
-}
-
 #[test]
 fn base_commit_has_the_ostree_layout_and_metadata() {
     let f = common::base_commit();
@@ -153,7 +96,7 @@ fn base_commit_has_the_ostree_layout_and_metadata() {
     let k = &kvers[0];
     assert!(exists(&root, &format!("usr/lib/modules/{k}/vmlinuz")));
     let initrd = contents(&root, &format!("usr/lib/modules/{k}/initramfs.img"));
-    let names = initramfs_names(&initrd);
+    let names = common::initramfs::names(&initrd);
     assert!(
         names.iter().any(|n| n.ends_with("ostree-prepare-root")),
         "no ostree-prepare-root among {} initramfs entries",

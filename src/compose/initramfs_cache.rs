@@ -77,12 +77,20 @@ pub struct Manifest {
 }
 
 /// The key of a dracut run: everything about it that is not a file in the tree.
-pub fn key(argv: &[&str], env: &[(&str, String)], kernel_args: &[String]) -> String {
+/// `post` names what turns dracut's output into the image (the compressor and its
+/// version).
+pub fn key(
+    argv: &[&str],
+    env: &[(&str, String)],
+    kernel_args: &[String],
+    post: &[String],
+) -> String {
     let v = serde_json::json!({
         "format": FORMAT,
         "argv": argv,
         "env": env,
         "kernel-args": kernel_args,
+        "post": post,
         "trace": super::dracut_trace::STRACE_ARGS,
     });
     hex::encode(Sha256::digest(v.to_string().as_bytes()))
@@ -349,6 +357,8 @@ pub struct Store {
 pub enum Lookup {
     /// The image was copied to the output.
     Reused,
+    /// A record was kept, but this input (tree path) is not as recorded.
+    Changed(String),
     /// No usable record: why.
     Miss(String),
 }
@@ -380,7 +390,7 @@ impl Store {
             return Ok(Lookup::Miss("the kept record is of another format".into()));
         }
         if let Some(p) = first_change(tree, &m, out)? {
-            return Ok(Lookup::Miss(format!("{p} changed")));
+            return Ok(Lookup::Changed(p));
         }
         let dst = tree.join(out.trim_start_matches('/'));
         let src = entry.join("initramfs.img");
@@ -580,8 +590,9 @@ mod tests {
         ));
         std::fs::write(t.join("usr/bin/dracut"), "y").unwrap();
         match s.lookup("k1", &t, "/out.img").unwrap() {
-            Lookup::Miss(why) => assert_eq!(why, "/usr/bin/dracut changed"),
+            Lookup::Changed(p) => assert_eq!(p, "/usr/bin/dracut"),
             Lookup::Reused => panic!("reused a stale image"),
+            Lookup::Miss(why) => panic!("{why}"),
         }
         std::fs::write(t.join("usr/bin/dracut"), "x").unwrap();
         std::fs::write(d.path().join("cache/initramfs/k1/initramfs.img"), "BAD").unwrap();

@@ -70,6 +70,9 @@ pub struct Reused {
     pub bootstrap: bool,
     /// The initramfs (`CACHE/initramfs`), every input of dracut unchanged.
     pub initramfs: bool,
+    /// When dracut ran again although an image built with the same options was kept: the
+    /// first of its recorded inputs found changed (a path in the tree).
+    pub initramfs_changed: Option<String>,
     /// Files of the tree hard-linked from the tree cache (`CACHE/trees`) instead of
     /// installed or copied.
     pub files_linked: u64,
@@ -195,6 +198,7 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
         return Ok(unchanged);
     }
     require_root()?;
+    crate::cmd::require_tools(initramfs::HOST_TOOLS)?;
     // One compose at a time per cache dir (shared .deb cache, apt lists, logs).
     let _lock = CacheLock::acquire(&inputs.cache_dir.join("lock"))?;
     let log = inputs.log.clone();
@@ -271,6 +275,7 @@ fn build_tree(
     s.done();
     p.note(&built.note);
     reuse.initramfs = built.reused;
+    reuse.initramfs_changed = built.changed;
     let s = p.stage("sbom");
     let subject = super::sbom::Subject {
         name: &recipe.name,

@@ -6,6 +6,7 @@ pub mod booted;
 pub mod derived;
 pub mod fleet;
 pub mod fleetlock;
+pub mod initramfs;
 pub mod install;
 pub mod oci;
 
