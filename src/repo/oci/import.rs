@@ -91,11 +91,18 @@ pub fn import(repo: &ostree::Repo, dir: &OciDir, tag: &str, image: &str) -> Resu
         .context("starting a repo transaction")?;
     let mut written = 0;
     let mut derived: Vec<&Descriptor> = Vec::new();
+    let mut indexes: Vec<(&str, Vec<String>)> = Vec::new();
     let res = (|| -> Result<Option<derive::Derived>> {
         for layer in &manifest.layers {
-            let (n, objects) = import_layer(repo, open_layer(dir, layer)?)
+            if derived.is_empty() && layer_already_imported(repo, dir, &layer.digest)? {
+                continue;
+            }
+            let (n, objects, listed) = import_layer(repo, open_layer(dir, layer)?)
                 .with_context(|| format!("importing layer {}", layer.digest))?;
             written += n;
+            if objects {
+                indexes.push((layer.digest.as_str(), listed));
+            }
             if !objects {
                 derived.push(layer);
             } else if let Some(d) = derived.first() {
@@ -141,6 +148,9 @@ pub fn import(repo: &ostree::Repo, dir: &OciDir, tag: &str, image: &str) -> Resu
     };
     repo.commit_transaction(cancel)
         .context("committing the imported objects")?;
+    for (digest, listed) in &indexes {
+        write_layer_index(dir, digest, listed)?;
+    }
     let version = labels
         .get(labels::VERSION)
         .or_else(|| labels.get("version"))
@@ -168,6 +178,49 @@ pub fn import(repo: &ostree::Repo, dir: &OciDir, tag: &str, image: &str) -> Resu
     })
 }
 
+fn layer_index_path(dir: &OciDir, digest: &str) -> Result<std::path::PathBuf> {
+    Ok(dir
+        .path
+        .join(super::LAYER_INDEX_DIR)
+        .join(super::layout::check_digest(digest)?))
+}
+
+/// Whether the layer `digest` was imported before and every object it held is still in
+/// `repo` (a pruned repo may have lost some: then it is read again).
+fn layer_already_imported(repo: &ostree::Repo, dir: &OciDir, digest: &str) -> Result<bool> {
+    let Ok(text) = std::fs::read_to_string(layer_index_path(dir, digest)?) else {
+        return Ok(false);
+    };
+    for line in text.lines() {
+        let Some((suffix, checksum)) = line.split_once(' ') else {
+            return Ok(false);
+        };
+        let ty = match (suffix, variant_type(suffix)) {
+            ("file", _) => ostree::ObjectType::File,
+            (_, Some((ty, _))) => ty,
+            _ => return Ok(false),
+        };
+        if !repo
+            .has_object(ty, checksum, gio::Cancellable::NONE)
+            .with_context(|| format!("looking up object {checksum}"))?
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn write_layer_index(dir: &OciDir, digest: &str, listed: &[String]) -> Result<()> {
+    let p = layer_index_path(dir, digest)?;
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut text = listed.join("\n");
+    text.push('\n');
+    crate::cleanup::write_atomic(&p, text.as_bytes())
+}
+
 /// (checksum, suffix) of an object path, or None for other entries.
 fn parse_object_path(p: &str) -> Option<(String, &str)> {
     let rest = p
@@ -191,8 +244,9 @@ fn variant_type(suffix: &str) -> Option<(ostree::ObjectType, &'static str)> {
     })
 }
 
-/// Writes the objects of one layer; returns (objects written, whether it had objects).
-fn import_layer(repo: &ostree::Repo, r: impl Read) -> Result<(u64, bool)> {
+/// Writes the objects of one layer; returns (objects written, whether it had objects,
+/// its objects as `SUFFIX CHECKSUM` lines, detached metadata left out).
+fn import_layer(repo: &ostree::Repo, r: impl Read) -> Result<(u64, bool, Vec<String>)> {
     let cancel = gio::Cancellable::NONE;
     let mut ar = tar::Archive::new(r);
     let mut xattrs: HashMap<String, Vec<u8>> = HashMap::new();
@@ -200,6 +254,7 @@ fn import_layer(repo: &ostree::Repo, r: impl Read) -> Result<(u64, bool)> {
     let mut written = 0;
     let mut objects = false;
     let mut files = false;
+    let mut listed = Vec::new();
     for e in ar.entries().context("reading the layer's tar stream")? {
         let mut e = e.context("reading the layer's tar stream")?;
         let path = e
@@ -214,6 +269,9 @@ fn import_layer(repo: &ostree::Repo, r: impl Read) -> Result<(u64, bool)> {
             continue;
         };
         objects = true;
+        if suffix == "file" || matches!(suffix, "commit" | "dirtree" | "dirmeta") {
+            listed.push(format!("{suffix} {checksum}"));
+        }
         match suffix {
             "file-xattrs" => {
                 let mut v = Vec::new();
@@ -268,7 +326,7 @@ fn import_layer(repo: &ostree::Repo, r: impl Read) -> Result<(u64, bool)> {
         }
     }
     // A layer of only directories (or nothing) counts as OSTree's own.
-    Ok((written, objects || !files))
+    Ok((written, objects || !files, listed))
 }
 
 fn write_file_object(

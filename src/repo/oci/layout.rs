@@ -249,6 +249,15 @@ impl OciDir {
                     .with_context(|| format!("removing {}", e.path().display()))?;
             }
         }
+        // The object lists of imported layers go with their blobs.
+        let lists = self.path.join(super::LAYER_INDEX_DIR);
+        for e in std::fs::read_dir(&lists).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&format!("sha256:{name}")) {
+                std::fs::remove_file(e.path())
+                    .with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
         Ok(freed)
     }
 }

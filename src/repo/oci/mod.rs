@@ -19,6 +19,11 @@ pub mod layout;
 pub mod transport;
 
 /// Image config labels and layer annotations of the ostree-container format.
+/// Where the objects of the OSTree layers already imported are listed, one file per
+/// layer digest, in the layout (the machine's layer cache): an upgrade reads only the
+/// layers it lacks instead of decompressing every cached one again.
+pub const LAYER_INDEX_DIR: &str = "kiln-layer-objects";
+
 pub mod labels {
     pub const COMMIT: &str = "ostree.commit";
     pub const BOOTABLE: &str = "ostree.bootable";
