@@ -232,6 +232,18 @@ fn publish_deploy_and_upgrade_move_only_changed_layers() {
         2,
         "v1 stays as rollback"
     );
+    // Every cached layer of v2 has the list of objects the next import checks instead of
+    // reading the layer again; lists of pruned layers went with their blobs.
+    let lists: Vec<String> = std::fs::read_dir(t.cache().join("kiln-layer-objects"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let blobs = t.cached_blobs();
+    assert!(lists.len() > 1, "{lists:?}");
+    assert!(
+        lists.iter().all(|l| blobs.contains(l)),
+        "{lists:?} {blobs:?}"
+    );
     // Up to date now, without pulling.
     let (code, out, _) = t.upgrade(&[]);
     assert_eq!(code, 0);
