@@ -539,7 +539,8 @@ mod tests {
         let mut three = info("three");
         three.packages = pk(&["z"]);
         tc.save(&three, &t, None).unwrap();
-        assert_eq!(got(&["a"], "b").as_deref(), Some("two"));
+        assert_ne!(got(&["a"], "b").as_deref(), Some("one"));
+        assert_eq!(got(&["a", "b"], "b").as_deref(), Some("two"));
     }
 
     #[test]
