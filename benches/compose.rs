@@ -237,6 +237,13 @@ fn incremental(
     std::fs::write(&r, added).unwrap();
     let (v, htop, _) = kiln_compose(&r, &repo, cache, None);
     show("htop added", &v, htop);
+    // "packages": only htop and its libraries installed on the cached root.
+    println!(
+        "  root: {} (installed {}; not reused because: {})",
+        v["reused"]["root"],
+        v["reused"]["packages"]["installed"],
+        v["reused"]["why_not"]["bootstrap"]
+    );
 
     // Cold: a cache with the .debs and apt lists only, against bare mmdebstrap. Twice:
     // as a new user's first compose (no epoch known: one mmdebstrap run to learn the

@@ -1,22 +1,30 @@
 //! Incremental compose against a compose from an empty cache, with the real pipeline
 //! (mmdebstrap against the configured mirror, dracut under strace, libostree). Needs root.
 //!
-//! One test, in order, in its own cache dirs (their `.deb`s and apt lists hardlinked from
+//! Each test works in its own cache dirs (their `.deb`s and apt lists hardlinked from
 //! `build/cache`, so no download is repeated; no cached root, no initramfs record). Each
 //! incremental result is compared with a compose of the same inputs from such an empty
 //! cache (OSTree content checksum of the root tree, and the metadata apart from parent,
-//! version and subject), or with an earlier one of the same inputs:
+//! version and subject).
+//!
+//! `package_changes_equal_composes_from_an_empty_cache`: a small recipe without kernel
+//! (minbase and `jq`), so each compose from scratch is one mmdebstrap: `htop` added and
+//! `jq` removed are built from the closest cached root by installing/removing just those
+//! packages; a package with a maintainer script (`less`) makes the compose bootstrap
+//! from scratch and say why.
+//!
+//! `overlay_and_dracut_changes_equal_a_compose_from_an_empty_cache`: the base recipe with
+//! kernel and dracut, once from scratch:
 //! 1. a first compose bootstraps, caches the root and builds the initramfs, whose record
 //!    covers the kernel's modules, dracut's configuration and its module directories;
 //! 2. one changed overlay file that dracut never reads: the root comes from the tree
-//!    cache by hard links, the initramfs is reused, the commit re-hashes almost nothing;
-//! 3. one changed file of a dracut module (in the overlay): the initramfs is rebuilt;
-//! 4. a package added (`htop`): bootstrapped again, equal to the from-scratch tree;
-//! 5. the package removed again: the cached root of step 3 is reused, and the tree equals
-//!    step 3's from-scratch tree;
-//! 6. a postprocess script that writes into a file of the root in place: the tree has it,
-//!    and (7) with the script gone again the tree equals step 3's: the script's write
-//!    never reached the cache.
+//!    cache by hard links, the initramfs is reused, the commit re-hashes almost nothing,
+//!    and the tree is the first one plus that file;
+//! 3. one changed file of a dracut module (in the overlay): the initramfs is rebuilt, and
+//!    the tree equals the one composed from an empty cache;
+//! 4. a postprocess script that writes into a file of the root in place: the tree has it,
+//!    and (5) with the script gone again the tree equals step 3's from-scratch tree: the
+//!    script's write never reached the cache.
 
 mod common;
 
@@ -95,7 +103,8 @@ fn metadata(repo: &Path, v: &serde_json::Value) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-/// The incremental result must be the from-scratch one: fails loudly with both checksums.
+/// The incremental result must be the from-scratch one: fails loudly with both checksums
+/// and `ostree diff`'s list of what differs.
 fn assert_same_tree(
     what: &str,
     inc: (&Path, &serde_json::Value),
@@ -108,12 +117,60 @@ fn assert_same_tree(
         metadata(scratch.0, scratch.1),
         "{what}: the commit metadata differ"
     );
-    assert_eq!(
-        a, b,
-        "{what}: the incremental tree ({}) differs from the tree composed from an empty \
-         cache ({}); compare them with `ostree diff`",
-        inc.1["commit"], scratch.1["commit"]
-    );
+    if a != b {
+        let (ci, cs) = (
+            inc.1["commit"].as_str().unwrap(),
+            scratch.1["commit"].as_str().unwrap(),
+        );
+        let diff = ostree_diff(inc.0, scratch.0, ci, cs);
+        panic!(
+            "{what}: the incremental tree ({ci}) differs from the tree composed from an \
+             empty cache ({cs}):\n{diff}"
+        );
+    }
+}
+
+/// `ostree diff` of commit `a` of repo `ra` against commit `b` of repo `rb` (pulled in).
+fn ostree_diff(ra: &Path, rb: &Path, a: &str, b: &str) -> String {
+    let repo = format!("--repo={}", ra.display());
+    let _ = std::process::Command::new("ostree")
+        .args([repo.as_str(), "pull-local"])
+        .arg(rb)
+        .arg(b)
+        .status();
+    let out = std::process::Command::new("ostree")
+        .args([repo.as_str(), "diff", a, b])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut text = list.clone() + &String::from_utf8_lossy(&out.stderr);
+    // The first lines of what changed in each modified file.
+    for path in list
+        .lines()
+        .filter_map(|l| l.strip_prefix('M'))
+        .map(str::trim)
+        .take(5)
+    {
+        let cat = |c: &str| {
+            let o = std::process::Command::new("ostree")
+                .args([repo.as_str(), "cat", c, path])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let (x, y) = (cat(a), cat(b));
+        let (xl, yl): (Vec<&str>, Vec<&str>) = (x.lines().collect(), y.lines().collect());
+        text.push_str(&format!("--- {path}\n"));
+        let mut shown = 0;
+        for i in 0..xl.len().max(yl.len()) {
+            let (l, r) = (xl.get(i).copied(), yl.get(i).copied());
+            if l != r && shown < 12 {
+                text.push_str(&format!("  line {}: {l:?} / {r:?}\n", i + 1));
+                shown += 1;
+            }
+        }
+    }
+    text
 }
 
 /// The one kept initramfs record of a cache dir.
@@ -130,8 +187,120 @@ fn record(cache: &Path) -> serde_json::Value {
     serde_json::from_slice(&text).unwrap()
 }
 
+/// A small recipe without kernel: minbase plus `packages`.
+fn small_recipe(dir: &Path, packages: &[&str]) -> PathBuf {
+    let list: Vec<String> = packages.iter().map(|p| format!("{p:?}")).collect();
+    let text = format!(
+        "name = \"small\"\nref = \"kiln/test/small\"\nversion = \"1.{{serial}}\"\n\
+         suite = \"bookworm\"\ncomponents = [\"main\"]\npackages = [{}]\n",
+        list.join(", ")
+    );
+    let p = dir.join("small.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The `name=version` list of a commit's packages.
+fn packages(repo: &Path, v: &serde_json::Value) -> Vec<String> {
+    let m = metadata(repo, v);
+    m["kiln.packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn has_package(list: &[String], name: &str) -> bool {
+    list.iter().any(|p| p.split('=').next() == Some(name))
+}
+
 #[test]
-fn incremental_composes_equal_composes_from_an_empty_cache() {
+fn package_changes_equal_composes_from_an_empty_cache() {
+    let root = common::project_root();
+    let td = tempfile::Builder::new()
+        .prefix("kiln-incremental-pkgs-")
+        .tempdir_in(root.join("build"))
+        .unwrap();
+    let w = td.path();
+    let seed = pristine(&w.join("seed"));
+    let cache = seeded_cache(&seed, &w.join("cache"));
+    let repo = w.join("repo");
+    let rdir = w.join("recipe");
+    std::fs::create_dir_all(&rdir).unwrap();
+    let scratch = |name: &str, pkgs: &[&str]| {
+        let d = w.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let r = small_recipe(&d, pkgs);
+        let c = seeded_cache(&seed, &d.join("cache"));
+        let v = compose(&r, &d.join("repo"), &c, &format!("{name}, empty cache"));
+        assert_eq!(v["reused"]["root"], "bootstrap", "{v}");
+        (d.join("repo"), v)
+    };
+
+    // The first compose bootstraps.
+    let r = small_recipe(&rdir, &["jq"]);
+    let v0 = compose(&r, &repo, &cache, "minbase + jq");
+    assert_eq!(v0["reused"]["root"], "bootstrap", "{v0}");
+    assert_eq!(v0["reused"]["initramfs"], false, "{v0}");
+    assert!(has_package(&packages(&repo, &v0), "jq"));
+
+    // htop added: only htop and its libraries are installed, on the cached root.
+    small_recipe(&rdir, &["jq", "htop"]);
+    let v1 = compose(&r, &repo, &cache, "htop added");
+    assert_eq!(v1["reused"]["root"], "packages", "{v1}");
+    let inst: Vec<&str> = v1["reused"]["packages"]["installed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert!(inst.iter().any(|p| p.starts_with("htop=")), "{v1}");
+    assert!(inst.len() <= 6, "only htop and its libraries: {v1}");
+    assert!(
+        v1["reused"]["files_not_rehashed"].as_u64().unwrap() > 2000,
+        "the commit takes the cached root's files by dev/ino: {v1}"
+    );
+    let (s1r, s1) = scratch("scratch-htop", &["jq", "htop"]);
+    assert_same_tree("htop added", (&repo, &v1), (&s1r, &s1));
+
+    // jq removed: purged with the libraries nothing else needs.
+    small_recipe(&rdir, &["htop"]);
+    let v2 = compose(&r, &repo, &cache, "jq removed");
+    assert_eq!(v2["reused"]["root"], "packages", "{v2}");
+    let removed = v2["reused"]["packages"]["removed"].to_string();
+    assert!(
+        removed.contains("\"jq\"") && removed.contains("libjq1"),
+        "{v2}"
+    );
+    let p2 = packages(&repo, &v2);
+    assert!(
+        !has_package(&p2, "jq") && !has_package(&p2, "libonig5"),
+        "{p2:?}"
+    );
+    let (s2r, s2) = scratch("scratch-nojq", &["htop"]);
+    assert_same_tree("jq removed", (&repo, &v2), (&s2r, &s2));
+
+    // A package with a maintainer script: bootstrapped from scratch, and said why.
+    small_recipe(&rdir, &["htop", "less"]);
+    let v3 = compose(&r, &repo, &cache, "less added");
+    assert_eq!(v3["reused"]["root"], "bootstrap", "{v3}");
+    let why = v3["reused"]["why_not"]["bootstrap"].as_str().unwrap_or("");
+    assert!(
+        why.contains("less has a") && why.contains("maintainer script"),
+        "{v3}"
+    );
+
+    // jq back: the two most recent roots are kept (htop; htop and less), so jq is
+    // installed on the first; the tree is step 2's from-scratch one.
+    small_recipe(&rdir, &["jq", "htop"]);
+    let v4 = compose(&r, &repo, &cache, "jq back");
+    assert_eq!(v4["reused"]["root"], "packages", "{v4}");
+    assert_same_tree("jq back", (&repo, &v4), (&s1r, &s1));
+}
+
+#[test]
+fn overlay_and_dracut_changes_equal_a_compose_from_an_empty_cache() {
     let root = common::project_root();
     let td = tempfile::Builder::new()
         .prefix("kiln-incremental-")
@@ -175,10 +344,10 @@ fn incremental_composes_equal_composes_from_an_empty_cache() {
         "the record holds what dracut looked for and did not find"
     );
 
-    // 2. An overlay file dracut never reads.
-    let motd = w.join("overlays/base/usr/share/kiln-incremental-test");
-    std::fs::create_dir_all(motd.parent().unwrap()).unwrap();
-    std::fs::write(&motd, "changed\n").unwrap();
+    // 2. An overlay file dracut never reads: the first tree plus that file.
+    let added = w.join("overlays/base/usr/share/kiln-incremental-test");
+    std::fs::create_dir_all(added.parent().unwrap()).unwrap();
+    std::fs::write(&added, "changed\n").unwrap();
     let v2 = compose(&recipe, &repo, &cache, "overlay change");
     assert_eq!(v2["reused"]["initramfs"], true, "{v2}");
     assert_eq!(v2["reused"]["bootstrap"], true, "{v2}");
@@ -192,19 +361,17 @@ fn incremental_composes_equal_composes_from_an_empty_cache() {
         unhashed * 10 > linked * 8,
         "the commit re-hashes only what changed: {v2}"
     );
-    let scratch2 = w.join("scratch2");
-    let c2 = seeded_cache(&seed, &scratch2.join("cache"));
-    let s2 = compose(
-        &recipe,
-        &scratch2.join("repo"),
-        &c2,
-        "overlay change, empty cache",
+    let (c1, c2) = (
+        v1["commit"].as_str().unwrap(),
+        v2["commit"].as_str().unwrap(),
     );
-    assert_eq!(s2["reused"]["initramfs"], false, "{s2}");
-    assert_same_tree(
-        "overlay change",
-        (&repo, &v2),
-        (&scratch2.join("repo"), &s2),
+    let diff = ostree_diff(&repo, &repo, c1, c2);
+    let lines: Vec<&str> = diff.lines().collect();
+    assert!(
+        lines.len() == 1
+            && lines[0].starts_with('A')
+            && lines[0].ends_with(" /usr/share/kiln-incremental-test"),
+        "the overlay file is the only difference:\n{diff}"
     );
 
     // 3. A file of one of kiln's dracut modules.
@@ -220,6 +387,7 @@ fn incremental_composes_equal_composes_from_an_empty_cache() {
     std::fs::write(&file, text).unwrap();
     let v3 = compose(&recipe, &repo, &cache, "dracut module change");
     assert_eq!(v3["reused"]["initramfs"], false, "{v3}");
+    assert!(v3["reused"]["why_not"]["initramfs"].is_string(), "{v3}");
     let scratch3 = w.join("scratch3");
     let c3 = seeded_cache(&seed, &scratch3.join("cache"));
     let s3 = compose(
@@ -228,38 +396,16 @@ fn incremental_composes_equal_composes_from_an_empty_cache() {
         &c3,
         "module change, empty cache",
     );
+    assert_eq!(s3["reused"]["initramfs"], false, "{s3}");
     assert_same_tree(
-        "dracut module change",
+        "overlay and dracut module change",
         (&repo, &v3),
         (&scratch3.join("repo"), &s3),
     );
     assert_ne!(content(&repo, &v2), content(&repo, &v3));
 
-    // 4. A package added: bootstrapped again (the root's key changed).
+    // 4. A script that appends to a file of the root: the tree has the change...
     let text = std::fs::read_to_string(&recipe).unwrap();
-    let added = text.replacen("packages = [", "packages = [\n    \"htop\",", 1);
-    assert_ne!(text, added, "the recipe has a packages list");
-    std::fs::write(&recipe, &added).unwrap();
-    let v4 = compose(&recipe, &repo, &cache, "htop added");
-    assert_eq!(v4["reused"]["bootstrap"], false, "{v4}");
-    let scratch4 = w.join("scratch4");
-    let c4 = seeded_cache(&seed, &scratch4.join("cache"));
-    let s4 = compose(
-        &recipe,
-        &scratch4.join("repo"),
-        &c4,
-        "htop added, empty cache",
-    );
-    assert_same_tree("htop added", (&repo, &v4), (&scratch4.join("repo"), &s4));
-    assert_ne!(content(&repo, &v3), content(&repo, &v4));
-
-    // 5. Removed again: step 3's cached root is reused.
-    std::fs::write(&recipe, &text).unwrap();
-    let v5 = compose(&recipe, &repo, &cache, "htop removed");
-    assert_eq!(v5["reused"]["bootstrap"], true, "{v5}");
-    assert_same_tree("htop removed", (&repo, &v5), (&scratch3.join("repo"), &s3));
-
-    // 6. A script that appends to a file of the root: the tree has the change...
     let script = w.join("recipes/append.sh");
     std::fs::write(
         &script,
@@ -273,10 +419,10 @@ fn incremental_composes_equal_composes_from_an_empty_cache() {
     );
     assert_ne!(text, with_script, "the recipe has a remove-files list");
     std::fs::write(&recipe, &with_script).unwrap();
-    let v6 = compose(&recipe, &repo, &cache, "script writing in place");
-    assert_eq!(v6["reused"]["bootstrap"], true, "{v6}");
+    let v4 = compose(&recipe, &repo, &cache, "script writing in place");
+    assert_eq!(v4["reused"]["bootstrap"], true, "{v4}");
     let r = kiln::repo::open(&repo).unwrap();
-    let t = kiln::repo::tree::CommitTree::open(&r, v6["commit"].as_str().unwrap()).unwrap();
+    let t = kiln::repo::tree::CommitTree::open(&r, v4["commit"].as_str().unwrap()).unwrap();
     let motd = t
         .read("/usr/share/base-files/motd")
         .expect("motd in the tree");
@@ -285,13 +431,13 @@ fn incremental_composes_equal_composes_from_an_empty_cache() {
         "the script ran on the tree"
     );
 
-    // 7. ...and never reached the cache: without the script the tree is step 3's again.
+    // 5. ...and never reached the cache: without the script the tree is step 3's again.
     std::fs::write(&recipe, &text).unwrap();
-    let v7 = compose(&recipe, &repo, &cache, "script removed");
-    assert_eq!(v7["reused"]["bootstrap"], true, "{v7}");
+    let v5 = compose(&recipe, &repo, &cache, "script removed");
+    assert_eq!(v5["reused"]["bootstrap"], true, "{v5}");
     assert_same_tree(
         "script removed",
-        (&repo, &v7),
+        (&repo, &v5),
         (&scratch3.join("repo"), &s3),
     );
 }

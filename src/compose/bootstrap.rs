@@ -161,6 +161,29 @@ pub fn key(
     Ok(hex::encode(Sha256::digest(v.to_string().as_bytes())))
 }
 
+/// The part of [`key`] that does not depend on the package selection or the epoch:
+/// suite, components, apt sources and their `InRelease` hashes, mmdebstrap's version and
+/// kiln's hooks. Roots with the same base differ only in which packages were installed
+/// (and the epoch), so one can be turned into another by installing and removing
+/// packages ([`super::delta`]).
+pub fn base_key(recipe: &Recipe, sources: &[AptSource], mirror_state: &[String]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mmdebstrap = Cmd::new("mmdebstrap")
+        .arg("--version")
+        .read()
+        .context("asking mmdebstrap for its version")?;
+    let v = serde_json::json!({
+        "format": "kiln-bootstrap-base-1",
+        "hooks": [HOOK_IN, HOOK_OUT],
+        "mmdebstrap": mmdebstrap,
+        "suite": recipe.suite,
+        "components": recipe.components,
+        "sources": sources.iter().map(|s| s.line()).collect::<Vec<_>>(),
+        "mirror": mirror_state,
+    });
+    Ok(hex::encode(Sha256::digest(v.to_string().as_bytes())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +235,10 @@ mod tests {
         let m2 = vec!["http://deb.debian.org/debian bookworm ab".to_string()];
         assert_ne!(k, key(&r, &src, &m2, None).unwrap());
         assert_ne!(k, key(&r, &src, &m, Some(1)).unwrap());
+        let b = base_key(&r, &src, &m).unwrap();
+        let mut r3 = r.clone();
+        r3.packages.push("htop".into());
+        assert_eq!(b, base_key(&r3, &src, &m).unwrap());
+        assert_ne!(b, base_key(&r, &src, &m2).unwrap());
     }
 }

@@ -91,6 +91,11 @@ pub fn convert(tree: &Path, host_hostname: Option<&str>) -> Result<LayoutReport>
         std::fs::rename(&dpkg_src, &dpkg_dst)
             .with_context(|| format!("moving the dpkg database to {DPKG_DB}"))?;
     }
+    // dpkg's backups hold the database before its last run: they depend on the order
+    // packages were installed in, not on what is installed.
+    for f in ["status-old", "diversions-old", "statoverride-old"] {
+        drop_path(&dpkg_dst.join(f))?;
+    }
     // Drop what must not ship: logs, apt lists and caches, lock files.
     for p in [
         "var/lib/apt/lists",
@@ -108,6 +113,8 @@ pub fn convert(tree: &Path, host_hostname: Option<&str>) -> Result<LayoutReport>
             drop_path(&full)?;
         }
     }
+
+    sort_extended_states(&tree.join("var/lib/apt/extended_states"))?;
 
     // /etc -> /usr/etc (tmpfiles.d under etc is read from there below).
     std::fs::rename(tree.join("etc"), tree.join("usr/etc")).context("moving etc to usr/etc")?;
@@ -474,6 +481,32 @@ fn drop_files_below(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// apt's `extended_states` (the automatically-installed marks) with its stanzas sorted:
+/// apt keeps the stanzas of earlier runs in their place and appends new ones, so the file
+/// would otherwise depend on the order packages were installed in, not on the marks.
+fn sort_extended_states(p: &Path) -> Result<()> {
+    let text = match std::fs::read_to_string(p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    };
+    let mut stanzas: Vec<String> = text
+        .split("\n\n")
+        .map(|s| s.trim_matches('\n'))
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("{s}\n"))
+        .collect();
+    stanzas.sort();
+    let sorted: String = stanzas.iter().map(|s| format!("{s}\n")).collect();
+    if sorted != text {
+        let mode = std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .with_context(|| format!("stat {}", p.display()))?;
+        write_file(p, sorted.as_bytes(), mode)?;
+    }
+    Ok(())
+}
+
 fn drop_path(p: &Path) -> Result<()> {
     super::overlay::remove_any(p)
 }
@@ -573,6 +606,22 @@ mod tests {
         std::os::unix::fs::symlink("boot/vmlinuz-6", t.join("vmlinuz")).unwrap();
         std::fs::set_permissions(t.join("var/tmp"), PermissionsExt::from_mode(0o1777)).unwrap();
         std::os::unix::fs::chown(t.join("usr/local/bin"), None, Some(50)).unwrap();
+    }
+
+    #[test]
+    fn extended_states_are_sorted_whatever_order_apt_wrote_them_in() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("extended_states");
+        let a = "Package: libb\nArchitecture: amd64\nAuto-Installed: 1\n\n";
+        let b = "Package: liba\nArchitecture: amd64\nAuto-Installed: 1\n\n";
+        std::fs::write(&p, format!("{a}{b}")).unwrap();
+        sort_extended_states(&p).unwrap();
+        let one = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(one, format!("{b}{a}"));
+        std::fs::write(&p, format!("{b}{a}")).unwrap();
+        sort_extended_states(&p).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), one);
+        sort_extended_states(&d.path().join("absent")).unwrap();
     }
 
     #[test]

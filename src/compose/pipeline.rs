@@ -2,8 +2,13 @@
 //! remove-files → kiln binary → initramfs → package list → layout → commit.
 
 pub use super::cachelock::CacheLock;
+use super::checks::check_no_build_paths;
+pub use super::checks::installed_packages;
+use super::inputs::Inputs;
+use super::root::bootstrap_tree;
+pub use super::root::{PackageDelta, Reused};
 use super::{
-    bootstrap, epoch as epochs, initramfs, inputhash, layout, overlay, postprocess, sources,
+    bootstrap, epoch as epochs, initramfs, layout, overlay, postprocess, sources,
     treecache::{Checkout, TreeCache},
 };
 use crate::progress::Progress;
@@ -61,24 +66,6 @@ pub struct ComposeOutcome {
     pub content_bytes_written: u64,
     /// Where the chatty tools' output went.
     pub log: PathBuf,
-}
-
-/// Which stages' results came from the cache (`"reused"` in `--json`).
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Reused {
-    /// The bootstrapped root (`CACHE/trees`, [`super::treecache`]).
-    pub bootstrap: bool,
-    /// The initramfs (`CACHE/initramfs`), every input of dracut unchanged.
-    pub initramfs: bool,
-    /// When dracut ran again although an image built with the same options was kept: the
-    /// first of its recorded inputs found changed (a path in the tree).
-    pub initramfs_changed: Option<String>,
-    /// Files of the tree hard-linked from the tree cache (`CACHE/trees`) instead of
-    /// installed or copied.
-    pub files_linked: u64,
-    /// Files the commit took by checksum from libostree's dev/ino cache, neither read nor
-    /// re-hashed (unchanged since the checkout).
-    pub files_not_rehashed: u64,
 }
 
 /// The build epoch and whether it is fixed: `SOURCE_DATE_EPOCH` wins, then the recipe's
@@ -205,16 +192,15 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
     std::fs::write(&log, b"").with_context(|| format!("truncating {}", log.display()))?;
     let work = WorkDir::new(&inputs.cache_dir.join("work"))?;
     let tree = work.path().join("tree");
-    let (tc, co, reused) = bootstrap_tree(recipe, &mut inputs, work.path(), &tree, &mut p)?;
-    let mut reuse = Reused {
-        bootstrap: reused,
-        files_linked: co.files(),
-        ..Default::default()
-    };
+    let (tc, co, mut reuse) = bootstrap_tree(recipe, &mut inputs, work.path(), &tree, &mut p)?;
+    let reused = reuse.bootstrap;
+    reuse.files_linked = co.files();
     let r = build_tree(recipe, &inputs, &tree, work.path(), &co, &mut p, &mut reuse);
     let r = r.and_then(|(packages, kver)| {
         let cache = (&tc, &co);
-        let (res, version) = commit_tree(recipe, &inputs, &tree, packages, cache, &mut p)?;
+        let bootable = kver.is_some();
+        let (res, version) =
+            commit_tree(recipe, &inputs, &tree, (packages, bootable), cache, &mut p)?;
         Ok((res, version, kver))
     });
     if r.is_err() && matches!(TreeCache::changed_in_place(&co, &tree), Ok(v) if v.is_empty()) {
@@ -225,8 +211,10 @@ pub fn compose(recipe: &Recipe, opts: &ComposeOptions) -> Result<ComposeOutcome>
     let (res, version, kver) = r?;
     reuse.files_not_rehashed = res.devino_hits;
     p.note(&format!(
-        "committed {} {version} (kernel {kver}) as {}",
-        recipe.ref_, res.checksum
+        "committed {} {version} (kernel {}) as {}",
+        recipe.ref_,
+        kver.as_deref().unwrap_or("none"),
+        res.checksum
     ));
     if let Some(dst) = &opts.keep_tree {
         keep_tree(&tree, dst, &log)?;
@@ -257,25 +245,40 @@ fn build_tree(
     co: &Checkout,
     p: &mut Progress,
     reuse: &mut Reused,
-) -> Result<(Vec<String>, String)> {
+) -> Result<(Vec<String>, Option<String>)> {
     let log = inputs.log.clone();
     customize(recipe, inputs, tree, work, p)?;
-    let s = p.stage("initramfs");
-    let built = initramfs::build(
-        tree,
-        &initramfs::Request {
-            extra_modules: &recipe.dracut_modules,
-            kernel_args: &recipe.kernel_args,
-            epoch: inputs.epoch,
-            cache_dir: Some(&inputs.cache_dir),
-            work,
-            log: &log,
-        },
-    )?;
-    s.done();
-    p.note(&built.note);
-    reuse.initramfs = built.reused;
-    reuse.initramfs_changed = built.changed;
+    let kver = if has_kernel(tree) {
+        let s = p.stage("initramfs");
+        let built = initramfs::build(
+            tree,
+            &initramfs::Request {
+                extra_modules: &recipe.dracut_modules,
+                kernel_args: &recipe.kernel_args,
+                epoch: inputs.epoch,
+                cache_dir: Some(&inputs.cache_dir),
+                work,
+                log: &log,
+            },
+        )?;
+        s.done();
+        p.note(&built.note);
+        reuse.initramfs = built.reused;
+        reuse.initramfs_changed = built.changed;
+        if !built.reused {
+            reuse.why_not.insert("initramfs".into(), built.note.clone());
+        }
+        Some(built.kver)
+    } else {
+        p.note(
+            "initramfs: no kernel package installed (no /boot/vmlinuz-*): no initramfs, \
+             and the commit is not bootable",
+        );
+        reuse
+            .why_not
+            .insert("initramfs".into(), "no kernel in the tree".into());
+        None
+    };
     let s = p.stage("sbom");
     let subject = super::sbom::Subject {
         name: &recipe.name,
@@ -286,45 +289,19 @@ fn build_tree(
     super::sbom::write_into(tree, &inputs.cache_dir.join("debs"), &subject)?;
     s.done();
     let packages = to_ostree_layout(tree, work, co, p)?;
-    Ok((packages, built.kver))
+    Ok((packages, kver))
 }
 
-/// Everything the no-change decision and the later stages need, found before any
-/// download but InRelease.
-struct Inputs {
-    cache_dir: PathBuf,
-    repo: ostree::Repo,
-    srcs: Vec<sources::AptSource>,
-    /// The mirror state (InRelease hashes), updated to what apt saw at bootstrap.
-    mirror: Vec<String>,
-    rjson: serde_json::Value,
-    /// The bytes that go into the tree as usr/bin/kiln, and their sha256.
-    kiln_tree_bin: Vec<u8>,
-    kiln_sha: String,
-    kiln_version: String,
-    /// The epoch everything is built with.
-    epoch: u64,
-    /// The epoch when known before bootstrap: fixed, or remembered for this package set.
-    pinned: Option<u64>,
-    input_hash: String,
-    previous: Option<String>,
-    history: Vec<repo::CommitInfo>,
-    log: PathBuf,
-}
-
-impl Inputs {
-    /// The input hash of `recipe` with `mirror` as the mirror state.
-    fn hash(&self, recipe: &Recipe, mirror: &[String]) -> Result<String> {
-        inputhash::compute(&inputhash::Inputs {
-            recipe_json: &self.rjson,
-            overlays: &recipe.overlays,
-            postprocess: &recipe.postprocess,
-            kiln_sha256: &self.kiln_sha,
-            kiln_version: &self.kiln_version,
-            fixed_epoch: self.pinned,
-            mirror_state: mirror,
+/// Whether a kernel package is installed (`/boot/vmlinuz-*`). A recipe without one
+/// composes a tree without kernel and initramfs (e.g. a container base), committed as
+/// not bootable.
+fn has_kernel(tree: &Path) -> bool {
+    std::fs::read_dir(tree.join("boot"))
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
         })
-    }
+        .unwrap_or(false)
 }
 
 /// The "inputs" stage: cache dir, repo, apt sources and mirror state, the kiln binary, the
@@ -414,7 +391,10 @@ fn unchanged(recipe: &Recipe, inputs: &Inputs, p: &Progress) -> Option<ComposeOu
         version: prev.version.clone().unwrap_or_default(),
         skipped: true,
         bootstrap_reused: false,
-        reused: Reused::default(),
+        reused: Reused {
+            root: "unchanged",
+            ..Default::default()
+        },
         input_hash: inputs.input_hash.clone(),
         stages: p.timings_json(),
         objects_written: 0,
@@ -432,98 +412,6 @@ fn require_root() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The "bootstrap" stage: the Debian root at `tree`, checked out by hard links from the
-/// tree cache when the same packages, sources and mirror state were bootstrapped before
-/// (else bootstrapped, cached and checked out the same way). Learns the epoch first when
-/// nothing fixes it, and updates the mirror state and input hash to what apt saw. Returns
-/// the cache, the checkout and whether the cached root was reused.
-fn bootstrap_tree(
-    recipe: &Recipe,
-    inputs: &mut Inputs,
-    work: &Path,
-    tree: &Path,
-    p: &mut Progress,
-) -> Result<(TreeCache, Checkout, bool)> {
-    let log = inputs.log.clone();
-    let cache_dir = inputs.cache_dir.clone();
-    let cache = bootstrap::CacheDirs::new(&cache_dir)?;
-    let s = p.stage("bootstrap");
-    let (tc, dropped) = TreeCache::open(&cache_dir)?;
-    let mut epoch_note = None;
-    if inputs.pinned.is_none() {
-        epoch_note = Some(learn_epoch(recipe, inputs, &cache, work)?);
-    }
-    let fixed_epoch = inputs.pinned;
-    let srcs = &inputs.srcs;
-    let bkey = bootstrap::key(recipe, srcs, &inputs.mirror, fixed_epoch)?;
-    let mut co = tc.checkout(&bkey, tree)?;
-    let reused = co.is_some();
-    if !reused {
-        bootstrap::bootstrap(recipe, srcs, tree, &cache, inputs.epoch, work, &log)
-            .with_context(|| format!("full log: {}", log.display()))?;
-    }
-    // apt may have seen a newer mirror state than the InRelease files fetched above.
-    let seen = sources::mirror_state_from_lists(srcs, &tree.join("var/lib/apt/lists"))?;
-    if seen != inputs.mirror {
-        inputs.input_hash = inputs.hash(recipe, &seen)?;
-        inputs.mirror = seen;
-    }
-    check_excluded(recipe, tree)?;
-    if !reused {
-        let k = bootstrap::key(recipe, &inputs.srcs, &inputs.mirror, fixed_epoch)?;
-        // Searched once here; later composes search only the files they add.
-        check_no_build_paths(tree, work, None)?;
-        tc.save(&k, tree)?;
-        co = tc.checkout(&k, tree)?;
-    }
-    let co = co.ok_or_else(|| anyhow!("the tree cache lost the root it just saved"))?;
-    s.done();
-    for n in [dropped, epoch_note].into_iter().flatten() {
-        p.note(&n);
-    }
-    if reused {
-        p.note(&format!(
-            "bootstrap: reused the cached root (same packages, sources and mirror state), \
-             {} files hard-linked",
-            co.files()
-        ));
-    }
-    Ok((tc, co, reused))
-}
-
-/// Neither SOURCE_DATE_EPOCH nor the recipe fixes the epoch: installs once to learn the
-/// newest changelog date, remembered for next time (docs/reproducible.md). Sets the epoch
-/// (and the input hash) when one is found; returns the note to show.
-fn learn_epoch(
-    recipe: &Recipe,
-    inputs: &mut Inputs,
-    cache: &bootstrap::CacheDirs,
-    work: &Path,
-) -> Result<String> {
-    let log = &inputs.log;
-    let probe = work.join("probe");
-    bootstrap::bootstrap(recipe, &inputs.srcs, &probe, cache, inputs.epoch, work, log)
-        .with_context(|| format!("full log: {}", log.display()))?;
-    let learned = epochs::newest_changelog(&probe)?;
-    super::overlay::remove_any(&probe)?;
-    let Some(e) = learned else {
-        return Ok(
-            "no package changelog has a date: building with the current time, so \
-                   this build is not reproducible (set SOURCE_DATE_EPOCH)"
-                .to_string(),
-        );
-    };
-    let ukey = bootstrap::key(recipe, &inputs.srcs, &inputs.mirror, None)?;
-    epochs::remember(&inputs.cache_dir, &ukey, e)?;
-    inputs.epoch = e;
-    inputs.pinned = Some(e);
-    inputs.input_hash = inputs.hash(recipe, &inputs.mirror)?;
-    Ok(format!(
-        "build epoch: {e}, the newest changelog date of the installed packages \
-         (set SOURCE_DATE_EPOCH to choose it)"
-    ))
 }
 
 /// The "overlays" and "postprocess" stages: the recipe's files, update policy, units,
@@ -578,7 +466,7 @@ fn commit_tree(
     recipe: &Recipe,
     inputs: &Inputs,
     tree: &Path,
-    packages: Vec<String>,
+    (packages, bootable): (Vec<String>, bool),
     (tc, co): (&TreeCache, &Checkout),
     p: &mut Progress,
 ) -> Result<(repo::CommitResult, String)> {
@@ -631,7 +519,7 @@ fn commit_tree(
         subject: Some(format!("{} {version}", recipe.name)),
         timestamp: epoch,
         metadata: md,
-        bootable: true,
+        bootable,
     };
     let changed = TreeCache::changed_in_place(co, tree)?;
     let mut note = None;
@@ -688,45 +576,6 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-/// `name=version` of every installed package, sorted.
-pub fn installed_packages(admindir: &Path) -> Result<Vec<String>> {
-    let out = crate::cmd::Cmd::new("dpkg-query")
-        .arg(format!("--admindir={}", admindir.display()))
-        .args(["-W", "-f", "${db:Status-Abbrev}\t${Package}=${Version}\n"])
-        .read()
-        .context("listing the tree's installed packages")?;
-    let mut v: Vec<String> = out
-        .lines()
-        .filter(|l| l.starts_with("ii"))
-        .filter_map(|l| l.split('\t').nth(1).map(String::from))
-        .collect();
-    v.sort();
-    v.dedup();
-    Ok(v)
-}
-
-fn check_excluded(recipe: &Recipe, tree: &Path) -> Result<()> {
-    if recipe.exclude_packages.is_empty() {
-        return Ok(());
-    }
-    let pkgs = installed_packages(&tree.join("var/lib/dpkg"))?;
-    let bad: Vec<&String> = recipe
-        .exclude_packages
-        .iter()
-        .filter(|x| pkgs.iter().any(|p| p.split('=').next() == Some(x.as_str())))
-        .collect();
-    if !bad.is_empty() {
-        bail!(
-            "exclude-packages: {} got installed anyway (essential packages cannot be excluded)",
-            bad.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    Ok(())
-}
-
 /// The kiln binary as it goes into the tree (`usr/bin/kiln`): `bin` without its debug
 /// information (`strip --strip-debug`, 53 MB → 7 MB). `strip` is required, never optional:
 /// a tree that held the stripped binary on one host and the whole one on another would make
@@ -752,38 +601,6 @@ pub fn tree_kiln_binary(bin: &Path, scratch: &Path, strip: &str) -> Result<Vec<u
             )
         })?;
     std::fs::read(tmp.path()).with_context(|| format!("reading {}", tmp.path().display()))
-}
-
-/// Fails when the work directory's path appears in any file of the tree — or, given the
-/// checkout, in any file not shared with the tree cache (a cached root was searched for
-/// its own build's path before it was saved, and cannot hold this one's, made after it).
-fn check_no_build_paths(tree: &Path, work: &Path, co: Option<&Checkout>) -> Result<()> {
-    let Some(co) = co else {
-        return grep_build_paths(work, &[tree.to_path_buf()], "-rlsF");
-    };
-    let files = co.unshared_files(tree)?;
-    for chunk in files.chunks(500) {
-        grep_build_paths(work, chunk, "-lsF")?;
-    }
-    Ok(())
-}
-
-fn grep_build_paths(work: &Path, paths: &[PathBuf], flags: &str) -> Result<()> {
-    let r = crate::cmd::Cmd::new("grep")
-        .args([flags, "--"])
-        .arg(work.as_os_str())
-        .args(paths)
-        .run();
-    match r {
-        Ok(out) => {
-            let s = out.stdout_str();
-            bail!("build paths ({}) left in the tree:\n{s}", work.display())
-        }
-        Err(e) => match e.downcast_ref::<crate::cmd::CmdError>() {
-            Some(c) if c.status == "exit status 1" => Ok(()),
-            _ => Err(e).context("searching the tree for build paths"),
-        },
-    }
 }
 
 #[cfg(test)]

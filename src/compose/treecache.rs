@@ -36,6 +36,8 @@ use std::path::{Path, PathBuf};
 const DIR: &str = "trees";
 const IN_USE: &str = "kiln-in-use";
 const USED: &str = "kiln-used";
+/// What each cached root was bootstrapped from ([`RootInfo`], JSON per key).
+const INFO: &str = "kiln-info";
 /// The last composed tree (its new objects: initramfs, kiln binary, overlay files).
 const COMPOSED_REF: &str = "kiln/composed";
 /// Bootstrapped roots kept (least recently used beyond this are pruned).
@@ -74,6 +76,28 @@ impl Checkout {
         })?;
         out.sort();
         Ok(out)
+    }
+}
+
+/// What a cached root was bootstrapped from: the package-independent part of its key
+/// ([`super::bootstrap::base_key`]), the epoch mmdebstrap ran with, and the recipe's
+/// package selection. Package-level reuse ([`super::delta`]) starts from the root with
+/// the same base and the closest selection.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RootInfo {
+    pub key: String,
+    pub base: String,
+    pub epoch: u64,
+    pub packages: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl RootInfo {
+    /// Packages in one selection and not the other.
+    pub fn distance(&self, packages: &[String]) -> usize {
+        let a: std::collections::BTreeSet<&String> = self.packages.iter().collect();
+        let b: std::collections::BTreeSet<&String> = packages.iter().collect();
+        a.symmetric_difference(&b).count()
     }
 }
 
@@ -124,14 +148,19 @@ impl TreeCache {
         Ok((TreeCache { repo, dir }, note))
     }
 
-    /// Commits a freshly bootstrapped `tree` as the root for `key`, consuming it (the
-    /// directory is removed), and prunes the least recently used roots.
-    pub fn save(&self, key: &str, tree: &Path) -> Result<()> {
+    /// Commits a freshly bootstrapped `tree` as the root `info.key`, consuming it (the
+    /// directory is removed), and prunes the least recently used roots. `from` is the
+    /// checkout the tree was made from, if any: its unchanged files are taken by checksum.
+    pub fn save(&self, info: &RootInfo, tree: &Path, from: Option<&Checkout>) -> Result<()> {
+        let key = info.key.as_str();
         let cancel = gio::Cancellable::NONE;
         // libostree refuses them before any commit filter sees them.
         remove_special_files(tree)?;
         let modifier =
             ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::CONSUME, None);
+        if let Some(co) = from {
+            modifier.set_devino_cache(&co.devino);
+        }
         let dirf = std::fs::File::open(tree)
             .with_context(|| format!("opening {} to cache it", tree.display()))?;
         let tx = self
@@ -159,8 +188,55 @@ impl TreeCache {
             .context("committing the tree cache transaction")?;
         drop(dirf);
         super::overlay::remove_any(tree)?;
+        let d = self.dir.join(INFO);
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        let text = serde_json::to_vec(info).context("encoding the cached root's record")?;
+        super::layout::write_file(&d.join(format!("{key}.json")), &text, 0o644)?;
         self.mark_used(key)?;
         self.prune_old()
+    }
+
+    /// The cached root with base `base`, the same `exclude` list and the package
+    /// selection closest to `packages` (fewest packages in one and not the other; the
+    /// most recently used on a tie).
+    pub fn closest(
+        &self,
+        base: &str,
+        packages: &[String],
+        exclude: &[String],
+    ) -> Result<Option<RootInfo>> {
+        let d = self.dir.join(INFO);
+        let rd = match std::fs::read_dir(&d) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", d.display())),
+        };
+        let mut best: Option<(usize, std::time::SystemTime, RootInfo)> = None;
+        for e in rd.flatten() {
+            // A record whose root was pruned, or that cannot be read, is no candidate.
+            let Ok(text) = std::fs::read(e.path()) else {
+                continue;
+            };
+            let Ok(info) = serde_json::from_slice::<RootInfo>(&text) else {
+                continue;
+            };
+            let used = self.dir.join(USED).join(&info.key);
+            let Ok(t) = std::fs::metadata(&used).and_then(|m| m.modified()) else {
+                continue;
+            };
+            if info.base != base || info.exclude != exclude {
+                continue;
+            }
+            let dist = info.distance(packages);
+            let better = match &best {
+                None => true,
+                Some((bd, bt, _)) => dist < *bd || (dist == *bd && t > *bt),
+            };
+            if better {
+                best = Some((dist, t, info));
+            }
+        }
+        Ok(best.map(|b| b.2))
     }
 
     fn mark_used(&self, key: &str) -> Result<()> {
@@ -168,6 +244,11 @@ impl TreeCache {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         let p = d.join(key);
         super::layout::write_file(&p, b"", 0o644)
+    }
+
+    /// The directory the tree cache lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Drops the roots beyond [`KEEP`] (least recently used first) and their objects.
@@ -188,6 +269,7 @@ impl TreeCache {
                 .set_ref_immediate(None, &bootstrap_ref(&key), None, gio::Cancellable::NONE)
                 .with_context(|| format!("dropping cached root {key}"))?;
             super::overlay::remove_any(&d.join(&key))?;
+            super::overlay::remove_any(&self.dir.join(INFO).join(format!("{key}.json")))?;
         }
         self.repo
             .prune(ostree::RepoPruneFlags::REFS_ONLY, 0, gio::Cancellable::NONE)
@@ -353,6 +435,16 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    fn info(key: &str) -> RootInfo {
+        RootInfo {
+            key: key.into(),
+            base: "b".into(),
+            epoch: 1,
+            packages: vec!["a".into(), "b".into()],
+            exclude: vec![],
+        }
+    }
+
     fn tree(t: &Path) {
         std::fs::create_dir_all(t.join("usr/bin")).unwrap();
         std::fs::create_dir_all(t.join("etc")).unwrap();
@@ -376,7 +468,7 @@ mod tests {
         assert!(note.is_none());
         let t = d.path().join("t");
         tree(&t);
-        tc.save("k1", &t).unwrap();
+        tc.save(&info("k1"), &t, None).unwrap();
         assert!(!t.exists(), "the fresh root is consumed");
         assert!(tc.checkout("nope", &t).unwrap().is_none());
         let co = tc.checkout("k1", &t).unwrap().unwrap();
@@ -424,12 +516,40 @@ mod tests {
     }
 
     #[test]
+    fn the_closest_root_of_the_same_base_is_found() {
+        let d = tempfile::tempdir().unwrap();
+        let (tc, _) = TreeCache::open(d.path()).unwrap();
+        let t = d.path().join("t");
+        let pk = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        tree(&t);
+        let mut one = info("one");
+        one.packages = pk(&["a"]);
+        tc.save(&one, &t, None).unwrap();
+        tree(&t);
+        let mut two = info("two");
+        two.packages = pk(&["a", "b", "c"]);
+        tc.save(&two, &t, None).unwrap();
+        let got = |p: &[&str], base: &str| tc.closest(base, &pk(p), &[]).unwrap().map(|i| i.key);
+        assert_eq!(got(&["a", "d"], "b").as_deref(), Some("one"));
+        assert_eq!(got(&["a", "b", "c", "d"], "b").as_deref(), Some("two"));
+        assert_eq!(got(&["a"], "other base"), None);
+        assert!(tc.closest("b", &pk(&["a"]), &pk(&["x"])).unwrap().is_none());
+        // Pruned roots are no candidates (two are kept).
+        tree(&t);
+        let mut three = info("three");
+        three.packages = pk(&["z"]);
+        tc.save(&three, &t, None).unwrap();
+        assert_ne!(got(&["a"], "b").as_deref(), Some("one"));
+        assert_eq!(got(&["a", "b"], "b").as_deref(), Some("two"));
+    }
+
+    #[test]
     fn broken_out_files_no_longer_share_the_cache() {
         let d = tempfile::tempdir().unwrap();
         let (tc, _) = TreeCache::open(d.path()).unwrap();
         let t = d.path().join("t");
         tree(&t);
-        tc.save("k", &t).unwrap();
+        tc.save(&info("k"), &t, None).unwrap();
         let co = tc.checkout("k", &t).unwrap().unwrap();
         let log = d.path().join("log");
         TreeCache::break_links(&t, d.path(), &log).unwrap();
@@ -458,7 +578,7 @@ mod tests {
         let (tc, _) = TreeCache::open(d.path()).unwrap();
         let t = d.path().join("t");
         tree(&t);
-        tc.save("k", &t).unwrap();
+        tc.save(&info("k"), &t, None).unwrap();
         let co = tc.checkout("k", &t).unwrap().unwrap();
         crate::compose::layout::write_file(&t.join("etc/new"), b"new\n", 0o600).unwrap();
         let out = repo::open_or_create(&d.path().join("out"), repo::RepoMode::BareUser).unwrap();

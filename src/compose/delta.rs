@@ -1,0 +1,847 @@
+//! Package-level reuse: a package selection that differs from a cached root's by a few
+//! packages is built from that root by installing and removing just those packages,
+//! instead of bootstrapping from nothing.
+//!
+//! - **Start**: the cached root with the same base key (suite, components, sources,
+//!   mirror state, mmdebstrap, hooks: [`super::bootstrap::base_key`]), the same
+//!   `exclude-packages` and the closest package selection, checked out by hard links.
+//! - **Run**: an overlayfs (lower: that checkout, never written; upper: fresh) in a
+//!   private mount namespace, and apt from the host as mmdebstrap runs it
+//!   (`Dir` = the root, `DPkg::Chroot-Directory`, the host's keyrings, no Recommends):
+//!   packages dropped from the recipe are marked automatically installed, then
+//!   `apt-get --purge --auto-remove install ADDED` (or `autoremove`) — what a fresh
+//!   install of the new selection would not have installed goes, and the new packages
+//!   come in with the same manual/automatic marks a fresh install gives them.
+//! - **Only where equal by construction.** Before anything is installed, apt's plan is
+//!   simulated and every package it touches is checked: no maintainer scripts (a script
+//!   may add users, alternatives or diversions, or do anything else whose result depends
+//!   on what ran before it), explicit triggers only `ldconfig` (whose cache depends only
+//!   on the libraries present), no file another package's file trigger watches, no
+//!   dependency with alternatives (apt may choose differently when it resolves the whole
+//!   selection at once), no upgrade. After the run the upper directory is checked again
+//!   for the files such scripts write (accounts, alternatives, diversions, statoverrides,
+//!   maintainer scripts). Anything else makes the compose bootstrap from scratch, and
+//!   the reason is shown and given in `--json` (`reused.why_not.bootstrap`).
+//! - **Fine print**: mmdebstrap's clean-up runs on the result (apt's caches, dpkg's and
+//!   apt's logs, ldconfig's aux-cache); dpkg's status file is written in its own hash
+//!   order, not install order; apt's `extended_states` keeps marks only for automatically
+//!   installed packages. The layout drops dpkg's `*-old` backups for every compose (their
+//!   content depends on the last dpkg run, not on what is installed).
+//! - **Apply**: the upper directory is moved onto the checkout (whiteouts delete, opaque
+//!   directories are emptied first, new files are renamed in), so files from the cache
+//!   are only ever unlinked, never written; the result is committed through the dev/ino
+//!   cache like any other checkout.
+
+use super::treecache::{Checkout, RootInfo, TreeCache};
+use crate::cmd::Cmd;
+use anyhow::{anyhow, Context, Result};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// More changed packages than this: bootstrap from scratch.
+const MAX_CHANGED: usize = 12;
+
+/// Files that only maintainer scripts write: their presence in the upper directory
+/// means something ran that a fresh install may have run differently.
+const SCRIPT_OUTPUTS: &[&str] = &[
+    "etc/passwd",
+    "etc/group",
+    "etc/shadow",
+    "etc/gshadow",
+    "etc/subuid",
+    "etc/subgid",
+    "etc/alternatives",
+    "var/lib/dpkg/alternatives",
+    "var/lib/dpkg/diversions",
+    "var/lib/dpkg/statoverride",
+];
+
+/// What the checks of a package's control files allow.
+const ALLOWED_CONTROL: &[&str] = &["control", "md5sums", "conffiles", "shlibs", "symbols"];
+
+/// Mounts the overlay, the chroot's /proc and /dev, then runs the arguments.
+const SETUP: &str = r#"set -e
+l="$1"; u="$2"; w="$3"; m="$4"; shift 4
+mount -t overlay -o "lowerdir=$l,upperdir=$u,workdir=$w,redirect_dir=off,metacopy=off,index=off,xino=off" kiln-delta "$m"
+mount -t proc proc "$m/proc"
+mount -t tmpfs -o mode=0755,nosuid,size=16m kiln-dev "$m/dev"
+for n in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
+  name=${n%%:*}; r=${n#*:}
+  mknod -m 0666 "$m/dev/$name" c "${r%%:*}" "${r#*:}"
+done
+ln -s /proc/self/fd "$m/dev/fd"
+"$@"
+"#;
+
+pub struct Request<'a> {
+    pub base: &'a str,
+    pub packages: &'a [String],
+    pub exclude: &'a [String],
+    /// The epoch when fixed or remembered; else the cached root's epoch is used and the
+    /// result's newest changelog date must equal it.
+    pub epoch: Option<u64>,
+    pub debs: &'a Path,
+    pub work: &'a Path,
+    pub tree: &'a Path,
+    pub log: &'a Path,
+}
+
+/// A root built from a cached one.
+pub struct Done {
+    pub from: RootInfo,
+    pub co: Checkout,
+    /// `name=version` installed, and names removed.
+    pub installed: Vec<String>,
+    pub removed: Vec<String>,
+    pub epoch: u64,
+}
+
+pub enum Outcome {
+    Done(Box<Done>),
+    /// Why the root must be bootstrapped from scratch.
+    Fallback(String),
+}
+
+/// One line of apt's simulation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Action {
+    Install {
+        name: String,
+        old: Option<String>,
+        version: String,
+        arch: String,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+/// Builds the root for `req` at `req.tree` from the closest cached root, or says why not.
+pub fn build(tc: &TreeCache, req: &Request) -> Result<Outcome> {
+    let Some(from) = tc.closest(req.base, req.packages, req.exclude)? else {
+        return Ok(Outcome::Fallback(
+            "no cached root with the same suite, sources, mirror state and \
+             exclude-packages"
+                .into(),
+        ));
+    };
+    if let Some(e) = req.epoch {
+        if e != from.epoch {
+            return Ok(Outcome::Fallback(format!(
+                "the closest cached root was built with epoch {}, this compose uses {e}",
+                from.epoch
+            )));
+        }
+    }
+    let want: BTreeSet<&String> = req.packages.iter().collect();
+    let had: BTreeSet<&String> = from.packages.iter().collect();
+    let added: Vec<String> = want.difference(&had).map(|s| s.to_string()).collect();
+    let dropped: Vec<String> = had.difference(&want).map(|s| s.to_string()).collect();
+    if added.len() + dropped.len() > MAX_CHANGED {
+        return Ok(Outcome::Fallback(format!(
+            "{} packages added or removed (more than {MAX_CHANGED})",
+            added.len() + dropped.len()
+        )));
+    }
+    let d = Dirs::new(req.work)?;
+    let Some(co) = tc.checkout(&from.key, &d.lower)? else {
+        return Ok(Outcome::Fallback(
+            "the closest cached root was pruned".into(),
+        ));
+    };
+    let r = run(req, &from, &d, &added, &dropped);
+    let (installed, removed) = match r {
+        Ok(Ok(x)) => x,
+        Ok(Err(why)) => {
+            super::overlay::remove_any(&d.lower)?;
+            return Ok(Outcome::Fallback(why));
+        }
+        Err(e) => {
+            super::overlay::remove_any(&d.lower)?;
+            return Ok(Outcome::Fallback(format!(
+                "installing the changed packages failed ({e:#}; log: {})",
+                req.log.display()
+            )));
+        }
+    };
+    apply_upper(&d.upper, &d.lower)?;
+    std::fs::rename(&d.lower, req.tree)
+        .with_context(|| format!("moving {} to {}", d.lower.display(), req.tree.display()))?;
+    for p in [&d.upper, &d.ovwork, &d.merged, &d.ctrl] {
+        super::overlay::remove_any(p)?;
+    }
+    if req.epoch.is_none() {
+        let e = super::epoch::newest_changelog(req.tree)?;
+        if e != Some(from.epoch) {
+            super::overlay::remove_any(req.tree)?;
+            return Ok(Outcome::Fallback(format!(
+                "the newest changelog date changed ({e:?}, the cached root's is {}): the \
+                 epoch is not fixed, so the root is built with the new one",
+                from.epoch
+            )));
+        }
+    }
+    let epoch = from.epoch;
+    Ok(Outcome::Done(Box::new(Done {
+        from,
+        co,
+        installed,
+        removed,
+        epoch,
+    })))
+}
+
+struct Dirs {
+    lower: PathBuf,
+    upper: PathBuf,
+    ovwork: PathBuf,
+    merged: PathBuf,
+    ctrl: PathBuf,
+    conf: PathBuf,
+}
+
+impl Dirs {
+    fn new(work: &Path) -> Result<Self> {
+        let d = Dirs {
+            lower: work.join("delta-root"),
+            upper: work.join("delta-upper"),
+            ovwork: work.join("delta-ovwork"),
+            merged: work.join("delta-merged"),
+            ctrl: work.join("delta-control"),
+            conf: work.join("delta-apt.conf"),
+        };
+        for p in [&d.upper, &d.ovwork, &d.merged, &d.ctrl] {
+            std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+        }
+        // overlayfs takes its options as one comma-separated string.
+        for p in [&d.lower, &d.upper, &d.ovwork] {
+            let s = p.to_string_lossy();
+            if s.contains([',', ':', '\\']) {
+                anyhow::bail!(
+                    "the cache dir's path {s} has a ',' ':' or '\\' overlayfs cannot take"
+                );
+            }
+        }
+        Ok(d)
+    }
+}
+
+/// `name=version` installed and names removed.
+type Changes = (Vec<String>, Vec<String>);
+
+/// The installation in the overlay. `Ok(Err(why))`: not equal by construction.
+fn run(
+    req: &Request,
+    from: &RootInfo,
+    d: &Dirs,
+    added: &[String],
+    dropped: &[String],
+) -> Result<std::result::Result<Changes, String>> {
+    seed_archives(&d.lower, &d.upper, req.debs)?;
+    write_apt_conf(&d.conf, &d.merged)?;
+    let apt = |args: &[String]| -> Cmd {
+        Cmd::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(SETUP)
+            .arg("kiln-delta")
+            .arg(&d.lower)
+            .arg(&d.upper)
+            .arg(&d.ovwork)
+            .arg(&d.merged)
+            .args(args)
+            .env("APT_CONFIG", &d.conf)
+            .env("SOURCE_DATE_EPOCH", from.epoch.to_string())
+            .env("INITRD", "No")
+            .env("LC_ALL", "C.UTF-8")
+            .env("LANGUAGE", "C.UTF-8")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("DEBCONF_NONINTERACTIVE_SEEN", "true")
+            .env_remove("TMPDIR")
+    };
+    let mut get: Vec<String> = vec![
+        "apt-get".into(),
+        "--yes".into(),
+        "-o".into(),
+        format!("DPkg::Chroot-Directory={}", d.merged.display()),
+        "--purge".into(),
+    ];
+    if added.is_empty() {
+        get.push("autoremove".into());
+    } else {
+        get.extend(["--auto-remove".into(), "install".into()]);
+        get.extend(added.iter().cloned());
+        get.extend(req.exclude.iter().map(|x| format!("{x}-")));
+    }
+    if !dropped.is_empty() {
+        let mut mark = vec!["apt-mark".to_string(), "auto".into()];
+        mark.extend(dropped.iter().cloned());
+        apt(&mark)
+            .run_logged(req.log)
+            .context("marking the dropped packages as automatically installed")?;
+    }
+    let mut sim = get.clone();
+    sim.insert(1, "--simulate".into());
+    let out = apt(&sim).read().context("simulating the package changes")?;
+    let actions = parse_simulation(&out);
+    if actions.iter().any(|a| matches!(a, Action::Install { .. })) {
+        let mut dl = get.clone();
+        dl.insert(1, "--download-only".into());
+        apt(&dl)
+            .run_logged(req.log)
+            .context("downloading the added packages")?;
+    }
+    if let Err(why) = check_actions(&actions, &d.lower, &d.upper, &d.ctrl) {
+        return Ok(Err(why));
+    }
+    apt(&get)
+        .run_logged(req.log)
+        .context("installing the package changes")?;
+    keep_debs(&d.upper, req.debs)?;
+    clean_upper(&d.upper)?;
+    if let Some(p) = script_output(&d.upper)? {
+        return Ok(Err(format!(
+            "the package changes wrote {p}, which only maintainer scripts write"
+        )));
+    }
+    let mut installed = Vec::new();
+    let mut removed = Vec::new();
+    for a in actions {
+        match a {
+            Action::Install { name, version, .. } => installed.push(format!("{name}={version}")),
+            Action::Remove { name } => removed.push(name),
+        }
+    }
+    Ok(Ok((installed, removed)))
+}
+
+/// apt's configuration, as mmdebstrap writes it for its own apt runs.
+fn write_apt_conf(conf: &Path, merged: &Path) -> Result<()> {
+    let arch = Cmd::new("dpkg")
+        .arg("--print-architecture")
+        .read()
+        .context("asking dpkg for the architecture")?;
+    let arch = arch.trim();
+    let m = merged.display();
+    let text = format!(
+        "Apt::Architecture \"{arch}\";\n\
+         Apt::Architectures \"{arch}\";\n\
+         Dir \"{m}\";\n\
+         Dir::State::Status \"{m}/var/lib/dpkg/status\";\n\
+         Dir::Etc::Trusted \"/etc/apt/trusted.gpg\";\n\
+         Dir::Etc::TrustedParts \"/etc/apt/trusted.gpg.d\";\n\
+         pkgCacheGen::ForceEssential \",\";\n\
+         Apt::Install-Recommends false;\n\
+         Acquire::Languages \"none\";\n\
+         DPkg::Options {{ \"--force-unsafe-io\"; }};\n"
+    );
+    super::layout::write_file(conf, text.as_bytes(), 0o644)
+}
+
+/// Hard links of the cached `.deb`s into the upper directory's apt archive (its parent
+/// directories made with the lower's modes), as the bootstrap's setup hook does.
+fn seed_archives(lower: &Path, upper: &Path, debs: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut rel = PathBuf::new();
+    for c in ["var", "cache", "apt", "archives"] {
+        rel.push(c);
+        let (l, u) = (lower.join(&rel), upper.join(&rel));
+        let md = std::fs::metadata(&l).with_context(|| format!("stat {}", l.display()))?;
+        std::fs::create_dir_all(&u).with_context(|| format!("creating {}", u.display()))?;
+        std::fs::set_permissions(&u, std::fs::Permissions::from_mode(md.mode_bits()))
+            .with_context(|| format!("chmod {}", u.display()))?;
+    }
+    let arch = upper.join(&rel);
+    for e in std::fs::read_dir(debs).with_context(|| format!("listing {}", debs.display()))? {
+        let e = e.with_context(|| format!("listing {}", debs.display()))?;
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "deb") {
+            let dst = arch.join(e.file_name());
+            if std::fs::hard_link(&p, &dst).is_err() {
+                std::fs::copy(&p, &dst)
+                    .with_context(|| format!("copying {} to {}", p.display(), dst.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+trait ModeBits {
+    fn mode_bits(&self) -> u32;
+}
+
+impl ModeBits for std::fs::Metadata {
+    fn mode_bits(&self) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        self.mode() & 0o7777
+    }
+}
+
+/// The archive, apt's binary caches and `lists/auxfiles`, the logs and ldconfig's
+/// aux-cache go (mmdebstrap's `apt-get clean`, apt and reproducible clean-up).
+fn clean_upper(upper: &Path) -> Result<()> {
+    let arch = upper.join("var/cache/apt/archives");
+    if let Ok(rd) = std::fs::read_dir(&arch) {
+        for e in rd.flatten() {
+            if e.path().extension().is_some_and(|x| x == "deb") {
+                super::overlay::remove_any(&e.path())?;
+            }
+        }
+    }
+    for p in [
+        "var/cache/apt/pkgcache.bin",
+        "var/cache/apt/srcpkgcache.bin",
+        "var/log/dpkg.log",
+        "var/log/apt/history.log",
+        "var/log/apt/term.log",
+        "var/log/alternatives.log",
+        "var/log/apt/eipp.log.xz",
+        "var/cache/ldconfig/aux-cache",
+        "var/lib/apt/lists/auxfiles",
+    ] {
+        super::overlay::remove_any(&upper.join(p))?;
+    }
+    Ok(())
+}
+
+/// Downloads not yet in the `.deb` cache go there (hard links).
+fn keep_debs(upper: &Path, debs: &Path) -> Result<()> {
+    let arch = upper.join("var/cache/apt/archives");
+    let Ok(rd) = std::fs::read_dir(&arch) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let dst = debs.join(e.file_name());
+        if p.extension().is_some_and(|x| x == "deb")
+            && !dst.exists()
+            && std::fs::hard_link(&p, &dst).is_err()
+        {
+            std::fs::copy(&p, &dst)
+                .with_context(|| format!("copying {} to {}", p.display(), dst.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// apt's `--simulate` output: `Inst NAME [OLD] (VERSION ... [ARCH])`, `Remv NAME [V]`,
+/// `Purg NAME [V]`.
+fn parse_simulation(out: &str) -> Vec<Action> {
+    let mut v = Vec::new();
+    for line in out.lines() {
+        let mut t = line.split_whitespace();
+        match (t.next(), t.next()) {
+            (Some("Inst"), Some(name)) => {
+                let rest: Vec<&str> = t.collect();
+                let mut i = 0;
+                let old = match rest.first() {
+                    Some(o) if o.starts_with('[') => {
+                        i = 1;
+                        Some(o.trim_matches(|c| c == '[' || c == ']').to_string())
+                    }
+                    _ => None,
+                };
+                let version = rest
+                    .get(i)
+                    .map(|s| s.trim_start_matches('(').to_string())
+                    .unwrap_or_default();
+                let arch = rest
+                    .last()
+                    .map(|s| {
+                        s.trim_matches(|c| c == '[' || c == ']' || c == ')')
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                v.push(Action::Install {
+                    name: name.to_string(),
+                    old,
+                    version,
+                    arch,
+                });
+            }
+            (Some("Remv" | "Purg"), Some(name)) => {
+                let a = Action::Remove {
+                    name: name.to_string(),
+                };
+                if !v.contains(&a) {
+                    v.push(a);
+                }
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+/// Every package apt would touch must be safe to install or remove on its own.
+fn check_actions(
+    actions: &[Action],
+    lower: &Path,
+    upper: &Path,
+    ctrl: &Path,
+) -> std::result::Result<(), String> {
+    let watched = file_triggers(lower);
+    for a in actions {
+        match a {
+            Action::Install {
+                name,
+                old: Some(old),
+                version,
+                ..
+            } => {
+                return Err(format!(
+                    "{name} would be upgraded ({old} to {version}); upgrades are bootstrapped"
+                ))
+            }
+            Action::Install {
+                name,
+                version,
+                arch,
+                ..
+            } => {
+                let file = format!("{name}_{}_{arch}.deb", version.replace(':', "%3a"));
+                let deb = upper.join("var/cache/apt/archives").join(file);
+                check_deb(name, &deb, &ctrl.join(name), &watched).map_err(|e| e.to_string())?;
+            }
+            Action::Remove { name } => check_removal(name, lower, &watched)?,
+        }
+    }
+    Ok(())
+}
+
+/// A package's failed check: the reason, or an error (which also means no delta).
+#[derive(Debug)]
+struct Unsafe(String);
+
+impl std::fmt::Display for Unsafe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn check_deb(
+    name: &str,
+    deb: &Path,
+    dir: &Path,
+    watched: &[(String, String)],
+) -> std::result::Result<(), Unsafe> {
+    let err = |e: anyhow::Error| Unsafe(format!("{name}: {e:#}"));
+    Cmd::new("dpkg-deb")
+        .arg("-e")
+        .arg(deb)
+        .arg(dir)
+        .run()
+        .map_err(|e| err(e.context(format!("reading {}", deb.display()))))?;
+    let mut members: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| err(e.into()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    members.sort();
+    for m in &members {
+        if m == "triggers" {
+            let text = std::fs::read_to_string(dir.join(m)).map_err(|e| err(e.into()))?;
+            for l in text.lines().map(str::trim) {
+                if l.is_empty() || l.starts_with('#') {
+                    continue;
+                }
+                if !matches!(l, "activate-noawait ldconfig" | "activate ldconfig") {
+                    return Err(Unsafe(format!("{name} has the trigger `{l}`")));
+                }
+            }
+        } else if !ALLOWED_CONTROL.contains(&m.as_str()) {
+            return Err(Unsafe(format!(
+                "{name} has a {m} (maintainer script or debconf)"
+            )));
+        }
+    }
+    let control = std::fs::read_to_string(dir.join("control")).map_err(|e| err(e.into()))?;
+    for l in control.lines() {
+        if (l.starts_with("Depends:") || l.starts_with("Pre-Depends:")) && l.contains('|') {
+            return Err(Unsafe(format!(
+                "{name} has a dependency with alternatives ({}): a fresh install may choose \
+                 another",
+                l.trim()
+            )));
+        }
+    }
+    let list = Cmd::new("dpkg-deb")
+        .arg("-c")
+        .arg(deb)
+        .read()
+        .map_err(|e| err(e.context("listing the package's files")))?;
+    let files: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .map(|p| format!("/{}", p.trim_start_matches("./").trim_end_matches('/')))
+        .collect();
+    if let Some(w) = watching(&files, watched) {
+        return Err(Unsafe(format!("{name} installs {w}")));
+    }
+    Ok(())
+}
+
+fn check_removal(
+    name: &str,
+    lower: &Path,
+    watched: &[(String, String)],
+) -> std::result::Result<(), String> {
+    let info = lower.join("var/lib/dpkg/info");
+    let arch = std::fs::read_to_string(lower.join("var/lib/dpkg/arch")).unwrap_or_default();
+    let arch = arch.lines().next().unwrap_or("").trim().to_string();
+    let mut list = None;
+    for stem in [name.to_string(), format!("{name}:{arch}")] {
+        for s in ["preinst", "postinst", "prerm", "postrm"] {
+            if info.join(format!("{stem}.{s}")).exists() {
+                return Err(format!("removing {name} runs its {s}"));
+            }
+        }
+        if let Ok(t) = std::fs::read_to_string(info.join(format!("{stem}.list"))) {
+            list = Some(t);
+        }
+    }
+    let files: Vec<String> = list.unwrap_or_default().lines().map(String::from).collect();
+    if let Some(w) = watching(&files, watched) {
+        return Err(format!("removing {name} removes {w}"));
+    }
+    Ok(())
+}
+
+/// dpkg's file triggers in `lower`: (watched path, package).
+fn file_triggers(lower: &Path) -> Vec<(String, String)> {
+    let text =
+        std::fs::read_to_string(lower.join("var/lib/dpkg/triggers/File")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(p, pkg)| {
+            (
+                p.to_string(),
+                pkg.split('/').next().unwrap_or(pkg).to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The first of `files` a file trigger watches, described.
+fn watching(files: &[String], watched: &[(String, String)]) -> Option<String> {
+    for f in files {
+        for (w, pkg) in watched {
+            if f == w || f.starts_with(&format!("{w}/")) {
+                return Some(format!("{f}, which {pkg}'s file trigger watches ({w})"));
+            }
+        }
+    }
+    None
+}
+
+/// A file only maintainer scripts write, found in the upper directory.
+fn script_output(upper: &Path) -> Result<Option<String>> {
+    for p in SCRIPT_OUTPUTS {
+        if std::fs::symlink_metadata(upper.join(p)).is_ok() {
+            return Ok(Some(format!("/{p}")));
+        }
+    }
+    let info = upper.join("var/lib/dpkg/info");
+    if let Ok(rd) = std::fs::read_dir(&info) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let ext = n.rsplit('.').next().unwrap_or("");
+            if [
+                "preinst",
+                "postinst",
+                "prerm",
+                "postrm",
+                "config",
+                "templates",
+            ]
+            .contains(&ext)
+            {
+                return Ok(Some(format!("/var/lib/dpkg/info/{n}")));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Moves an overlayfs upper directory onto `dst` (the lower checkout): a whiteout
+/// (character device 0/0) deletes, an opaque directory replaces, a directory takes the
+/// upper's mode and owner, anything else is renamed in (overlayfs' own xattrs dropped).
+/// Files of `dst` are only unlinked, never written.
+pub fn apply_upper(upper: &Path, dst: &Path) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let rd = std::fs::read_dir(upper).with_context(|| format!("listing {}", upper.display()))?;
+    let mut entries: Vec<_> = rd.flatten().map(|e| e.file_name()).collect();
+    entries.sort();
+    for name in entries {
+        let (u, t) = (upper.join(&name), dst.join(&name));
+        let md = std::fs::symlink_metadata(&u).with_context(|| format!("stat {}", u.display()))?;
+        let ft = md.file_type();
+        if ft.is_char_device() && md.rdev() == 0 {
+            super::overlay::remove_any(&t)?;
+        } else if ft.is_dir() {
+            let tmd = std::fs::symlink_metadata(&t).ok();
+            let opaque = xattr(&u, "trusted.overlay.opaque").as_deref() == Some(b"y".as_ref());
+            if opaque || !tmd.as_ref().is_some_and(|m| m.is_dir()) {
+                super::overlay::remove_any(&t)?;
+                std::fs::create_dir(&t).with_context(|| format!("creating {}", t.display()))?;
+            }
+            apply_upper(&u, &t)?;
+            std::os::unix::fs::lchown(&t, Some(md.uid()), Some(md.gid()))
+                .with_context(|| format!("chown {}", t.display()))?;
+            std::fs::set_permissions(&t, md.permissions())
+                .with_context(|| format!("chmod {}", t.display()))?;
+        } else {
+            super::overlay::remove_any(&t)?;
+            std::fs::rename(&u, &t)
+                .with_context(|| format!("moving {} to {}", u.display(), t.display()))?;
+            drop_overlay_xattrs(&t)?;
+        }
+    }
+    Ok(())
+}
+
+fn cpath(p: &Path) -> Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("NUL in {}", p.display()))
+}
+
+fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let c = cpath(p).ok()?;
+    let n = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return None;
+    }
+    buf.truncate(r as usize);
+    Some(buf)
+}
+
+/// Removes `trusted.overlay.*` attributes overlayfs may have set on a copied-up file.
+fn drop_overlay_xattrs(p: &Path) -> Result<()> {
+    let c = cpath(p)?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: a valid path and a buffer of the given length.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n <= 0 {
+        return Ok(());
+    }
+    buf.truncate(n as usize);
+    for name in buf.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if name.starts_with(b"trusted.overlay.") {
+            let cn = std::ffi::CString::new(name.to_vec())
+                .map_err(|_| anyhow!("bad xattr name on {}", p.display()))?;
+            // SAFETY: valid NUL-terminated strings.
+            if unsafe { libc::lremovexattr(c.as_ptr(), cn.as_ptr()) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("removing an overlayfs xattr of {}", p.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apt_simulations_are_read() {
+        let out = "NOTE: This is only a simulation!\n\
+            Inst libnl-3-200 (3.7.0-0.2+b1 Debian:12.5/stable [amd64])\n\
+            Inst htop (3.2.2-2 Debian:12.5/stable [amd64])\n\
+            Inst tzdata [2024a-0+deb12u1] (2025b-0+deb12u1 Debian:12.11/stable [all])\n\
+            Conf htop (3.2.2-2 Debian:12.5/stable [amd64])\n\
+            Purg less [590-2.1~deb12u2]\n\
+            Remv less [590-2.1~deb12u2]\n";
+        let a = parse_simulation(out);
+        assert_eq!(
+            a,
+            vec![
+                Action::Install {
+                    name: "libnl-3-200".into(),
+                    old: None,
+                    version: "3.7.0-0.2+b1".into(),
+                    arch: "amd64".into()
+                },
+                Action::Install {
+                    name: "htop".into(),
+                    old: None,
+                    version: "3.2.2-2".into(),
+                    arch: "amd64".into()
+                },
+                Action::Install {
+                    name: "tzdata".into(),
+                    old: Some("2024a-0+deb12u1".into()),
+                    version: "2025b-0+deb12u1".into(),
+                    arch: "all".into()
+                },
+                Action::Remove {
+                    name: "less".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn watched_paths_match_whole_components() {
+        let w = vec![("/usr/lib/binfmt.d".to_string(), "systemd".to_string())];
+        assert!(watching(&["/usr/lib/binfmt.d/x.conf".into()], &w).is_some());
+        assert!(watching(&["/usr/lib/binfmt.d".into()], &w).is_some());
+        assert!(watching(&["/usr/lib/binfmt.dx".into()], &w).is_none());
+    }
+
+    #[test]
+    fn an_upper_directory_is_applied_like_overlayfs_shows_it() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let (up, dst) = (d.path().join("upper"), d.path().join("dst"));
+        std::fs::create_dir_all(dst.join("a/gone-dir/x")).unwrap();
+        std::fs::create_dir_all(dst.join("opaque")).unwrap();
+        std::fs::write(dst.join("a/keep"), "keep").unwrap();
+        std::fs::write(dst.join("a/gone"), "gone").unwrap();
+        std::fs::write(dst.join("a/changed"), "old").unwrap();
+        std::fs::write(dst.join("opaque/old"), "old").unwrap();
+        let orig = std::fs::metadata(dst.join("a/changed")).unwrap().ino();
+        std::fs::create_dir_all(up.join("a/new-dir")).unwrap();
+        std::fs::create_dir_all(up.join("opaque")).unwrap();
+        std::fs::write(up.join("a/changed"), "new").unwrap();
+        std::fs::write(up.join("a/new-dir/f"), "f").unwrap();
+        std::fs::write(up.join("opaque/new"), "n").unwrap();
+        std::fs::set_permissions(up.join("a/new-dir"), PermissionsExt::from_mode(0o700)).unwrap();
+        for w in ["a/gone", "a/gone-dir"] {
+            let c = cpath(&up.join(w)).unwrap();
+            // SAFETY: a valid path.
+            assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) }, 0);
+        }
+        let c = cpath(&up.join("opaque")).unwrap();
+        // SAFETY: valid strings and value.
+        let r = unsafe {
+            libc::lsetxattr(
+                c.as_ptr(),
+                c"trusted.overlay.opaque".as_ptr(),
+                b"y".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
+        assert_eq!(r, 0);
+        apply_upper(&up, &dst).unwrap();
+        let read = |p: &str| std::fs::read_to_string(dst.join(p)).unwrap();
+        assert_eq!(read("a/keep"), "keep");
+        assert_eq!(read("a/changed"), "new");
+        assert_ne!(
+            std::fs::metadata(dst.join("a/changed")).unwrap().ino(),
+            orig
+        );
+        assert_eq!(read("a/new-dir/f"), "f");
+        assert_eq!(
+            std::fs::metadata(dst.join("a/new-dir")).unwrap().mode() & 0o7777,
+            0o700
+        );
+        assert!(!dst.join("a/gone").exists() && !dst.join("a/gone-dir").exists());
+        assert!(!dst.join("opaque/old").exists());
+        assert_eq!(read("opaque/new"), "n");
+        assert!(xattr(&dst.join("opaque"), "trusted.overlay.opaque").is_none());
+    }
+}
