@@ -78,6 +78,17 @@ pub(super) fn bootstrap_tree(
     if let Some(e) = inputs.pinned {
         let k = bootstrap::key(recipe, &inputs.srcs, &inputs.mirror, Some(e))?;
         co = tc.checkout(&k, tree)?;
+        if co.is_some() {
+            // A root cached by an earlier kiln has no record yet: without one, package
+            // changes could never start from it.
+            tc.ensure_info(&RootInfo {
+                key: k,
+                base: base.clone(),
+                epoch: e,
+                packages: recipe.packages.clone(),
+                exclude: recipe.exclude_packages.clone(),
+            })?;
+        }
     }
     if co.is_some() {
         reuse.bootstrap = true;

@@ -188,12 +188,27 @@ impl TreeCache {
             .context("committing the tree cache transaction")?;
         drop(dirf);
         super::overlay::remove_any(tree)?;
-        let d = self.dir.join(INFO);
-        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-        let text = serde_json::to_vec(info).context("encoding the cached root's record")?;
-        super::layout::write_file(&d.join(format!("{key}.json")), &text, 0o644)?;
+        self.write_info(info)?;
         self.mark_used(key)?;
         self.prune_old()
+    }
+
+    /// Writes the record of the cached root `info.key` when it has none (a root saved
+    /// before records existed).
+    pub fn ensure_info(&self, info: &RootInfo) -> Result<()> {
+        if self.info_path(&info.key).exists() {
+            return Ok(());
+        }
+        self.write_info(info)
+    }
+
+    fn info_path(&self, key: &str) -> PathBuf {
+        self.dir.join(INFO).join(format!("{key}.json"))
+    }
+
+    fn write_info(&self, info: &RootInfo) -> Result<()> {
+        let text = serde_json::to_vec(info).context("encoding the cached root's record")?;
+        super::layout::write_file(&self.info_path(&info.key), &text, 0o644)
     }
 
     /// The cached root with base `base`, the same `exclude` list and the package
