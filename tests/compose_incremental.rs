@@ -77,16 +77,7 @@ fn copy_tree(src: &Path, dst: &Path) {
 }
 
 fn compose(recipe: &Path, repo: &Path, cache: &Path, what: &str) -> serde_json::Value {
-    let t = std::time::Instant::now();
-    let v = common::compose(recipe, repo, cache, &[("SOURCE_DATE_EPOCH", EPOCH)]);
-    eprintln!(
-        "{what}: {:.1} s, reused {}, stages {}",
-        t.elapsed().as_secs_f64(),
-        v["reused"],
-        v["stages"]
-    );
-    assert_eq!(v["skipped"], serde_json::Value::Bool(false), "{what}: {v}");
-    v
+    common::compose_timed(recipe, repo, cache, EPOCH, what)
 }
 
 fn content(repo: &Path, v: &serde_json::Value) -> String {

@@ -50,16 +50,7 @@ fn link_debs(from: &Path, to: &Path, dirs: &[&str]) {
 }
 
 fn compose(recipe: &Path, repo: &Path, cache: &Path, what: &str) -> serde_json::Value {
-    let t = std::time::Instant::now();
-    let v = common::compose(recipe, repo, cache, &[("SOURCE_DATE_EPOCH", EPOCH)]);
-    eprintln!(
-        "{what}: {:.1} s, reused {}, stages {}",
-        t.elapsed().as_secs_f64(),
-        v["reused"],
-        v["stages"]
-    );
-    assert_eq!(v["skipped"], serde_json::Value::Bool(false), "{what}: {v}");
-    v
+    common::compose_timed(recipe, repo, cache, EPOCH, what)
 }
 
 /// A file of a commit, read with the ostree CLI.

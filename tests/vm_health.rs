@@ -8,43 +8,18 @@
 mod common;
 
 use common::{vm_login, vm_status_json, wait_booted, VM_CMD};
-use kiln::cmd::Cmd;
 use kiln::qemu::Vm;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// An update disk of archive repos: each `(repo, ref, commit)` puts `commit` on `ref` in
-/// `repo` (the guest mounts it at /run/updates).
+/// An update disk of archive repos: each `(repo, ref, commit)` puts `commit` (of the
+/// fixture repo) on `ref` in `repo` (the guest mounts it at /run/updates).
 fn update_disk(f: &common::Composed, work: &Path, refs: &[(&str, &str, &str)]) -> PathBuf {
-    let top = work.join("updates");
-    for (name, r, c) in refs {
-        let repo = top.join(name);
-        let ostree = |args: &[&str]| {
-            Cmd::new("ostree")
-                .arg(format!("--repo={}", repo.display()))
-                .args(args)
-                .run()
-                .unwrap()
-        };
-        if !repo.join("config").exists() {
-            std::fs::create_dir_all(&repo).unwrap();
-            ostree(&["init", "--mode=archive"]);
-        }
-        ostree(&["pull-local", "--depth=0", f.repo.to_str().unwrap(), c]);
-        ostree(&["refs", &format!("--create={r}"), c]);
-    }
-    let disk = work.join("updates.ext4");
-    kiln::image::disk::mkfs_ext4(
-        &top,
-        &disk,
-        3 * 1024 * 1024 * 1024,
-        "updates",
-        "00000000-4b49-4c4e-8000-0000000000c0",
-        None,
-        &work.join("mkfs.log"),
-    )
-    .unwrap();
-    disk
+    let refs: Vec<_> = refs
+        .iter()
+        .map(|(name, r, c)| (*name, f.repo.as_path(), *r, *c))
+        .collect();
+    common::archive_disk(work, &refs)
 }
 
 /// A variant of v1 whose policy gives new deployments `tries` boots; `bad`: it also

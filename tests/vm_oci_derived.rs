@@ -10,40 +10,9 @@ mod common;
 
 use common::derived::{self, Podman};
 use common::{vm_login, wait_booted, VM_CMD};
-use kiln::cmd::Cmd;
 use kiln::repo::oci::ImageRef;
-use std::path::Path;
 
 const REF: &str = "kiln/derived/x86_64/test";
-
-/// An ext4 disk holding an archive repo with `commit` (from `src`) on [`REF`].
-fn update_disk(src: &Path, commit: &str, work: &Path) -> std::path::PathBuf {
-    let top = work.join("updates");
-    let repo = top.join("repo");
-    let ostree = |args: &[&str]| {
-        Cmd::new("ostree")
-            .arg(format!("--repo={}", repo.display()))
-            .args(args)
-            .run()
-            .unwrap()
-    };
-    std::fs::create_dir_all(&repo).unwrap();
-    ostree(&["init", "--mode=archive"]);
-    ostree(&["pull-local", "--depth=0", src.to_str().unwrap(), commit]);
-    ostree(&["refs", &format!("--create={REF}"), commit]);
-    let disk = work.join("updates.ext4");
-    kiln::image::disk::mkfs_ext4(
-        &top,
-        &disk,
-        3 * 1024 * 1024 * 1024,
-        "updates",
-        "00000000-4b49-4c4e-8000-0000000000c0",
-        None,
-        &work.join("mkfs.log"),
-    )
-    .unwrap();
-    disk
-}
 
 /// Removes the OCI layout even when the test fails.
 struct RemoveDir(std::path::PathBuf);
@@ -85,7 +54,7 @@ fn vm_derived_image_deploys_and_its_package_runs() {
     let repo = work.path().join("repo");
     let got = kiln::deploy::image::fetch_to_repo(&img, &repo, None).unwrap();
     assert_eq!(got.base_commit.as_deref(), Some(f.commit.as_str()));
-    let disk = update_disk(&repo, &got.commit, work.path());
+    let disk = common::archive_disk(work.path(), &[("repo", &repo, REF, &got.commit)]);
     drop(cleanup);
     eprintln!("derived commit {} ready in {:?}", got.commit, t.elapsed());
 

@@ -399,6 +399,27 @@ pub fn lock(path: &Path) -> FileLock {
     FileLock(f)
 }
 
+/// [`compose`] with SOURCE_DATE_EPOCH `epoch`, its time and what it reused printed; it
+/// must not have been skipped.
+pub fn compose_timed(
+    recipe: &Path,
+    repo: &Path,
+    cache: &Path,
+    epoch: &str,
+    what: &str,
+) -> serde_json::Value {
+    let t = std::time::Instant::now();
+    let v = compose(recipe, repo, cache, &[("SOURCE_DATE_EPOCH", epoch)]);
+    eprintln!(
+        "{what}: {:.1} s, reused {}, stages {}",
+        t.elapsed().as_secs_f64(),
+        v["reused"],
+        v["stages"]
+    );
+    assert_eq!(v["skipped"], serde_json::Value::Bool(false), "{what}: {v}");
+    v
+}
+
 /// Runs `kiln compose --json` and returns the parsed output. Panics with kiln's stderr
 /// on failure.
 pub fn compose(
@@ -615,21 +636,34 @@ pub fn update_disk(f: &Composed, work: &Path) -> (PathBuf, String) {
 /// An ext4 disk image holding an archive repo with `v2` on the base ref and each
 /// `(ref, commit)` of `extra` (commits of the fixture repo).
 pub fn update_disk_with(f: &Composed, work: &Path, v2: &str, extra: &[(&str, &str)]) -> PathBuf {
+    let mut refs = vec![("repo", f.repo.as_path(), f.ref_.as_str(), v2)];
+    refs.extend(
+        extra
+            .iter()
+            .map(|(r, c)| ("repo", f.repo.as_path(), *r, *c)),
+    );
+    archive_disk(work, &refs)
+}
+
+/// An ext4 disk image (label `updates`) of archive repos: each `(name, src, ref, commit)`
+/// puts `commit`, pulled from the repo `src`, on `ref` in the archive repo `name` (the
+/// guest mounts the disk at /run/updates: `booted::mount_updates`).
+pub fn archive_disk(work: &Path, refs: &[(&str, &Path, &str, &str)]) -> PathBuf {
     let updates = work.join("updates");
-    let repo = updates.join("repo");
-    let ostree = |args: &[&str]| {
-        Cmd::new("ostree")
-            .arg(format!("--repo={}", repo.display()))
-            .args(args)
-            .run()
-            .unwrap()
-    };
-    std::fs::create_dir_all(&repo).unwrap();
-    ostree(&["init", "--mode=archive"]);
-    ostree(&["pull-local", "--depth=0", f.repo.to_str().unwrap(), v2]);
-    ostree(&["refs", &format!("--create={}", f.ref_), v2]);
-    for (r, c) in extra {
-        ostree(&["pull-local", "--depth=0", f.repo.to_str().unwrap(), c]);
+    for (name, src, r, c) in refs {
+        let repo = updates.join(name);
+        let ostree = |args: &[&str]| {
+            Cmd::new("ostree")
+                .arg(format!("--repo={}", repo.display()))
+                .args(args)
+                .run()
+                .unwrap()
+        };
+        if !repo.join("config").exists() {
+            std::fs::create_dir_all(&repo).unwrap();
+            ostree(&["init", "--mode=archive"]);
+        }
+        ostree(&["pull-local", "--depth=0", src.to_str().unwrap(), c]);
         ostree(&["refs", &format!("--create={r}"), c]);
     }
     let disk = work.join("updates.ext4");
