@@ -5,36 +5,13 @@
 mod common;
 
 use kiln::cmd::Cmd;
-use std::path::Path;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn base_image_builds_a_disk_that_follows_it() {
     let base = common::base_commit();
     let work = common::fixture_workdir("oci-base");
-    // Container image names are lower case: a layout path without the temp dir's name.
-    let layout = common::fixture_dir().join(format!("oci-base-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&layout);
-    let t = std::time::Instant::now();
-    let p: serde_json::Value = serde_json::from_str(&common::kiln_ok(&[
-        "publish",
-        "--repo",
-        s(&base.repo),
-        "--ref",
-        &base.ref_,
-        "--oci",
-        &format!("oci:{}:base", layout.display()),
-        "--json",
-    ]))
-    .unwrap();
-    eprintln!(
-        "publish --oci: {:?}, {} layers",
-        t.elapsed(),
-        p["layers"].as_array().unwrap().len()
-    );
+    let (layout, p) = common::publish_base_layout("oci-base");
+    eprintln!("{} layers", p["layers"].as_array().unwrap().len());
     assert_eq!(p["commit"], base.commit.as_str());
 
     // kiln image --from-oci: the disk's deployment is the image's commit, following it.

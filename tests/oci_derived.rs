@@ -103,25 +103,12 @@ impl Drop for Cleanup {
 fn derived_image_runs_builds_and_deploys() {
     let base = common::base_commit();
     let work = common::fixture_workdir("oci-derived");
-    // Container image names are lower case: a layout path without the temp dir's name.
-    let layout = common::fixture_dir().join(format!("oci-derived-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&layout);
     let sysroot = work.path().join("sysroot");
+    let (layout, _) = common::publish_base_layout("oci-derived");
     let _cleanup = Cleanup {
         layout: layout.clone(),
         sysroot: sysroot.clone(),
     };
-    let t = std::time::Instant::now();
-    kiln_ok(&[
-        "publish",
-        "--repo",
-        s(&base.repo),
-        "--ref",
-        &base.ref_,
-        "--oci",
-        &format!("oci:{}:base", layout.display()),
-    ]);
-    eprintln!("publish --oci: {:?}", t.elapsed());
 
     // podman runs the base image: its os-release, and /var as a booted system has it.
     let repo = kiln::repo::open(&base.repo).unwrap();

@@ -680,3 +680,26 @@ pub fn archive_disk(work: &Path, refs: &[(&str, &Path, &str, &str)]) -> PathBuf 
     .unwrap();
     disk
 }
+
+/// The base commit published with `kiln publish --oci` as `:base` in a fresh OCI layout
+/// `NAME-PID` of the fixture dir (container image names are lower case: no temp dir
+/// name in the path); the layout and the publish's JSON.
+pub fn publish_base_layout(name: &str) -> (PathBuf, serde_json::Value) {
+    let base = base_commit();
+    let layout = fixture_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&layout);
+    let t = std::time::Instant::now();
+    let p: serde_json::Value = serde_json::from_str(&kiln_ok(&[
+        "publish",
+        "--repo",
+        base.repo.to_str().unwrap(),
+        "--ref",
+        &base.ref_,
+        "--oci",
+        &format!("oci:{}:base", layout.display()),
+        "--json",
+    ]))
+    .unwrap();
+    eprintln!("publish --oci: {:?}", t.elapsed());
+    (layout, p)
+}
