@@ -648,6 +648,10 @@ fn deploy_and_upgrade_from_a_configured_remote() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["result"], "available");
     assert_eq!(v["to"], c2.as_str());
+    // A file:// remote of a bare-user repo has no .filez objects: the preview asks the
+    // repo itself for the sizes of the objects the sysroot lacks.
+    assert_eq!(v["downloadFrom"], "objects", "{v}");
+    assert!(v["downloadBytes"].as_u64().unwrap_or(0) > 0, "{v}");
     assert_eq!(checksums(&status_json(&f))[0], c1);
     kiln_ok(&["upgrade", "--sysroot", sr]);
     let st = status_json(&f);

@@ -273,9 +273,17 @@ pub fn upgrade(path: &Path, os: &str, opts: &UpgradeOptions) -> Result<UpgradeOu
                 *download_bytes = Some(z);
                 *download_unpacked_bytes = Some(u);
                 *download_from = Some(DownloadFrom::StaticDelta);
-            } else if let Some(n) = crate::repo::estimate::object_download_size(&repo, r, to)? {
-                *download_bytes = Some(n);
-                *download_from = Some(DownloadFrom::Objects);
+            } else {
+                // The size is a preview: a server that cannot answer for it (no HEAD, an
+                // object missing) leaves it unknown rather than hiding the update.
+                match crate::repo::estimate::object_download_size(&repo, r, to) {
+                    Ok(Some(n)) => {
+                        *download_bytes = Some(n);
+                        *download_from = Some(DownloadFrom::Objects);
+                    }
+                    Ok(None) => {}
+                    Err(e) => eprintln!("kiln: warning: download size unknown: {e:#}"),
+                }
             }
         }
         return Ok(done);

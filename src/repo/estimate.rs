@@ -15,14 +15,15 @@ use ostree::gio;
 use ostree::glib;
 use ostree::ObjectType;
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Requests curl keeps in flight at once.
 const PARALLEL: &str = "8";
 
-/// How the objects are reached: a `file://` repo or an HTTP(S) one.
+/// How the objects are reached: a `file://` repo (of any mode, opened as a repo) or an
+/// HTTP(S) one (an archive repo's loose objects).
 enum Server {
-    Dir(PathBuf),
+    Local(ostree::Repo),
     Http {
         base: String,
         curl_opts: Vec<String>,
@@ -138,7 +139,11 @@ fn server(repo: &ostree::Repo, remote: &str) -> Result<Option<Server>> {
     };
     let base = url.trim_end_matches('/').to_string();
     if let Some(dir) = base.strip_prefix("file://") {
-        return Ok(Some(Server::Dir(PathBuf::from(dir))));
+        let local = ostree::Repo::new_for_path(dir);
+        local
+            .open(gio::Cancellable::NONE)
+            .with_context(|| format!("opening {dir}, the repo of remote {remote:?}"))?;
+        return Ok(Some(Server::Local(local)));
     }
     if !(base.starts_with("http://") || base.starts_with("https://")) {
         return Ok(None);
@@ -195,35 +200,39 @@ impl Server {
         kind: ObjectType,
         tmp: &Path,
     ) -> Result<Vec<(String, Vec<u8>)>> {
-        let local = |c: &String| -> Result<PathBuf> {
-            Ok(match self {
-                Server::Dir(d) => d.join(object_path(kind, c)),
-                Server::Http { .. } => tmp.join(c),
-            })
-        };
-        if let Server::Http { base, .. } = self {
-            let mut cfg = String::from("fail\n");
-            for c in checksums {
-                cfg += &format!(
-                    "url = {}\noutput = {}\n",
-                    quoted(&format!("{base}/{}", object_path(kind, c))),
-                    quoted(&local(c)?.to_string_lossy())
-                );
+        let base = match self {
+            Server::Local(r) => {
+                return checksums
+                    .iter()
+                    .map(|c| {
+                        let v = r.load_variant(kind, c).with_context(|| {
+                            format!("reading {kind:?} object {c} of the remote")
+                        })?;
+                        Ok((c.clone(), v.data_as_bytes().to_vec()))
+                    })
+                    .collect();
             }
-            let config = tmp.join("fetch.curl");
-            std::fs::write(&config, cfg).context("writing curl's request list")?;
-            self.curl(&config)?
-                .run()
-                .with_context(|| format!("fetching {} {kind:?} objects", checksums.len()))?;
+            Server::Http { base, .. } => base,
+        };
+        let mut cfg = String::from("fail\n");
+        for c in checksums {
+            cfg += &format!(
+                "url = {}\noutput = {}\n",
+                quoted(&format!("{base}/{}", object_path(kind, c))),
+                quoted(&tmp.join(c).to_string_lossy())
+            );
         }
+        let config = tmp.join("fetch.curl");
+        std::fs::write(&config, cfg).context("writing curl's request list")?;
+        self.curl(&config)?
+            .run()
+            .with_context(|| format!("fetching {} {kind:?} objects", checksums.len()))?;
         checksums
             .iter()
             .map(|c| {
-                let p = local(c)?;
+                let p = tmp.join(c);
                 let data = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-                if let Server::Http { .. } = self {
-                    let _ = std::fs::remove_file(&p);
-                }
+                let _ = std::fs::remove_file(&p);
                 Ok((c.clone(), data))
             })
             .collect()
@@ -232,11 +241,13 @@ impl Server {
     /// The summed size of `objects` on the server.
     fn sizes(&self, objects: &[(ObjectType, String)], tmp: &Path) -> Result<u64> {
         match self {
-            Server::Dir(d) => objects.iter().try_fold(0u64, |n, (k, c)| {
-                let p = d.join(object_path(*k, c));
-                let m =
-                    std::fs::metadata(&p).with_context(|| format!("reading {}", p.display()))?;
-                Ok(n + m.len())
+            Server::Local(r) => objects.iter().try_fold(0u64, |n, (k, c)| {
+                let size = r
+                    .query_object_storage_size(*k, c, gio::Cancellable::NONE)
+                    .with_context(|| {
+                        format!("reading the size of {k:?} object {c} of the remote")
+                    })?;
+                Ok(n + size)
             }),
             Server::Http { base, .. } => {
                 if objects.is_empty() {
