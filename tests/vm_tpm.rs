@@ -1,4 +1,4 @@
-// suite-minutes: 13 (TCG run time here: 11 for five boots, more when recipes/tpm.toml must be recomposed)
+// suite-minutes: 11 (TCG run time here: 11 for four boots under a load average of 6, more when recipes/tpm.toml must be recomposed)
 //! End to end: a TPM 2.0 (swtpm, `VmOptions::tpm`) in a VM of the `recipes/tpm.toml`
 //! variant, one machine booted four times (QEMU TCG).
 //!
