@@ -1,4 +1,4 @@
-// suite-minutes: 15 (TCG run time: 23.4 min here under a load average of 6, CI took 13.3 before the lighter repo checks; tests/suite.sh balances the VM test files over two groups by it)
+// suite-minutes: 15 (TCG run time: 23.4 min here under a load average of 6; CI took 13.3 min before the lighter repo checks, weighed 20; tests/suite.sh balances the VM test files over two groups by it)
 //! Real power loss: one VM, hard resets (QMP `system_reset`, nothing synced) at the named
 //! fault points of a staged upgrade's finalization, a deploy, an upgrade, a rollback and a
 //! kernel-argument change on the booted system; after each reset the machine boots a
