@@ -332,13 +332,19 @@ impl Vm {
     /// Waits for the root shell that `kiln.autologin` gives on the serial console and makes
     /// it quiet for scripted use (no echo, no prompt, no kernel messages, no pager, no colours). The shell may
     /// already be up (the login can come before or after any boot marker), so this keeps
-    /// sending a probe until the shell answers.
+    /// sending a probe until the shell answers. A probe typed before the shell started is
+    /// lost (login flushes the terminal's input), so the first waits are short (2 s, then
+    /// doubling up to 20 s): a lost probe costs seconds, not a fixed 20. A late answer to an
+    /// earlier probe is harmless (each command's end is found by its own tag).
     pub fn login(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let keep = self.keep;
+        let mut wait = Duration::from_secs(2);
         loop {
             self.send("\nstty -echo; PS1=''; PS2=''; unset PROMPT_COMMAND; dmesg -n 1; export PAGER=cat SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 TERM=dumb\n")?;
-            match self.run("true", Duration::from_secs(20)) {
+            let answer = self.run("true", wait);
+            wait = (wait * 2).min(Duration::from_secs(20));
+            match answer {
                 Ok((0, _)) => {
                     self.keep = keep;
                     return Ok(());

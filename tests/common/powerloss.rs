@@ -5,8 +5,12 @@
 //! One VM, many hard resets (QMP `system_reset`: no sync, no shutdown, the guest's page
 //! cache is lost). Each reset lands at a named moment of a sysroot operation on the booted
 //! system; after it the machine must boot a complete deployment (the boot marker names
-//! its commit), `ostree fsck` must pass (in the sysroot's bare repo the deployments' files
-//! are hard links to the objects it verifies), and `kiln status` must work. The moments:
+//! its commit), the sysroot's repo must be whole, and `kiln status` must work. "Whole" is
+//! checked by what the interrupted operation could have broken ([`RepoCheck`]): where it
+//! wrote objects (a pull from the update disk), a full `ostree fsck` (in the sysroot's bare
+//! repo the deployments' files are hard links to the objects it verifies); where it only
+//! checked out, wrote boot entries or pruned, every commit's tree is walked to its last
+//! object (what a reset during a prune or a cleanup could lose). The moments:
 //!
 //! 1. `kiln upgrade` at `upgrade:pulled` (new objects in the repo, nothing deployed):
 //!    boots the old commit.
@@ -75,7 +79,8 @@ pub struct Cycle {
 /// returns them. Panics (with the console log kept) when a check fails.
 pub fn run(vm: &mut Vm, s: &Setup) -> Vec<Cycle> {
     let (a, b) = (s.v1.as_str(), s.v2.as_str());
-    checked(vm, "resumed base system");
+    // Nothing was written yet: the full fsck of the first cycle covers the base's objects.
+    checked(vm, "resumed base system", RepoCheck::Complete);
     let mut cycles = Vec::new();
 
     // 1, 2: an upgrade and a deploy interrupted before anything boots differently.
@@ -85,14 +90,26 @@ pub fn run(vm: &mut Vm, s: &Setup) -> Vec<Cycle> {
         &format!("kiln upgrade --repo {UPDATES}"),
         "upgrade:pulled",
     );
-    cycles.push(recover(vm, "kiln upgrade at upgrade:pulled", &[a], t));
+    cycles.push(recover(
+        vm,
+        "kiln upgrade at upgrade:pulled",
+        &[a],
+        RepoCheck::Fsck,
+        t,
+    ));
     let t = Instant::now();
     interrupt_at(
         vm,
         &format!("kiln deploy --repo {UPDATES} {}", s.ref_),
         "deploy:staged",
     );
-    cycles.push(recover(vm, "kiln deploy at deploy:staged", &[a], t));
+    cycles.push(recover(
+        vm,
+        "kiln deploy at deploy:staged",
+        &[a],
+        RepoCheck::Fsck,
+        t,
+    ));
     let st = common::vm_status_json(vm);
     let deps = st["status"]["deployments"].as_array().unwrap();
     assert_eq!(deps.len(), 1, "the lost staged deployment is listed: {st}");
@@ -104,7 +121,8 @@ pub fn run(vm: &mut Vm, s: &Setup) -> Vec<Cycle> {
     for when in [Finalize::Done, Finalize::Halfway, Finalize::Start] {
         let t = Instant::now();
         let target = if booted == a { b } else { a };
-        stage(vm, s, target);
+        // Staging v2 pulls it from the update disk; v1 is checked out of the sysroot's repo.
+        let check = stage(vm, s, target);
         let took = reset_in_finalization(vm, when, finalize);
         if when == Finalize::Done {
             finalize = took;
@@ -114,7 +132,7 @@ pub fn run(vm: &mut Vm, s: &Setup) -> Vec<Cycle> {
             _ => vec![booted.as_str(), target],
         };
         let what = format!("staged finalization, reset {when:?} ({took:.1?} into it)");
-        let c = recover(vm, &what, &expect, t);
+        let c = recover(vm, &what, &expect, check, t);
         booted = c.booted.clone();
         cycles.push(c);
     }
@@ -127,6 +145,7 @@ pub fn run(vm: &mut Vm, s: &Setup) -> Vec<Cycle> {
         vm,
         "kiln rollback at rollback:written",
         &[other],
+        RepoCheck::Complete,
         t,
     ));
 
@@ -157,6 +176,7 @@ pub fn run(vm: &mut Vm, s: &Setup) -> Vec<Cycle> {
         vm,
         "kiln kargs --in-place (staged) at kargs:written",
         &[other],
+        RepoCheck::Complete,
         t,
     );
     let cmdline = vm.run_ok("cat /proc/cmdline", VM_CMD).unwrap();
@@ -190,15 +210,20 @@ fn interrupt_at(vm: &mut Vm, cmd: &str, point: &str) {
 }
 
 /// Stages `target` (v2 from the update disk by its ref, v1 by checksum from the
-/// sysroot's own repo) for the next boot.
-fn stage(vm: &mut Vm, s: &Setup, target: &str) {
-    let cmd = if target == s.v2 {
-        format!("kiln deploy --repo {UPDATES} {}", s.ref_)
+/// sysroot's own repo) for the next boot; how the repo is checked after a reset in this
+/// cycle (a pull wrote objects; a checkout of the repo's own commit did not).
+fn stage(vm: &mut Vm, s: &Setup, target: &str) -> RepoCheck {
+    let (cmd, check) = if target == s.v2 {
+        (
+            format!("kiln deploy --repo {UPDATES} {}", s.ref_),
+            RepoCheck::Fsck,
+        )
     } else {
-        format!("kiln deploy {target}")
+        (format!("kiln deploy {target}"), RepoCheck::Complete)
     };
     let out = vm.run_ok(&cmd, VM_CMD).unwrap();
     eprintln!("staged {target}: {out}");
+    check
 }
 
 /// The image's finalization (overlays/base: libostree's finalization, then /boot
@@ -239,15 +264,16 @@ fn reset_in_finalization(vm: &mut Vm, when: Finalize, took: Duration) -> Duratio
     t.elapsed()
 }
 
-/// After a reset: the machine boots one of `expect`, and is checked. Returns the cycle.
-fn recover(vm: &mut Vm, what: &str, expect: &[&str], t0: Instant) -> Cycle {
+/// After a reset: the machine boots one of `expect`, and is checked (the repo by `repo`).
+/// Returns the cycle.
+fn recover(vm: &mut Vm, what: &str, expect: &[&str], repo: RepoCheck, t0: Instant) -> Cycle {
     let t = Instant::now();
     let booted = common::wait_booted(vm, &format!("after reset: {what}"));
     assert!(
         expect.contains(&booted.as_str()),
         "{what}: booted {booted}, expected one of {expect:?}"
     );
-    checked(vm, what);
+    checked(vm, what, repo);
     let st = common::vm_status_json(vm);
     assert_eq!(common::booted_in_status(&st), booted, "{what}: {st}");
     let c = Cycle {
@@ -263,21 +289,55 @@ fn recover(vm: &mut Vm, what: &str, expect: &[&str], t0: Instant) -> Cycle {
     c
 }
 
-/// Logs in, mounts the update disk, and checks the repo and `kiln status`.
-fn checked(vm: &mut Vm, what: &str) {
+/// How the sysroot's repo is checked after a reset: by what the cycle's operation wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoCheck {
+    /// Objects were written (a pull): `ostree fsck`, every object of every commit read
+    /// and its checksum verified.
+    Fsck,
+    /// No object was written (a checkout of a commit already in the repo, boot entries,
+    /// a prune): objects that were not written cannot have changed, so every commit that
+    /// is not marked partial (fsck skips those too) must still reach every object of its
+    /// tree (`ostree ls -R` reads each dirtree and dirmeta and opens each file object). A
+    /// prune or cleanup cut short loses objects; this finds the commit they belonged to.
+    Complete,
+}
+
+/// Every complete commit's tree, walked to its objects (`RepoCheck::Complete`).
+const COMPLETE_CMD: &str = "n=0; for f in /ostree/repo/objects/*/*.commit; do \
+     c=$(basename \"$(dirname \"$f\")\")$(basename \"$f\" .commit); \
+     [ -e /ostree/repo/state/$c.commitpartial ] && continue; \
+     ostree ls -R \"$c\" >/dev/null || { echo \"commit $c: objects missing\"; exit 1; }; \
+     n=$((n+1)); done; echo \"$n commits complete\"";
+
+/// Logs in, mounts the update disk, and checks the repo (`repo`) and `kiln status`.
+fn checked(vm: &mut Vm, what: &str, repo: RepoCheck) {
     common::vm_login(vm);
     let t = Instant::now();
-    let (st, out) = vm
-        .run(
-            "ostree fsck 2>&1 | tail -n 5; r=${PIPESTATUS[0]}; (exit $r)",
-            VM_CMD,
-        )
-        .unwrap();
-    assert_eq!(st, 0, "{what}: ostree fsck failed:\n{out}");
-    eprintln!(
-        "powerloss: {what}: ostree fsck passed in {:.0?}",
-        t.elapsed()
-    );
+    match repo {
+        RepoCheck::Fsck => {
+            let (st, out) = vm
+                .run(
+                    "ostree fsck 2>&1 | tail -n 5; r=${PIPESTATUS[0]}; (exit $r)",
+                    VM_CMD,
+                )
+                .unwrap();
+            assert_eq!(st, 0, "{what}: ostree fsck failed:\n{out}");
+            eprintln!(
+                "powerloss: {what}: ostree fsck passed in {:.0?}",
+                t.elapsed()
+            );
+        }
+        RepoCheck::Complete => {
+            let (st, out) = vm.run(&format!("({COMPLETE_CMD}) 2>&1"), VM_CMD).unwrap();
+            assert_eq!(st, 0, "{what}: the repo lost objects:\n{out}");
+            assert!(
+                !out.starts_with("0 commits"),
+                "{what}: no commit found: {out}"
+            );
+            eprintln!("powerloss: {what}: {out} in {:.0?}", t.elapsed());
+        }
+    }
     vm.run_ok("kiln status", VM_CMD)
         .unwrap_or_else(|e| panic!("{what}: {e:#}"));
     common::booted::mount_updates(vm);
