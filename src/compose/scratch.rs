@@ -25,6 +25,8 @@ pub const MIN_FREE: u64 = 4 << 30;
 /// the OOM killer.
 pub const MIN_AVAILABLE: u64 = 6 << 30;
 const TMPFS_MAGIC: i64 = 0x0102_1994;
+/// Directory names: `kiln-bootstrap-PID-XXXXXX`.
+const PREFIX: &str = "kiln-bootstrap-";
 
 /// A place for one bootstrap: a directory on tmpfs (removed on drop and on SIGINT/SIGTERM)
 /// or nothing (use the work dir).
@@ -45,7 +47,9 @@ impl Scratch {
         if free < MIN_FREE || mem_available().is_none_or(|m| m < MIN_AVAILABLE) {
             return Ok(Scratch { dir: None });
         }
-        let dir = TempDir::new_in(shm, "kiln-bootstrap-")
+        remove_stale(shm);
+        let prefix = format!("{PREFIX}{}-", std::process::id());
+        let dir = TempDir::new_in(shm, &prefix)
             .with_context(|| format!("creating a bootstrap directory in {SHM}"))?;
         Ok(Scratch { dir: Some(dir) })
     }
@@ -71,6 +75,31 @@ impl Scratch {
             "on disk"
         }
     }
+}
+
+/// Removes the bootstrap directories of kiln processes that are gone (killed with
+/// SIGKILL, or by SIGPIPE when their output was closed): on tmpfs they would hold memory
+/// until the next boot. A directory whose process is alive is never touched.
+fn remove_stale(shm: &Path) {
+    let Ok(rd) = std::fs::read_dir(shm) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = owner_pid(&name) {
+            if !Path::new("/proc").join(pid.to_string()).exists() {
+                // Best effort: a directory that cannot be removed now is tried next time.
+                let _ = crate::cleanup::remove_tree(&e.path());
+            }
+        }
+    }
+}
+
+/// The pid in a bootstrap directory's name.
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let (pid, _) = rest.split_once('-')?;
+    pid.parse().ok()
 }
 
 /// Free bytes of `dir` when it is a tmpfs.
@@ -112,6 +141,27 @@ mod tests {
         assert_eq!(parse_mem_available(m), Some(22_068_452 * 1024));
         assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
         assert_eq!(parse_mem_available("MemAvailable: x kB\n"), None);
+    }
+
+    #[test]
+    fn stale_directories_are_those_of_gone_processes() {
+        assert_eq!(owner_pid("kiln-bootstrap-1234-AbC12x"), Some(1234));
+        assert_eq!(owner_pid("kiln-bootstrap-AbC12x"), None);
+        assert_eq!(owner_pid("libpod_lock"), None);
+        let d = tempfile::tempdir().unwrap();
+        // pid_max is at most 2^22: no process has this pid.
+        let gone = d.path().join("kiln-bootstrap-99999999-x");
+        let alive = d
+            .path()
+            .join(format!("kiln-bootstrap-{}-x", std::process::id()));
+        let other = d.path().join("kiln-other-99999999-x");
+        for p in [&gone, &alive, &other] {
+            std::fs::create_dir_all(p.join("usr")).unwrap();
+        }
+        remove_stale(d.path());
+        assert!(!gone.exists());
+        assert!(alive.exists());
+        assert!(other.exists());
     }
 
     #[test]
