@@ -179,6 +179,37 @@ fn builds_are_bit_identical_and_differences_are_found() {
         );
     }
 
+    // 1b. The root built on disk instead of in memory (docs/compose.md, "Building"), from
+    // a cache holding only build a's `.deb`s and apt lists: the same commit.
+    let disk = w.join("on-disk");
+    let disk_cache = disk.join("cache");
+    std::fs::create_dir_all(&disk_cache).unwrap();
+    for d in ["debs", "apt-lists"] {
+        let st = Command::new("cp")
+            .arg("-al")
+            .arg(cache_a.join(d))
+            .arg(&disk_cache)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let mut c = kiln(EPOCH);
+    c.env("KILN_BOOTSTRAP_TMPFS", "0")
+        .arg("compose")
+        .arg(&recipe)
+        .arg("--repo")
+        .arg(disk.join("repo"))
+        .arg("--cache-dir")
+        .arg(&disk_cache)
+        .arg("--json");
+    let v = ok_json(c, "compose with the root built on disk");
+    assert_eq!(v["reused"]["root"], "bootstrap", "{v}");
+    assert_eq!(
+        v["commit"].as_str(),
+        Some(commit.as_str()),
+        "the root built on disk gave another commit than the one built in memory"
+    );
+
     // 2. One changed byte in an overlay file of base: the tree and the commit change.
     // Same packages, same epoch: the cached bootstrap of build a is legitimately reused.
     let d = w.join("overlay-byte");

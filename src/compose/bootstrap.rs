@@ -147,7 +147,7 @@ pub fn key(
         .read()
         .context("asking mmdebstrap for its version")?;
     let v = serde_json::json!({
-        "format": "kiln-bootstrap-1",
+        "format": "kiln-bootstrap-2",
         "hooks": [HOOK_IN, HOOK_OUT],
         "mmdebstrap": mmdebstrap,
         "suite": recipe.suite,
@@ -173,7 +173,7 @@ pub fn base_key(recipe: &Recipe, sources: &[AptSource], mirror_state: &[String])
         .read()
         .context("asking mmdebstrap for its version")?;
     let v = serde_json::json!({
-        "format": "kiln-bootstrap-base-1",
+        "format": "kiln-bootstrap-base-2",
         "hooks": [HOOK_IN, HOOK_OUT],
         "mmdebstrap": mmdebstrap,
         "suite": recipe.suite,

@@ -50,25 +50,31 @@ pub fn check_excluded(recipe: &Recipe, tree: &Path) -> Result<()> {
 /// its own build's path before it was saved, and cannot hold this one's, made after it).
 pub fn check_no_build_paths(tree: &Path, work: &Path, co: Option<&Checkout>) -> Result<()> {
     let Some(co) = co else {
-        return grep_build_paths(work, &[tree.to_path_buf()], "-rlsF");
+        return grep_build_paths(&[work], &[tree.to_path_buf()], "-rlsF");
     };
     let files = co.unshared_files(tree)?;
     for chunk in files.chunks(500) {
-        grep_build_paths(work, chunk, "-lsF")?;
+        grep_build_paths(&[work], chunk, "-lsF")?;
     }
     Ok(())
 }
 
-fn grep_build_paths(work: &Path, paths: &[PathBuf], flags: &str) -> Result<()> {
-    let r = crate::cmd::Cmd::new("grep")
-        .args([flags, "--"])
-        .arg(work.as_os_str())
-        .args(paths)
-        .run();
+/// Fails when any of `build_paths` appears in any file of `tree`.
+pub fn check_tree_free_of(tree: &Path, build_paths: &[&Path]) -> Result<()> {
+    grep_build_paths(build_paths, &[tree.to_path_buf()], "-rlsF")
+}
+
+fn grep_build_paths(patterns: &[&Path], paths: &[PathBuf], flags: &str) -> Result<()> {
+    let mut c = crate::cmd::Cmd::new("grep").arg(flags);
+    for p in patterns {
+        c = c.arg("-e").arg(p.as_os_str());
+    }
+    let r = c.arg("--").args(paths).run();
     match r {
         Ok(out) => {
             let s = out.stdout_str();
-            bail!("build paths ({}) left in the tree:\n{s}", work.display())
+            let shown: Vec<String> = patterns.iter().map(|p| p.display().to_string()).collect();
+            bail!("build paths ({}) left in the tree:\n{s}", shown.join(", "))
         }
         Err(e) => match e.downcast_ref::<crate::cmd::CmdError>() {
             Some(c) if c.status == "exit status 1" => Ok(()),

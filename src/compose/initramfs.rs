@@ -219,10 +219,18 @@ fn record(
 }
 
 /// dracut skips a module it cannot install with only a warning; a missing module must
-/// not go unnoticed.
+/// not go unnoticed. The modules dracut installed are listed in the image's
+/// `usr/lib/dracut/modules.txt` (what `lsinitrd -m` prints), read here from the archive
+/// dracut wrote uncompressed.
 fn check_modules(tree: &Path, out: &str, modules: &[String], log: &Path) -> Result<()> {
-    let listing = chroot::read(tree, &["lsinitrd", "-m", out], &[])
-        .context("listing the initramfs's dracut modules with lsinitrd")?;
+    let img = tree.join(out.trim_start_matches('/'));
+    let listing = cpio_member(&img, "usr/lib/dracut/modules.txt")?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} holds no usr/lib/dracut/modules.txt: not an image dracut made",
+            img.display()
+        )
+    })?;
+    let listing = String::from_utf8_lossy(&listing);
     let have: Vec<&str> = listing.lines().map(str::trim).collect();
     let missing: Vec<&String> = modules
         .iter()
@@ -241,4 +249,149 @@ fn check_modules(tree: &Path, out: &str, modules: &[String], log: &Path) -> Resu
         );
     }
     Ok(())
+}
+
+/// The bytes of member `name` of an uncompressed `newc` cpio archive (or of several such
+/// archives one after the other, as dracut writes them), `None` when it has none.
+pub fn cpio_member(archive: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    use std::io::{BufReader, Read};
+    let f =
+        std::fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let len = f
+        .metadata()
+        .with_context(|| format!("reading {}", archive.display()))?
+        .len();
+    let mut r = BufReader::new(f);
+    let mut pos: u64 = 0;
+    let bad = |pos: u64, what: &str| {
+        anyhow::anyhow!(
+            "{} is not an uncompressed newc cpio archive ({what} at byte {pos})",
+            archive.display()
+        )
+    };
+    while len - pos >= 6 {
+        let mut magic = [0u8; 6];
+        r.read_exact(&mut magic[..4])
+            .with_context(|| format!("reading {}", archive.display()))?;
+        if magic[..4] == [0u8; 4] {
+            // Padding after an archive's trailer (headers start on 4-byte boundaries).
+            pos += 4;
+            continue;
+        }
+        r.read_exact(&mut magic[4..])
+            .with_context(|| format!("reading {}", archive.display()))?;
+        if &magic != b"070701" && &magic != b"070702" {
+            return Err(bad(pos, "no cpio header"));
+        }
+        let mut head = [0u8; 104];
+        r.read_exact(&mut head)
+            .with_context(|| format!("reading {}", archive.display()))?;
+        let field = |i: usize| -> Result<u64> {
+            let s =
+                std::str::from_utf8(&head[i * 8..i * 8 + 8]).map_err(|_| bad(pos, "bad header"))?;
+            u64::from_str_radix(s, 16).map_err(|_| bad(pos, "bad header"))
+        };
+        let size = field(6)?;
+        let namesize = field(11)?;
+        if namesize == 0 || namesize > 4096 {
+            return Err(bad(pos, "bad name size"));
+        }
+        let mut n = vec![0u8; namesize as usize];
+        r.read_exact(&mut n)
+            .with_context(|| format!("reading {}", archive.display()))?;
+        let member = &n[..n.len() - 1];
+        let after_name = pos + 110 + namesize;
+        let data_start = after_name.div_ceil(4) * 4;
+        r.seek_relative((data_start - after_name) as i64)
+            .with_context(|| format!("reading {}", archive.display()))?;
+        let next = (data_start + size).div_ceil(4) * 4;
+        if next > len + 3 {
+            return Err(bad(pos, "member runs past the end"));
+        }
+        if member == name.as_bytes() {
+            let mut data = vec![0u8; size as usize];
+            r.read_exact(&mut data)
+                .with_context(|| format!("reading {}", archive.display()))?;
+            return Ok(Some(data));
+        }
+        if next >= len {
+            break;
+        }
+        r.seek_relative((next - data_start) as i64)
+            .with_context(|| format!("reading {}", archive.display()))?;
+        pos = next;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A newc member as cpio writes it.
+    fn member(out: &mut Vec<u8>, name: &str, data: &[u8]) {
+        let fields = [
+            1,
+            0o100644,
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            name.len() + 1,
+            0,
+        ];
+        out.extend_from_slice(b"070701");
+        for f in fields {
+            out.extend_from_slice(format!("{f:08X}").as_bytes());
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(data);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    }
+
+    #[test]
+    fn reads_a_member_of_concatenated_cpio_archives() {
+        let d = tempfile::tempdir().unwrap();
+        let mut a = Vec::new();
+        member(&mut a, "early/x", b"12345");
+        member(&mut a, "TRAILER!!!", b"");
+        a.resize(512, 0);
+        member(&mut a, ".", b"");
+        member(&mut a, "usr/lib/dracut/modules.txt", b"systemd\nostree\n");
+        member(&mut a, "usr/bin/y", &[7u8; 1000]);
+        member(&mut a, "TRAILER!!!", b"");
+        a.resize(a.len().div_ceil(512) * 512, 0);
+        let f = d.path().join("img");
+        std::fs::write(&f, &a).unwrap();
+        assert_eq!(
+            cpio_member(&f, "usr/lib/dracut/modules.txt")
+                .unwrap()
+                .as_deref(),
+            Some(&b"systemd\nostree\n"[..])
+        );
+        assert_eq!(cpio_member(&f, "usr/bin/y").unwrap(), Some(vec![7u8; 1000]));
+        assert_eq!(
+            cpio_member(&f, "early/x").unwrap().as_deref(),
+            Some(&b"12345"[..])
+        );
+        assert_eq!(cpio_member(&f, "usr/lib/nothing").unwrap(), None);
+        // A compressed (or any other) file is refused, not read as an empty archive.
+        std::fs::write(&f, b"\x28\xb5\x2f\xfd0000000000").unwrap();
+        let e = cpio_member(&f, "x").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("not an uncompressed newc cpio"),
+            "{e:#}"
+        );
+    }
 }

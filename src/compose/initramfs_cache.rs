@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-const FORMAT: &str = "kiln-initramfs-1";
+const FORMAT: &str = "kiln-initramfs-2";
 /// Records kept (least recently used beyond this are removed).
 const KEEP: usize = 4;
 

@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod postprocess;
 mod root;
 pub mod sbom;
+pub mod scratch;
 pub mod sources;
 pub mod treecache;
 

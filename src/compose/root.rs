@@ -11,8 +11,9 @@
 //! Whatever made it, the new root is saved into the tree cache and checked out by hard
 //! links, so the later stages always run on the same kind of tree.
 
-use super::checks::{check_excluded, check_no_build_paths};
+use super::checks::{check_excluded, check_no_build_paths, check_tree_free_of};
 use super::inputs::Inputs;
+use super::scratch::Scratch;
 use super::treecache::{Checkout, RootInfo, TreeCache};
 use super::{bootstrap, delta, epoch as epochs, sources};
 use crate::progress::Progress;
@@ -218,20 +219,27 @@ fn full(
     if let Some(co) = tc.checkout(&bkey, tree)? {
         return Ok((co, None));
     }
-    bootstrap::bootstrap(recipe, &inputs.srcs, tree, cache, inputs.epoch, work, &log)
+    // Built in memory when there is room, then copied into the tree cache and checked
+    // out at `tree` like a cached root.
+    let scratch = Scratch::for_bootstrap()?;
+    let root = scratch.path("tree", tree);
+    let place = scratch.describe();
+    bootstrap::bootstrap(recipe, &inputs.srcs, &root, cache, inputs.epoch, work, &log)
         .with_context(|| format!("full log: {}", log.display()))?;
     // apt may have seen a newer mirror state than the InRelease files fetched above.
-    let seen = sources::mirror_state_from_lists(&inputs.srcs, &tree.join("var/lib/apt/lists"))?;
+    let seen = sources::mirror_state_from_lists(&inputs.srcs, &root.join("var/lib/apt/lists"))?;
     let mut base = base.to_string();
     if seen != inputs.mirror {
         inputs.input_hash = inputs.hash(recipe, &seen)?;
         inputs.mirror = seen;
         base = bootstrap::base_key(recipe, &inputs.srcs, &inputs.mirror)?;
     }
-    check_excluded(recipe, tree)?;
+    check_excluded(recipe, &root)?;
     let k = bootstrap::key(recipe, &inputs.srcs, &inputs.mirror, fixed_epoch)?;
     // Searched once here; later composes search only the files they add.
-    check_no_build_paths(tree, work, None)?;
+    let mut build_paths = vec![work];
+    build_paths.extend(scratch.dir());
+    check_tree_free_of(&root, &build_paths)?;
     let info = RootInfo {
         key: k.clone(),
         base,
@@ -239,13 +247,14 @@ fn full(
         packages: recipe.packages.clone(),
         exclude: recipe.exclude_packages.clone(),
     };
-    tc.save(&info, tree, None)?;
+    tc.save(&info, &root, None)?;
+    drop(scratch);
     let co = tc
         .checkout(&k, tree)?
         .ok_or_else(|| anyhow!("the tree cache lost the root it just saved"))?;
     Ok((
         co,
-        Some(note.unwrap_or_else(|| "bootstrap: mmdebstrap ran".into())),
+        Some(note.unwrap_or_else(|| format!("bootstrap: mmdebstrap ran {place}"))),
     ))
 }
 
@@ -259,11 +268,13 @@ fn learn_epoch(
     work: &Path,
 ) -> Result<String> {
     let log = &inputs.log;
-    let probe = work.join("probe");
+    let scratch = Scratch::for_bootstrap()?;
+    let probe = scratch.path("probe", &work.join("probe"));
     bootstrap::bootstrap(recipe, &inputs.srcs, &probe, cache, inputs.epoch, work, log)
         .with_context(|| format!("full log: {}", log.display()))?;
     let learned = epochs::newest_changelog(&probe)?;
     super::overlay::remove_any(&probe)?;
+    drop(scratch);
     let Some(e) = learned else {
         return Ok(
             "no package changelog has a date: building with the current time, so \

@@ -149,15 +149,30 @@ impl TreeCache {
     }
 
     /// Commits a freshly bootstrapped `tree` as the root `info.key`, consuming it (the
-    /// directory is removed), and prunes the least recently used roots. `from` is the
+    /// directory is removed; its files are adopted when it is on the cache's file system,
+    /// else copied), and prunes the least recently used roots. `from` is the
     /// checkout the tree was made from, if any: its unchanged files are taken by checksum.
     pub fn save(&self, info: &RootInfo, tree: &Path, from: Option<&Checkout>) -> Result<()> {
         let key = info.key.as_str();
         let cancel = gio::Cancellable::NONE;
         // libostree refuses them before any commit filter sees them.
         remove_special_files(tree)?;
-        let modifier =
-            ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::CONSUME, None);
+        // Every cached file has mtime 0, however it got into the repo (adopted files keep
+        // theirs, copied ones get 0): dracut keeps the times of what it copies (clamped to
+        // its own script's), so the initramfs would otherwise depend on where the root
+        // was built and on which of two equal files the commit met first.
+        zero_mtimes(tree)?;
+        // Files are adopted into the repo (`CONSUME`: linked, not copied) when they are on
+        // its file system; a root built on tmpfs ([`super::scratch`]) is copied.
+        let same_fs = |p: &Path| std::fs::metadata(p).map(|m| m.dev());
+        let flags = if same_fs(tree).with_context(|| format!("stat {}", tree.display()))?
+            == same_fs(&self.dir).with_context(|| format!("stat {}", self.dir.display()))?
+        {
+            ostree::RepoCommitModifierFlags::CONSUME
+        } else {
+            ostree::RepoCommitModifierFlags::NONE
+        };
+        let modifier = ostree::RepoCommitModifier::new(flags, None);
         if let Some(co) = from {
             modifier.set_devino_cache(&co.devino);
         }
@@ -428,6 +443,43 @@ fn remove_special_files(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sets the mtime of every regular file and symlink below `dir` that has another to 0
+/// (the time libostree gives the objects it writes).
+fn zero_mtimes(dir: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    walk(dir, &mut |p, md| {
+        if md.mtime() == 0 && md.mtime_nsec() == 0 {
+            return Ok(());
+        }
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+            .with_context(|| format!("path {} has a NUL byte", p.display()))?;
+        let times = [
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+        ];
+        // SAFETY: `c` is a valid NUL-terminated path and `times` holds two timespecs.
+        let r = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("setting the mtime of {}", p.display()));
+        }
+        Ok(())
+    })
 }
 
 /// Every regular file and symlink below `dir`, with its metadata (not following links).
