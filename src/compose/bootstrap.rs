@@ -126,7 +126,42 @@ pub fn bootstrap(
     c = c.arg(&recipe.suite).arg(tree).arg(&list);
     c.run_logged(log)
         .context("bootstrapping the root with mmdebstrap")?;
-    Ok(())
+    write_tree_sources(tree, sources)
+}
+
+/// With extra repositories, the tree's `/etc/apt/sources.list` names their keyrings by
+/// their copies in the tree (`/etc/apt/keyrings/kiln-SHA.gpg`, written here), not by the
+/// build host's paths apt used during the build. Without, the file stays as mmdebstrap
+/// wrote it (the same lines). Both ways of building a root end with this, so the file and
+/// the keyrings depend only on the sources.
+pub fn write_tree_sources(tree: &Path, sources: &[AptSource]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if sources.iter().all(|s| s.keyring.is_none() && !s.trusted) {
+        return Ok(());
+    }
+    let dir = tree.join(super::sources::TREE_KEYRINGS);
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("kiln-") {
+                super::overlay::remove_any(&e.path())?;
+            }
+        }
+    } else {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", dir.display()))?;
+    }
+    let mut text = String::new();
+    for s in sources {
+        text.push_str(&s.tree_line());
+        text.push('\n');
+        if let (Some((host, _)), Some(rel)) = (&s.keyring, s.tree_keyring()) {
+            let bytes =
+                std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+            super::layout::write_file(&tree.join(rel), &bytes, 0o644)?;
+        }
+    }
+    super::layout::write_file(&tree.join("etc/apt/sources.list"), text.as_bytes(), 0o644)
 }
 
 /// The key of a bootstrap result: everything mmdebstrap's output depends on — the package
@@ -154,7 +189,7 @@ pub fn key(
         "components": recipe.components,
         "packages": recipe.packages,
         "exclude": recipe.exclude_packages,
-        "sources": sources.iter().map(|s| s.line()).collect::<Vec<_>>(),
+        "sources": sources.iter().map(|s| s.key_line()).collect::<Vec<_>>(),
         "mirror": mirror_state,
         "epoch": fixed_epoch,
     });
@@ -178,7 +213,7 @@ pub fn base_key(recipe: &Recipe, sources: &[AptSource], mirror_state: &[String])
         "mmdebstrap": mmdebstrap,
         "suite": recipe.suite,
         "components": recipe.components,
-        "sources": sources.iter().map(|s| s.line()).collect::<Vec<_>>(),
+        "sources": sources.iter().map(|s| s.key_line()).collect::<Vec<_>>(),
         "mirror": mirror_state,
     });
     Ok(hex::encode(Sha256::digest(v.to_string().as_bytes())))
@@ -208,6 +243,7 @@ mod tests {
             dracut_modules: vec![],
             metadata: Default::default(),
             source_date_epoch: None,
+            repositories: vec![],
             sources: vec![],
         }
     }
@@ -221,6 +257,7 @@ mod tests {
             uri: "http://deb.debian.org/debian".into(),
             suite: "bookworm".into(),
             components: vec!["main".into()],
+            ..Default::default()
         }];
         let m = vec!["http://deb.debian.org/debian bookworm aa".to_string()];
         let r = recipe();

@@ -75,6 +75,8 @@ ln -s /proc/self/fd "$m/dev/fd"
 
 pub struct Request<'a> {
     pub base: &'a str,
+    /// The apt sources, as apt on the build host reads them.
+    pub sources: &'a [super::sources::AptSource],
     pub packages: &'a [String],
     pub exclude: &'a [String],
     /// The epoch when fixed or remembered; else the cached root's epoch is used and the
@@ -167,7 +169,7 @@ pub fn build(tc: &TreeCache, req: &Request) -> Result<Outcome> {
     apply_upper(&d.upper, &d.lower)?;
     std::fs::rename(&d.lower, req.tree)
         .with_context(|| format!("moving {} to {}", d.lower.display(), req.tree.display()))?;
-    for p in [&d.upper, &d.ovwork, &d.merged, &d.ctrl] {
+    for p in [&d.upper, &d.ovwork, &d.merged, &d.ctrl, &d.parts, &d.list, &d.conf] {
         super::overlay::remove_any(p)?;
     }
     if req.epoch.is_none() {
@@ -198,6 +200,11 @@ struct Dirs {
     merged: PathBuf,
     ctrl: PathBuf,
     conf: PathBuf,
+    /// The sources with the build host's keyring paths (the tree's name the tree's
+    /// copies, which apt running outside the tree would not find).
+    list: PathBuf,
+    /// Empty: every source is in `list`.
+    parts: PathBuf,
 }
 
 impl Dirs {
@@ -209,8 +216,10 @@ impl Dirs {
             merged: work.join("delta-merged"),
             ctrl: work.join("delta-control"),
             conf: work.join("delta-apt.conf"),
+            list: work.join("delta-sources.list"),
+            parts: work.join("delta-sources.list.d"),
         };
-        for p in [&d.upper, &d.ovwork, &d.merged, &d.ctrl] {
+        for p in [&d.upper, &d.ovwork, &d.merged, &d.ctrl, &d.parts] {
             std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
         }
         // overlayfs takes its options as one comma-separated string.
@@ -238,7 +247,7 @@ fn run(
     dropped: &[String],
 ) -> Result<std::result::Result<Changes, String>> {
     seed_archives(&d.lower, &d.upper, req.debs)?;
-    write_apt_conf(&d.conf, &d.merged)?;
+    write_apt_conf(d, req.sources)?;
     let apt = |args: &[String]| -> Cmd {
         Cmd::new("unshare")
             .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
@@ -314,14 +323,22 @@ fn run(
     Ok(Ok((installed, removed)))
 }
 
-/// apt's configuration, as mmdebstrap writes it for its own apt runs.
-fn write_apt_conf(conf: &Path, merged: &Path) -> Result<()> {
+/// apt's configuration, as mmdebstrap writes it for its own apt runs, and the sources.
+fn write_apt_conf(d: &Dirs, sources: &[super::sources::AptSource]) -> Result<()> {
+    let mut list = String::new();
+    for s in sources {
+        list.push_str(&s.line());
+        list.push('\n');
+    }
+    super::layout::write_file(&d.list, list.as_bytes(), 0o644)?;
+    let (conf, merged) = (&d.conf, &d.merged);
     let arch = Cmd::new("dpkg")
         .arg("--print-architecture")
         .read()
         .context("asking dpkg for the architecture")?;
     let arch = arch.trim();
     let m = merged.display();
+    let (list, parts) = (d.list.display(), d.parts.display());
     let text = format!(
         "Apt::Architecture \"{arch}\";\n\
          Apt::Architectures \"{arch}\";\n\
@@ -329,6 +346,8 @@ fn write_apt_conf(conf: &Path, merged: &Path) -> Result<()> {
          Dir::State::Status \"{m}/var/lib/dpkg/status\";\n\
          Dir::Etc::Trusted \"/etc/apt/trusted.gpg\";\n\
          Dir::Etc::TrustedParts \"/etc/apt/trusted.gpg.d\";\n\
+         Dir::Etc::SourceList \"{list}\";\n\
+         Dir::Etc::SourceParts \"{parts}\";\n\
          pkgCacheGen::ForceEssential \",\";\n\
          Apt::Install-Recommends false;\n\
          Acquire::Languages \"none\";\n\

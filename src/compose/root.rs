@@ -151,6 +151,7 @@ fn from_cached_root(
 ) -> Result<std::result::Result<(Checkout, PackageDelta), String>> {
     let req = delta::Request {
         base,
+        sources: &inputs.srcs,
         packages: &recipe.packages,
         exclude: &recipe.exclude_packages,
         epoch: inputs.pinned,

@@ -9,33 +9,102 @@
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// One `deb` line: a mirror URI and a suite with components.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// One `deb` line: a mirror URI and a suite with components; for a recipe's extra
+/// repository also the keyring it is signed with, or `trusted`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct AptSource {
     pub uri: String,
+    /// A suite, or a flat repository's directory ending in `/`.
     pub suite: String,
     pub components: Vec<String>,
+    /// The keyring on the build host (absolute) and the sha256 of its bytes.
+    pub keyring: Option<(PathBuf, String)>,
+    /// No signature check (`[trusted=yes]`).
+    pub trusted: bool,
 }
 
+/// Where a recipe repository's keyring goes in the tree.
+pub const TREE_KEYRINGS: &str = "etc/apt/keyrings";
+
 impl AptSource {
-    /// The one-line `sources.list` form mmdebstrap takes.
-    pub fn line(&self) -> String {
-        format!(
-            "deb {} {} {}",
-            self.uri,
-            self.suite,
-            self.components.join(" ")
-        )
+    fn with_options(&self, opts: Option<String>) -> String {
+        let mut l = String::from("deb ");
+        if let Some(o) = opts {
+            l.push_str(&format!("[{o}] "));
+        }
+        l.push_str(&self.uri);
+        l.push(' ');
+        l.push_str(&self.suite);
+        for c in &self.components {
+            l.push(' ');
+            l.push_str(c);
+        }
+        l
     }
 
-    /// `URI/dists/SUITE/InRelease`.
+    /// The one-line `sources.list` form apt on the build host reads (mmdebstrap, and
+    /// the package path): `signed-by` names the keyring where the recipe has it.
+    pub fn line(&self) -> String {
+        self.with_options(match (&self.keyring, self.trusted) {
+            (Some((p, _)), _) => Some(format!("signed-by={}", p.display())),
+            (None, true) => Some("trusted=yes".into()),
+            (None, false) => None,
+        })
+    }
+
+    /// The line as the tree's `/etc/apt/sources.list` holds it: `signed-by` names the
+    /// keyring's copy in the tree ([`Self::tree_keyring`]).
+    pub fn tree_line(&self) -> String {
+        self.with_options(match (self.tree_keyring(), self.trusted) {
+            (Some(k), _) => Some(format!("signed-by=/{k}")),
+            (None, true) => Some("trusted=yes".into()),
+            (None, false) => None,
+        })
+    }
+
+    /// The line as cache keys see it: the keyring by its content, not its place.
+    pub fn key_line(&self) -> String {
+        self.with_options(match (&self.keyring, self.trusted) {
+            (Some((_, sha)), _) => Some(format!("signed-by=sha256:{sha}")),
+            (None, true) => Some("trusted=yes".into()),
+            (None, false) => None,
+        })
+    }
+
+    /// The keyring's path in the tree (relative): named by its content, `.asc` kept for
+    /// an armored one (apt reads those by their extension).
+    pub fn tree_keyring(&self) -> Option<String> {
+        let (p, sha) = self.keyring.as_ref()?;
+        let ext = if p.extension().is_some_and(|e| e == "asc") {
+            "asc"
+        } else {
+            "gpg"
+        };
+        Some(format!("{TREE_KEYRINGS}/kiln-{}.{ext}", &sha[..16]))
+    }
+
+    /// `dists/SUITE/` or, for a flat repository, `SUITE` (ends in `/`): where the
+    /// release files are, relative to the URI.
+    fn release_dir(&self) -> String {
+        if self.suite.ends_with('/') {
+            self.suite.clone()
+        } else {
+            format!("dists/{}/", self.suite)
+        }
+    }
+
+    /// `URI/dists/SUITE/InRelease` (`URI/SUITE/InRelease` for a flat repository).
     pub fn inrelease_url(&self) -> String {
+        self.release_url("InRelease")
+    }
+
+    fn release_url(&self, name: &str) -> String {
         format!(
-            "{}/dists/{}/InRelease",
+            "{}/{}{name}",
             self.uri.trim_end_matches('/'),
-            self.suite
+            self.release_dir()
         )
     }
 }
@@ -48,7 +117,46 @@ struct HostEntry {
     signed_by: Option<String>,
 }
 
-/// The sources for a recipe: the explicit mirror, or the host's Debian entries.
+/// The sources for a recipe: the explicit mirror, or the host's Debian entries; then the
+/// recipe's extra repositories, each with its keyring's hash.
+pub fn resolve_recipe(recipe: &crate::recipe::Recipe, apt_root: &Path) -> Result<Vec<AptSource>> {
+    let mut out = resolve(
+        recipe.mirror.as_deref(),
+        &recipe.suite,
+        &recipe.components,
+        apt_root,
+    )?;
+    for r in &recipe.repositories {
+        let keyring = match &r.signed_by {
+            Some(p) => {
+                let text = p.to_string_lossy();
+                // apt splits a line's options at white space and ends them at `]`.
+                if text.contains(|c: char| c.is_whitespace() || c == ']') {
+                    bail!(
+                        "repository {} {}: apt cannot read the keyring path {text:?} (white \
+                         space or `]`); move the keyring",
+                        r.uri,
+                        r.suite
+                    );
+                }
+                let sha = super::inputhash::file_sha256(p)
+                    .with_context(|| format!("reading the keyring of repository {}", r.uri))?;
+                Some((p.clone(), sha))
+            }
+            None => None,
+        };
+        out.push(AptSource {
+            uri: r.uri.trim_end_matches('/').to_string(),
+            suite: r.suite.clone(),
+            components: r.components.clone(),
+            keyring,
+            trusted: r.trusted,
+        });
+    }
+    Ok(out)
+}
+
+/// The Debian archive's sources: the explicit mirror, or the host's Debian entries.
 pub fn resolve(
     mirror: Option<&str>,
     suite: &str,
@@ -65,6 +173,7 @@ pub fn resolve(
             uri: m.trim_end_matches('/').to_string(),
             suite: suite.to_string(),
             components: comps,
+            ..Default::default()
         }]);
     }
     let entries = read_host_entries(apt_root)?;
@@ -93,6 +202,7 @@ fn map_debian_entries(entries: &[HostEntry], suite: &str, comps: &[String]) -> V
                 uri: e.uri.trim_end_matches('/').to_string(),
                 suite: format!("{suite}{suffix}"),
                 components: comps.to_vec(),
+                ..Default::default()
             };
             if !out.contains(&src) {
                 out.push(src);
@@ -239,37 +349,28 @@ fn parse_deb822(text: &str) -> Vec<HostEntry> {
     out
 }
 
-/// Fetches each source's `InRelease` and returns `"URI SUITE sha256"` lines, sorted. These
-/// files pin the whole archive state: unchanged InRelease files mean the mirror would
-/// install the very same package versions.
+/// Fetches each source's `InRelease` (or, where there is none, its `Release`) and
+/// returns `"URI SUITE sha256"` lines, sorted. These files pin the whole archive state:
+/// unchanged release files mean the mirror would install the very same package versions.
 pub fn mirror_state(sources: &[AptSource]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for s in sources {
+        let fetch = |url: &str| {
+            crate::cmd::Cmd::new("curl")
+                .args(["-fsSL", "--retry", "2", "--max-time", "60", url])
+                .run()
+                .map(|o| o.stdout)
+        };
         let url = s.inrelease_url();
-        let out_bytes = crate::cmd::Cmd::new("curl")
-            .args(["-fsSL", "--retry", "2", "--max-time", "60", &url])
-            .run()
-            .with_context(|| format!("fetching the mirror state {url}"))?
-            .stdout;
-        out.push(format!(
-            "{} {} {}",
-            s.uri,
-            s.suite,
-            hex::encode(Sha256::digest(&out_bytes))
-        ));
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The mirror state as apt saw it during bootstrap: hashes of the `InRelease` files in
-/// the tree's `var/lib/apt/lists`, in the same form as [`mirror_state`].
-pub fn mirror_state_from_lists(sources: &[AptSource], lists: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for s in sources {
-        let name = apt_list_name(&s.uri, &format!("dists/{}/InRelease", s.suite));
-        let p = lists.join(&name);
-        let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        let bytes = match fetch(&url) {
+            Ok(b) => b,
+            Err(e) => {
+                let rel = s.release_url("Release");
+                fetch(&rel).map_err(|_| e).with_context(|| {
+                    format!("fetching the mirror state {url} (and {rel})")
+                })?
+            }
+        };
         out.push(format!(
             "{} {} {}",
             s.uri,
@@ -281,12 +382,48 @@ pub fn mirror_state_from_lists(sources: &[AptSource], lists: &Path) -> Result<Ve
     Ok(out)
 }
 
-/// apt's `URItoFileName`: scheme and credentials dropped, `/` turned into `_`.
+/// The mirror state as apt saw it: hashes of the `InRelease` (else `Release`) files in
+/// a tree's `var/lib/apt/lists`, in the same form as [`mirror_state`].
+pub fn mirror_state_from_lists(sources: &[AptSource], lists: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for s in sources {
+        let p = lists.join(apt_list_name(&s.uri, &format!("{}InRelease", s.release_dir())));
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let r = lists.join(apt_list_name(&s.uri, &format!("{}Release", s.release_dir())));
+                std::fs::read(&r).with_context(|| {
+                    format!("reading {} (or {})", p.display(), r.display())
+                })?
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+        };
+        out.push(format!(
+            "{} {} {}",
+            s.uri,
+            s.suite,
+            hex::encode(Sha256::digest(&bytes))
+        ));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// apt's `URItoFileName`: scheme and credentials dropped, unsafe characters quoted as
+/// `%xx` (apt's `QuoteString`), `/` turned into `_`.
 fn apt_list_name(uri: &str, rest: &str) -> String {
     let no_scheme = uri.split_once("://").map(|x| x.1).unwrap_or(uri);
     let no_user = no_scheme.rsplit_once('@').map(|x| x.1).unwrap_or(no_scheme);
     let full = format!("{}/{}", no_user.trim_end_matches('/'), rest);
-    full.replace('/', "_")
+    let mut out = String::new();
+    for b in full.bytes() {
+        if b"\\|{}[]<>\"^~_=!@#$%^&*".contains(&b) || b <= 0x20 || b >= 0x7f {
+            out.push_str(&format!("%{b:02x}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out.replace('/', "_")
 }
 
 #[cfg(test)]
@@ -381,6 +518,11 @@ mod tests {
         assert_eq!(
             apt_list_name("http://deb.debian.org/debian", "dists/bookworm/InRelease"),
             "deb.debian.org_debian_dists_bookworm_InRelease"
+        );
+        // A flat repository in a local directory, with characters apt quotes.
+        assert_eq!(
+            apt_list_name("file:///srv/my_repo~1", "./InRelease"),
+            "_srv_my%5frepo%7e1_._InRelease"
         );
     }
 }
