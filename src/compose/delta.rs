@@ -74,7 +74,12 @@ ln -s /proc/self/fd "$m/dev/fd"
 "#;
 
 pub struct Request<'a> {
+    /// The mirror state this compose read (`"URI SUITE sha256"` per source).
+    pub mirror: &'a [String],
     pub base: &'a str,
+    /// [`super::bootstrap::family_key`]: a cached root of another base but this family
+    /// differs in the extra repositories only.
+    pub family: &'a str,
     /// The apt sources, as apt on the build host reads them.
     pub sources: &'a [super::sources::AptSource],
     pub packages: &'a [String],
@@ -92,8 +97,9 @@ pub struct Request<'a> {
 pub struct Done {
     pub from: RootInfo,
     pub co: Checkout,
-    /// `name=version` installed, and names removed.
+    /// `name=version` installed, `name=old->new` of those upgraded, and names removed.
     pub installed: Vec<String>,
+    pub upgraded: Vec<String>,
     pub removed: Vec<String>,
     pub epoch: u64,
 }
@@ -120,9 +126,9 @@ enum Action {
 
 /// Builds the root for `req` at `req.tree` from the closest cached root, or says why not.
 pub fn build(tc: &TreeCache, req: &Request) -> Result<Outcome> {
-    let Some(from) = tc.closest(req.base, req.packages, req.exclude)? else {
+    let Some(from) = tc.closest(req.base, req.family, req.packages, req.exclude)? else {
         return Ok(Outcome::Fallback(
-            "no cached root with the same suite, sources, mirror state and \
+            "no cached root with the same suite, Debian sources and mirror state, and \
              exclude-packages"
                 .into(),
         ));
@@ -152,7 +158,7 @@ pub fn build(tc: &TreeCache, req: &Request) -> Result<Outcome> {
         ));
     };
     let r = run(req, &from, &d, &added, &dropped);
-    let (installed, removed) = match r {
+    let (installed, upgraded, removed) = match r {
         Ok(Ok(x)) => x,
         Ok(Err(why)) => {
             super::overlay::remove_any(&d.lower)?;
@@ -167,9 +173,15 @@ pub fn build(tc: &TreeCache, req: &Request) -> Result<Outcome> {
         }
     };
     apply_upper(&d.upper, &d.lower)?;
+    if from.base != req.base {
+        // What the bootstrap writes after mmdebstrap, for the new sources.
+        super::bootstrap::write_tree_sources(&d.lower, req.sources, true)?;
+    }
     std::fs::rename(&d.lower, req.tree)
         .with_context(|| format!("moving {} to {}", d.lower.display(), req.tree.display()))?;
-    for p in [&d.upper, &d.ovwork, &d.merged, &d.ctrl, &d.parts, &d.list, &d.conf] {
+    for p in [
+        &d.upper, &d.ovwork, &d.merged, &d.ctrl, &d.parts, &d.list, &d.conf,
+    ] {
         super::overlay::remove_any(p)?;
     }
     if req.epoch.is_none() {
@@ -188,6 +200,7 @@ pub fn build(tc: &TreeCache, req: &Request) -> Result<Outcome> {
         from,
         co,
         installed,
+        upgraded,
         removed,
         epoch,
     })))
@@ -235,8 +248,8 @@ impl Dirs {
     }
 }
 
-/// `name=version` installed and names removed.
-type Changes = (Vec<String>, Vec<String>);
+/// `name=version` installed, `name=old->new` upgraded, and names removed.
+type Changes = (Vec<String>, Vec<String>, Vec<String>);
 
 /// The installation in the overlay. `Ok(Err(why))`: not equal by construction.
 fn run(
@@ -274,7 +287,31 @@ fn run(
         format!("DPkg::Chroot-Directory={}", d.merged.display()),
         "--purge".into(),
     ];
-    if added.is_empty() {
+    // The cached root was built with other contents of the extra repositories: apt's
+    // lists are updated, and every package goes to the version a fresh bootstrap would
+    // install (`dist-upgrade` also installs the added packages).
+    let upgrade = from.base != req.base;
+    if upgrade {
+        apt(&["apt-get".to_string(), "update".into()])
+            .run_logged(req.log)
+            .context("updating apt's lists for the changed repositories")?;
+        let read =
+            |name: &str| read_merged(&d.lower, &d.upper, &format!("var/lib/apt/lists/{name}"));
+        let seen = super::sources::mirror_state_with(req.sources, &read)?;
+        let mut want = req.mirror.to_vec();
+        want.sort();
+        if seen != want {
+            return Ok(Err(
+                "apt's lists changed between reading the mirror state and updating them".into(),
+            ));
+        }
+        if let Some(why) = repositories_choose_nothing(req.sources, &d.lower, &d.upper)? {
+            return Ok(Err(why));
+        }
+        get.extend(["--auto-remove".into(), "dist-upgrade".into()]);
+        get.extend(added.iter().cloned());
+        get.extend(req.exclude.iter().map(|x| format!("{x}-")));
+    } else if added.is_empty() {
         get.push("autoremove".into());
     } else {
         get.extend(["--auto-remove".into(), "install".into()]);
@@ -299,12 +336,17 @@ fn run(
             .run_logged(req.log)
             .context("downloading the added packages")?;
     }
-    if let Err(why) = check_actions(&actions, &d.lower, &d.upper, &d.ctrl) {
+    if let Err(why) = check_actions(&actions, &d.lower, &d.upper, &d.ctrl, upgrade) {
         return Ok(Err(why));
     }
     apt(&get)
         .run_logged(req.log)
         .context("installing the package changes")?;
+    if upgrade {
+        if let Some(why) = not_at_candidate(&apt, d)? {
+            return Ok(Err(why));
+        }
+    }
     keep_debs(&d.upper, req.debs)?;
     clean_upper(&d.upper)?;
     if let Some(p) = script_output(&d.upper)? {
@@ -313,14 +355,22 @@ fn run(
         )));
     }
     let mut installed = Vec::new();
+    let mut upgraded = Vec::new();
     let mut removed = Vec::new();
     for a in actions {
         match a {
-            Action::Install { name, version, .. } => installed.push(format!("{name}={version}")),
+            Action::Install {
+                name, version, old, ..
+            } => {
+                if let Some(o) = old {
+                    upgraded.push(format!("{name}={o}->{version}"));
+                }
+                installed.push(format!("{name}={version}"));
+            }
             Action::Remove { name } => removed.push(name),
         }
     }
-    Ok(Ok((installed, removed)))
+    Ok(Ok((installed, upgraded, removed)))
 }
 
 /// apt's configuration, as mmdebstrap writes it for its own apt runs, and the sources.
@@ -497,6 +547,7 @@ fn check_actions(
     lower: &Path,
     upper: &Path,
     ctrl: &Path,
+    upgrade: bool,
 ) -> std::result::Result<(), String> {
     let watched = file_triggers(lower);
     for a in actions {
@@ -506,10 +557,50 @@ fn check_actions(
                 old: Some(old),
                 version,
                 ..
-            } => {
+            } if !upgrade => {
                 return Err(format!(
-                    "{name} would be upgraded ({old} to {version}); upgrades are bootstrapped"
+                    "{name} would be upgraded ({old} to {version}) though the sources did \
+                     not change"
                 ))
+            }
+            Action::Install {
+                name,
+                old: Some(old),
+                version,
+                arch,
+            } => {
+                // The old version's removal and the new one's install must both be safe,
+                // and nothing may stay from the old one: no conffiles (dpkg keeps those
+                // the new version drops), not essential (mmdebstrap installs those
+                // before apt runs).
+                check_removal(name, lower, &watched)?;
+                let info = lower.join("var/lib/dpkg/info");
+                if [
+                    format!("{name}.conffiles"),
+                    format!("{name}:{arch}.conffiles"),
+                ]
+                .iter()
+                .any(|f| info.join(f).exists())
+                {
+                    return Err(format!(
+                        "{name} {old} has conffiles; upgrades of those are bootstrapped"
+                    ));
+                }
+                let file = format!("{name}_{}_{arch}.deb", version.replace(':', "%3a"));
+                let deb = upper.join("var/cache/apt/archives").join(file);
+                let dir = ctrl.join(name);
+                check_deb(name, &deb, &dir, &watched).map_err(|e| e.to_string())?;
+                if dir.join("conffiles").exists() {
+                    return Err(format!(
+                        "{name} {version} has conffiles; upgrades of those are bootstrapped"
+                    ));
+                }
+                let control = std::fs::read_to_string(dir.join("control")).unwrap_or_default();
+                if control.lines().any(|l| l.trim() == "Essential: yes") {
+                    return Err(format!(
+                        "{name} is essential: a fresh bootstrap installs it before apt runs"
+                    ));
+                }
             }
             Action::Install {
                 name,
@@ -525,6 +616,114 @@ fn check_actions(
         }
     }
     Ok(())
+}
+
+/// A file of the overlay as it shows through the mount: the upper's (a whiteout: none)
+/// or else the lower's.
+fn read_merged(lower: &Path, upper: &Path, rel: &str) -> Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::FileTypeExt;
+    let u = upper.join(rel);
+    match std::fs::symlink_metadata(&u) {
+        Ok(m) if m.file_type().is_char_device() => return Ok(None),
+        Ok(_) => {
+            return Ok(Some(
+                std::fs::read(&u).with_context(|| format!("reading {}", u.display()))?,
+            ))
+        }
+        Err(_) => {}
+    }
+    let l = lower.join(rel);
+    match std::fs::read(&l) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", l.display())),
+    }
+}
+
+/// Why a fresh bootstrap could select other packages than the cached root's because of
+/// the extra repositories' contents, before or after the update: a package of theirs
+/// that is essential or of priority required (mmdebstrap's minbase selects those), or
+/// that provides another (apt may pick another provider when resolving from nothing).
+/// `None`: their packages are installed only when named or depended on by name.
+fn repositories_choose_nothing(
+    sources: &[super::sources::AptSource],
+    lower: &Path,
+    upper: &Path,
+) -> Result<Option<String>> {
+    let debian: Vec<String> = sources
+        .iter()
+        .filter(|s| !s.is_extra())
+        .map(super::sources::list_prefix)
+        .collect();
+    let lists = "var/lib/apt/lists";
+    let mut names = BTreeSet::new();
+    for dir in [lower.join(lists), upper.join(lists)] {
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                names.insert(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    for name in names {
+        if !name.ends_with("_Packages") || debian.iter().any(|p| name.starts_with(p.as_str())) {
+            continue;
+        }
+        // Before (the lower's) and after (the overlay's view).
+        let rel = format!("{lists}/{name}");
+        let old = std::fs::read(lower.join(&rel)).ok();
+        let new = read_merged(lower, upper, &rel)?;
+        for text in [old, new].into_iter().flatten() {
+            for l in String::from_utf8_lossy(&text).lines() {
+                let l = l.trim();
+                if l == "Essential: yes" || l == "Priority: required" || l.starts_with("Provides:")
+                {
+                    return Ok(Some(format!(
+                        "a repository's package list ({name}) has `{l}`: a fresh bootstrap \
+                         may select other packages than the cached root has"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// After an upgrade: the first installed package whose version is not the one apt
+/// would install now (a fresh bootstrap installs candidates only), described.
+fn not_at_candidate(apt: &dyn Fn(&[String]) -> Cmd, d: &Dirs) -> Result<Option<String>> {
+    let admin = format!("--admindir={}/var/lib/dpkg", d.merged.display());
+    let out = apt(&[
+        "dpkg-query".into(),
+        admin,
+        "-W".into(),
+        "-f".into(),
+        "${db:Status-Abbrev}\t${Package}\n".into(),
+    ])
+    .read()
+    .context("listing the installed packages")?;
+    let names: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with("ii"))
+        .filter_map(|l| l.split('\t').nth(1).map(String::from))
+        .collect();
+    let mut args = vec!["apt-cache".to_string(), "policy".into()];
+    args.extend(names);
+    let out = apt(&args).read().context("asking apt for the candidates")?;
+    let (mut name, mut installed) = (String::new(), String::new());
+    for l in out.lines() {
+        if !l.starts_with(' ') && l.ends_with(':') {
+            name = l.trim_end_matches(':').to_string();
+        } else if let Some(v) = l.trim().strip_prefix("Installed: ") {
+            installed = v.to_string();
+        } else if let Some(c) = l.trim().strip_prefix("Candidate: ") {
+            if c != installed {
+                return Ok(Some(format!(
+                    "{name} stays at {installed} where a fresh bootstrap would install {c}"
+                )));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// A package's failed check: the reason, or an error (which also means no delta).
@@ -568,6 +767,7 @@ fn check_deb(
                 }
             }
         } else if !ALLOWED_CONTROL.contains(&m.as_str()) {
+            // (conffiles are allowed for new packages; upgrades check them apart)
             return Err(Unsafe(format!(
                 "{name} has a {m} (maintainer script or debconf)"
             )));

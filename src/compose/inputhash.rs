@@ -5,11 +5,11 @@
 //! JSON with paths relative to the recipe's directory and without `sources` (moving a
 //! checkout does not change the hash, but every field does); every overlay file's relative
 //! path, type, mode and content (or symlink target), overlay by overlay; each postprocess
-//! script's content; the sha256 of the kiln binary exactly as installed (stripped) and its
-//! version; the
-//! build epoch when it is fixed (`SOURCE_DATE_EPOCH` or the recipe's); and the mirror state
-//! (sha256 of each suite's `InRelease`, which pins every package version the mirror would
-//! install).
+//! script's content; the sha256 of each extra repository's keyring; the sha256 of the kiln
+//! binary exactly as installed (stripped) and its version; the build epoch when it is fixed
+//! (`SOURCE_DATE_EPOCH` or the recipe's); and the mirror state (sha256 of each suite's
+//! `InRelease`, or `Release` where there is none, which pins every package version the
+//! mirror would install).
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};

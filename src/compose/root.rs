@@ -52,8 +52,13 @@ pub struct Reused {
 pub struct PackageDelta {
     /// The cached root's key.
     pub from: String,
-    /// `name=version` installed, and names removed, as apt planned them.
+    /// `name=version` installed (new or upgraded), and names removed, as apt planned
+    /// them.
     pub installed: Vec<String>,
+    /// `name=old->new` of the installed that were upgraded: the cached root was built
+    /// with other contents of the recipe's extra repositories.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upgraded: Vec<String>,
     pub removed: Vec<String>,
 }
 
@@ -84,6 +89,7 @@ pub(super) fn bootstrap_tree(
             tc.ensure_info(&RootInfo {
                 key: k,
                 base: base.clone(),
+                family: Some(bootstrap::family_key(recipe, &inputs.srcs, &inputs.mirror)?),
                 epoch: e,
                 packages: recipe.packages.clone(),
                 exclude: recipe.exclude_packages.clone(),
@@ -98,11 +104,19 @@ pub(super) fn bootstrap_tree(
             Ok((c, d)) => {
                 notes.push(format!(
                     "bootstrap: built from a cached root by installing {} and removing {} \
-                     package(s) (installed: {}; removed: {})",
+                     package(s) (installed: {}; removed: {}{})",
                     d.installed.len(),
                     d.removed.len(),
                     d.installed.join(" "),
-                    d.removed.join(" ")
+                    d.removed.join(" "),
+                    if d.upgraded.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; upgraded, the repositories changed: {}",
+                            d.upgraded.join(" ")
+                        )
+                    }
                 ));
                 reuse.root = "packages";
                 reuse.packages = Some(d);
@@ -149,8 +163,11 @@ fn from_cached_root(
     work: &Path,
     tree: &Path,
 ) -> Result<std::result::Result<(Checkout, PackageDelta), String>> {
+    let family = bootstrap::family_key(recipe, &inputs.srcs, &inputs.mirror)?;
     let req = delta::Request {
         base,
+        family: &family,
+        mirror: &inputs.mirror,
         sources: &inputs.srcs,
         packages: &recipe.packages,
         exclude: &recipe.exclude_packages,
@@ -178,6 +195,7 @@ fn from_cached_root(
     let info = RootInfo {
         key: key.clone(),
         base: base.to_string(),
+        family: Some(family.clone()),
         epoch: inputs.epoch,
         packages: recipe.packages.clone(),
         exclude: recipe.exclude_packages.clone(),
@@ -192,6 +210,7 @@ fn from_cached_root(
         PackageDelta {
             from: d.from.key.clone(),
             installed: d.installed,
+            upgraded: d.upgraded,
             removed: d.removed,
         },
     )))
@@ -236,6 +255,7 @@ fn full(
     let info = RootInfo {
         key: k.clone(),
         base,
+        family: Some(bootstrap::family_key(recipe, &inputs.srcs, &inputs.mirror)?),
         epoch: inputs.epoch,
         packages: recipe.packages.clone(),
         exclude: recipe.exclude_packages.clone(),

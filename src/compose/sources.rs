@@ -29,12 +29,12 @@ pub struct AptSource {
 pub const TREE_KEYRINGS: &str = "etc/apt/keyrings";
 
 impl AptSource {
-    fn with_options(&self, opts: Option<String>) -> String {
+    fn with_options(&self, opts: Option<String>, uri: &str) -> String {
         let mut l = String::from("deb ");
         if let Some(o) = opts {
             l.push_str(&format!("[{o}] "));
         }
-        l.push_str(&self.uri);
+        l.push_str(uri);
         l.push(' ');
         l.push_str(&self.suite);
         for c in &self.components {
@@ -44,33 +44,54 @@ impl AptSource {
         l
     }
 
+    /// A recipe's extra repository (signed by its own keyring, or trusted), not the
+    /// Debian archive.
+    pub fn is_extra(&self) -> bool {
+        self.keyring.is_some() || self.trusted
+    }
+
     /// The one-line `sources.list` form apt on the build host reads (mmdebstrap, and
-    /// the package path): `signed-by` names the keyring where the recipe has it.
+    /// the package path): `signed-by` names the keyring where the recipe has it, and a
+    /// `file:` URI is read as `copy:` (apt then copies each `.deb` into its archive, where
+    /// dpkg in the chroot finds it, instead of handing dpkg the host's path).
     pub fn line(&self) -> String {
-        self.with_options(match (&self.keyring, self.trusted) {
-            (Some((p, _)), _) => Some(format!("signed-by={}", p.display())),
-            (None, true) => Some("trusted=yes".into()),
-            (None, false) => None,
-        })
+        let uri = match self.uri.strip_prefix("file:") {
+            Some(rest) => format!("copy:{rest}"),
+            None => self.uri.clone(),
+        };
+        self.with_options(
+            match (&self.keyring, self.trusted) {
+                (Some((p, _)), _) => Some(format!("signed-by={}", p.display())),
+                (None, true) => Some("trusted=yes".into()),
+                (None, false) => None,
+            },
+            &uri,
+        )
     }
 
     /// The line as the tree's `/etc/apt/sources.list` holds it: `signed-by` names the
     /// keyring's copy in the tree ([`Self::tree_keyring`]).
     pub fn tree_line(&self) -> String {
-        self.with_options(match (self.tree_keyring(), self.trusted) {
-            (Some(k), _) => Some(format!("signed-by=/{k}")),
-            (None, true) => Some("trusted=yes".into()),
-            (None, false) => None,
-        })
+        self.with_options(
+            match (self.tree_keyring(), self.trusted) {
+                (Some(k), _) => Some(format!("signed-by=/{k}")),
+                (None, true) => Some("trusted=yes".into()),
+                (None, false) => None,
+            },
+            &self.uri,
+        )
     }
 
     /// The line as cache keys see it: the keyring by its content, not its place.
     pub fn key_line(&self) -> String {
-        self.with_options(match (&self.keyring, self.trusted) {
-            (Some((_, sha)), _) => Some(format!("signed-by=sha256:{sha}")),
-            (None, true) => Some("trusted=yes".into()),
-            (None, false) => None,
-        })
+        self.with_options(
+            match (&self.keyring, self.trusted) {
+                (Some((_, sha)), _) => Some(format!("signed-by=sha256:{sha}")),
+                (None, true) => Some("trusted=yes".into()),
+                (None, false) => None,
+            },
+            &self.uri,
+        )
     }
 
     /// The keyring's path in the tree (relative): named by its content, `.asc` kept for
@@ -366,9 +387,9 @@ pub fn mirror_state(sources: &[AptSource]) -> Result<Vec<String>> {
             Ok(b) => b,
             Err(e) => {
                 let rel = s.release_url("Release");
-                fetch(&rel).map_err(|_| e).with_context(|| {
-                    format!("fetching the mirror state {url} (and {rel})")
-                })?
+                fetch(&rel)
+                    .map_err(|_| e)
+                    .with_context(|| format!("fetching the mirror state {url} (and {rel})"))?
             }
         };
         out.push(format!(
@@ -385,18 +406,29 @@ pub fn mirror_state(sources: &[AptSource]) -> Result<Vec<String>> {
 /// The mirror state as apt saw it: hashes of the `InRelease` (else `Release`) files in
 /// a tree's `var/lib/apt/lists`, in the same form as [`mirror_state`].
 pub fn mirror_state_from_lists(sources: &[AptSource], lists: &Path) -> Result<Vec<String>> {
+    mirror_state_with(sources, &|name| match std::fs::read(lists.join(name)) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", lists.join(name).display())),
+    })
+}
+
+/// [`mirror_state_from_lists`] with the list files read by `read` (by name; `None`:
+/// absent).
+pub fn mirror_state_with(
+    sources: &[AptSource],
+    read: &dyn Fn(&str) -> Result<Option<Vec<u8>>>,
+) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for s in sources {
-        let p = lists.join(apt_list_name(&s.uri, &format!("{}InRelease", s.release_dir())));
-        let bytes = match std::fs::read(&p) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let r = lists.join(apt_list_name(&s.uri, &format!("{}Release", s.release_dir())));
-                std::fs::read(&r).with_context(|| {
-                    format!("reading {} (or {})", p.display(), r.display())
-                })?
-            }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+        let (inrel, rel) = (
+            apt_list_name(&s.uri, &format!("{}InRelease", s.release_dir())),
+            apt_list_name(&s.uri, &format!("{}Release", s.release_dir())),
+        );
+        let bytes = match read(&inrel)? {
+            Some(b) => b,
+            None => read(&rel)?
+                .with_context(|| format!("apt's lists hold neither {inrel} nor {rel}"))?,
         };
         out.push(format!(
             "{} {} {}",
@@ -407,6 +439,11 @@ pub fn mirror_state_from_lists(sources: &[AptSource], lists: &Path) -> Result<Ve
     }
     out.sort();
     Ok(out)
+}
+
+/// The prefix of apt's list file names for a source's URI.
+pub fn list_prefix(s: &AptSource) -> String {
+    apt_list_name(&s.uri, "")
 }
 
 /// apt's `URItoFileName`: scheme and credentials dropped, unsafe characters quoted as
@@ -511,6 +548,50 @@ mod tests {
         assert_eq!(s[0].line(), "deb http://m.example/debian bookworm main");
         let e = resolve(None, "bookworm", &[], r.path()).unwrap_err();
         assert!(format!("{e}").contains("set `mirror`"), "{e}");
+    }
+
+    #[test]
+    fn repository_lines_for_the_host_the_tree_and_the_keys() {
+        let s = AptSource {
+            uri: "file:///srv/vendor".into(),
+            suite: "./".into(),
+            components: vec![],
+            keyring: Some(("/home/u/keys/v.asc".into(), "ab".repeat(32))),
+            trusted: false,
+        };
+        assert!(s.is_extra());
+        assert_eq!(
+            s.line(),
+            "deb [signed-by=/home/u/keys/v.asc] copy:///srv/vendor ./"
+        );
+        assert_eq!(
+            s.tree_line(),
+            "deb [signed-by=/etc/apt/keyrings/kiln-abababababababab.asc] file:///srv/vendor ./"
+        );
+        assert_eq!(
+            s.key_line(),
+            format!(
+                "deb [signed-by=sha256:{}] file:///srv/vendor ./",
+                "ab".repeat(32)
+            )
+        );
+        assert_eq!(s.inrelease_url(), "file:///srv/vendor/./InRelease");
+        let t = AptSource {
+            uri: "https://v.example/debian".into(),
+            suite: "bookworm".into(),
+            components: vec!["main".into(), "extra".into()],
+            keyring: None,
+            trusted: true,
+        };
+        assert_eq!(
+            t.line(),
+            "deb [trusted=yes] https://v.example/debian bookworm main extra"
+        );
+        assert_eq!(t.line(), t.tree_line());
+        assert_eq!(
+            t.inrelease_url(),
+            "https://v.example/debian/dists/bookworm/InRelease"
+        );
     }
 
     #[test]

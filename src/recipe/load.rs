@@ -966,6 +966,57 @@ mod tests {
     }
 
     #[test]
+    fn repositories_resolve_and_merge_across_fragments() {
+        let d = tree(&[
+            (
+                "r.toml",
+                "{HEAD}[[repositories]]\nuri = \"https://vendor.example/debian/\"\n\
+                 suite = \"bookworm\"\ncomponents = [\"main\"]\nsigned-by = \"keys/v.gpg\"\n",
+            ),
+            ("keys/v.gpg", "k"),
+            (
+                "r.d/10-local.toml",
+                "[[repositories]]\nuri = \"file:///srv/local\"\nsuite = \"./\"\ntrusted = true\n\
+                 [[repositories]]\nuri = \"https://vendor.example/debian/\"\n\
+                 suite = \"bookworm\"\ncomponents = [\"main\"]\nsigned-by = \"../keys/v.gpg\"\n",
+            ),
+        ]);
+        let r = load_in(&d, "r.toml").unwrap();
+        let root = d.path().canonicalize().unwrap();
+        assert_eq!(
+            r.repositories,
+            vec![
+                Repository {
+                    uri: "https://vendor.example/debian".into(),
+                    suite: "bookworm".into(),
+                    components: vec!["main".into()],
+                    signed_by: Some(root.join("keys/v.gpg")),
+                    trusted: false,
+                },
+                Repository {
+                    uri: "file:///srv/local".into(),
+                    suite: "./".into(),
+                    components: vec![],
+                    signed_by: None,
+                    trusted: true,
+                },
+            ]
+        );
+        assert_eq!(r.warnings().len(), 1, "the trusted repository is flagged");
+        assert!(r.warnings()[0].contains("without any signature check"));
+        // Shown and loaded back the same.
+        let text = crate::recipe::cli::render_toml(&r).unwrap();
+        let back: toml::Value = toml::from_str(&text).unwrap();
+        let repos = back["repositories"].as_array().unwrap();
+        assert_eq!(repos.len(), 2, "{text}");
+        assert_eq!(repos[1]["trusted"].as_bool(), Some(true), "{text}");
+        // A recipe without repositories serializes as before.
+        let plain = load_in(&tree(&[("r.toml", "{HEAD}")]), "r.toml").unwrap();
+        let j = serde_json::to_value(&plain).unwrap();
+        assert!(j.get("repositories").is_none());
+    }
+
+    #[test]
     fn shipped_recipes_load() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let base = load_input(&root.join("recipes/base.toml")).unwrap();

@@ -376,9 +376,7 @@ fn walk(
                 let list_loc = ctx.loc(&path, key.span());
                 let tables: Vec<(&dyn TableLike, Option<std::ops::Range<usize>>)> =
                     if let Some(a) = item.as_array_of_tables() {
-                        a.iter()
-                            .map(|t| (t as &dyn TableLike, t.span()))
-                            .collect()
+                        a.iter().map(|t| (t as &dyn TableLike, t.span())).collect()
                     } else if let Some(a) = item.as_array() {
                         let mut v = Vec::new();
                         for (i, x) in a.iter().enumerate() {

@@ -137,7 +137,9 @@ pub fn repository_suite(s: &str) -> Result<(), String> {
         .chars()
         .find(|&c| !(c.is_ascii_alphanumeric() || "._-/".contains(c)))
     {
-        return Err(format!("{s:?} contains {c:?}; allowed: A-Z a-z 0-9 . _ - /"));
+        return Err(format!(
+            "{s:?} contains {c:?}; allowed: A-Z a-z 0-9 . _ - /"
+        ));
     }
     if s.split('/').any(|c| c == "..") {
         return Err(format!("{s:?}: `..` is not allowed"));
