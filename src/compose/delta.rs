@@ -3,8 +3,10 @@
 //! instead of bootstrapping from nothing.
 //!
 //! - **Start**: the cached root with the same base key (suite, components, sources,
-//!   mirror state, mmdebstrap, hooks: [`super::bootstrap::base_key`]), the same
-//!   `exclude-packages` and the closest package selection, checked out by hard links.
+//!   mirror state, mmdebstrap, hooks: [`super::bootstrap::base_key`]) — or, when there is
+//!   none, of the same family ([`super::bootstrap::family_key`]: only the recipe's extra
+//!   repositories differ) — the same `exclude-packages` and the closest package
+//!   selection, checked out by hard links.
 //! - **Run**: an overlayfs (lower: that checkout, never written; upper: fresh) in a
 //!   private mount namespace, and apt from the host as mmdebstrap runs it
 //!   (`Dir` = the root, `DPkg::Chroot-Directory`, the host's keyrings, no Recommends):
@@ -18,10 +20,19 @@
 //!   on what ran before it), explicit triggers only `ldconfig` (whose cache depends only
 //!   on the libraries present), no file another package's file trigger watches, no
 //!   dependency with alternatives (apt may choose differently when it resolves the whole
-//!   selection at once), no upgrade. After the run the upper directory is checked again
+//!   selection at once), no upgrade unless the sources changed. After the run the upper directory is checked again
 //!   for the files such scripts write (accounts, alternatives, diversions, statoverrides,
 //!   maintainer scripts). Anything else makes the compose bootstrap from scratch, and
 //!   the reason is shown and given in `--json` (`reused.why_not.bootstrap`).
+//! - **Upgrades** (a root of the same family): apt's lists are updated first and must
+//!   show the mirror state this compose read; no package list of an extra repository
+//!   may hold an `Essential: yes`, `Priority: required` or `Provides:` package (then the
+//!   unchanged Debian archive decides the essential and required set a fresh minbase
+//!   selects, as it did for the cached root); `dist-upgrade ADDED` is planned, and an
+//!   upgraded package must also be safe to remove in its old version, have no
+//!   conffiles in either and not be essential. After the run every installed package
+//!   must be at apt's candidate version, and the tree's apt sources and keyrings are
+//!   written for the new sources, as after mmdebstrap.
 //! - **Fine print**: mmdebstrap's clean-up runs on the result (apt's caches, dpkg's and
 //!   apt's logs, ldconfig's aux-cache); dpkg's status file is written in its own hash
 //!   order, not install order; apt's `extended_states` keeps marks only for automatically

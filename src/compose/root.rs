@@ -5,7 +5,9 @@
 //!    mirror state, epoch, mmdebstrap, hooks): a hardlink checkout of it.
 //! 2. **Packages**: a cached root with the same base (everything but the package
 //!    selection and the epoch) differs by a few packages, each safe to install or remove
-//!    on its own: only those are installed or removed ([`super::delta`]).
+//!    on its own: only those are installed or removed ([`super::delta`]). A root of the
+//!    same family (only the recipe's extra repositories differ) is upgraded there too,
+//!    where that equals a fresh bootstrap.
 //! 3. **Bootstrap**: mmdebstrap from nothing (with the cached `.deb`s), and the root cached.
 //!
 //! Whatever made it, the new root is saved into the tree cache and checked out by hard
