@@ -28,7 +28,8 @@
 //!   show the mirror state this compose read; no package list of an extra repository
 //!   may hold an `Essential: yes`, `Priority: required` or `Provides:` package (then the
 //!   unchanged Debian archive decides the essential and required set a fresh minbase
-//!   selects, as it did for the cached root); `dist-upgrade ADDED` is planned, and an
+//!   selects, as it did for the cached root), nor one whose name and version stayed but
+//!   whose `.deb` changed (apt would not reinstall it); `dist-upgrade ADDED` is planned, and an
 //!   upgraded package must also be safe to remove in its old version, have no
 //!   conffiles in either and not be essential. After the run every installed package
 //!   must be at apt's candidate version, and the tree's apt sources and keyrings are
@@ -655,6 +656,7 @@ fn read_merged(lower: &Path, upper: &Path, rel: &str) -> Result<Option<Vec<u8>>>
 /// the extra repositories' contents, before or after the update: a package of theirs
 /// that is essential or of priority required (mmdebstrap's minbase selects those), or
 /// that provides another (apt may pick another provider when resolving from nothing).
+/// Also a package whose name and version stayed but whose `.deb` (sha256) changed.
 /// `None`: their packages are installed only when named or depended on by name.
 fn repositories_choose_nothing(
     sources: &[super::sources::AptSource],
@@ -675,6 +677,8 @@ fn repositories_choose_nothing(
             }
         }
     }
+    // (package, version) -> sha256 of the `.deb`, before and after.
+    let mut debs: [std::collections::BTreeMap<(String, String), String>; 2] = Default::default();
     for name in names {
         if !name.ends_with("_Packages") || debian.iter().any(|p| name.starts_with(p.as_str())) {
             continue;
@@ -683,7 +687,20 @@ fn repositories_choose_nothing(
         let rel = format!("{lists}/{name}");
         let old = std::fs::read(lower.join(&rel)).ok();
         let new = read_merged(lower, upper, &rel)?;
-        for text in [old, new].into_iter().flatten() {
+        for (i, text) in [old, new].into_iter().enumerate() {
+            let Some(text) = text else { continue };
+            for st in String::from_utf8_lossy(&text).split("\n\n") {
+                let field = |k: &str| {
+                    st.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .map(|v| v.trim().to_string())
+                };
+                if let (Some(p), Some(v), Some(h)) =
+                    (field("Package:"), field("Version:"), field("SHA256:"))
+                {
+                    debs[i].insert((p, v), h);
+                }
+            }
             for l in String::from_utf8_lossy(&text).lines() {
                 let l = l.trim();
                 if l == "Essential: yes" || l == "Priority: required" || l.starts_with("Provides:")
@@ -694,6 +711,16 @@ fn repositories_choose_nothing(
                     )));
                 }
             }
+        }
+    }
+    // apt sees one name and version as one package whatever its bytes: the cached root
+    // would keep the old bytes where a fresh bootstrap installs the new ones.
+    for ((p, v), h) in &debs[0] {
+        if debs[1].get(&(p.clone(), v.clone())).is_some_and(|n| n != h) {
+            return Ok(Some(format!(
+                "{p} {v} has other contents in the changed repositories than when the \
+                 cached root was built"
+            )));
         }
     }
     Ok(None)
@@ -1011,6 +1038,54 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn changed_repositories_must_not_change_what_minbase_or_apt_would_pick() {
+        let d = tempfile::tempdir().unwrap();
+        let (lower, upper) = (d.path().join("lower"), d.path().join("upper"));
+        let lists = "var/lib/apt/lists";
+        std::fs::create_dir_all(lower.join(lists)).unwrap();
+        std::fs::create_dir_all(upper.join(lists)).unwrap();
+        let stanza = |v: &str, h: &str, extra: &str| {
+            format!("Package: vendor-tool\nVersion: {v}\n{extra}SHA256: {h}\n\n")
+        };
+        let debian = super::super::sources::AptSource {
+            uri: "http://deb.debian.org/debian".into(),
+            suite: "bookworm".into(),
+            components: vec!["main".into()],
+            ..Default::default()
+        };
+        let vendor = super::super::sources::AptSource {
+            uri: "file:///srv/b".into(),
+            suite: "./".into(),
+            keyring: Some(("/k.gpg".into(), "00".repeat(32))),
+            ..Default::default()
+        };
+        let srcs = [debian, vendor];
+        // A Debian list is never read for this.
+        std::fs::write(
+            lower
+                .join(lists)
+                .join("deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages"),
+            "Package: base-files\nEssential: yes\n",
+        )
+        .unwrap();
+        let old = lower.join(lists).join("_srv_a_._Packages");
+        let new = upper.join(lists).join("_srv_b_._Packages");
+        std::fs::write(&old, stanza("1.0", "aa", "")).unwrap();
+        let check = |text: String| {
+            std::fs::write(&new, text).unwrap();
+            repositories_choose_nothing(&srcs, &lower, &upper).unwrap()
+        };
+        assert_eq!(check(stanza("2.0", "bb", "")), None);
+        assert_eq!(check(stanza("1.0", "aa", "")), None);
+        let why = check(stanza("1.0", "cc", "")).unwrap();
+        assert!(why.contains("vendor-tool 1.0 has other contents"), "{why}");
+        let why = check(stanza("2.0", "bb", "Priority: required\n")).unwrap();
+        assert!(why.contains("Priority: required"), "{why}");
+        let why = check(stanza("2.0", "bb", "Provides: tool\n")).unwrap();
+        assert!(why.contains("Provides: tool"), "{why}");
     }
 
     #[test]
