@@ -432,3 +432,193 @@ fn overlay_and_dracut_changes_equal_a_compose_from_an_empty_cache() {
         (&scratch3.join("repo"), &s3),
     );
 }
+
+/// Runs a program of the test's setup, failing loudly.
+fn run(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A throwaway signing key in `gnupg` (its own GNUPGHOME); returns its public keyring.
+fn signing_key(gnupg: &Path) -> Vec<u8> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(gnupg).unwrap();
+    std::fs::set_permissions(gnupg, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let gpg = || {
+        let mut c = std::process::Command::new("gpg");
+        c.env("GNUPGHOME", gnupg).args(["--batch", "--no-tty"]);
+        c
+    };
+    run(gpg().args([
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "kiln upgrade test <kiln-test@example.invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    ]));
+    let out = gpg().arg("--export").output().unwrap();
+    assert!(out.status.success() && !out.stdout.is_empty());
+    out.stdout
+}
+
+/// A flat apt repository in `dir` holding `kiln-upgrade-test` at `version` (a file under
+/// /usr/share, no maintainer scripts), its InRelease signed with the key in `gnupg`.
+fn local_repo(dir: &Path, gnupg: &Path, version: &str) {
+    use sha2::{Digest, Sha256};
+    let pkg = dir.join("build");
+    std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(pkg.join("usr/share/kiln-upgrade-test")).unwrap();
+    std::fs::write(
+        pkg.join("DEBIAN/control"),
+        format!(
+            "Package: kiln-upgrade-test\nVersion: {version}\nArchitecture: all\n\
+             Maintainer: kiln tests <kiln-test@example.invalid>\nPriority: optional\n\
+             Section: misc\nDescription: a package of kiln's upgrade test\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("usr/share/kiln-upgrade-test/version"),
+        format!("{version}\n"),
+    )
+    .unwrap();
+    let deb = dir.join(format!("kiln-upgrade-test_{version}_all.deb"));
+    run(std::process::Command::new("dpkg-deb")
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .args(["--root-owner-group", "-Zgzip", "--build"])
+        .arg(&pkg)
+        .arg(&deb));
+    std::fs::remove_dir_all(&pkg).unwrap();
+    let packages = run(std::process::Command::new("dpkg-scanpackages")
+        .current_dir(dir)
+        .args(["-m", ".", "/dev/null"]));
+    std::fs::write(dir.join("Packages"), &packages).unwrap();
+    let release = format!(
+        "Origin: kiln-test\nLabel: kiln-test\nDate: Tue, 14 Nov 2023 22:13:20 UTC\n\
+         SHA256:\n {} {} Packages\n",
+        hex::encode(Sha256::digest(packages.as_bytes())),
+        packages.len()
+    );
+    std::fs::write(dir.join("Release"), release).unwrap();
+    run(std::process::Command::new("gpg")
+        .env("GNUPGHOME", gnupg)
+        .args(["--batch", "--no-tty", "--yes", "--clearsign", "-o"])
+        .arg(dir.join("InRelease"))
+        .arg(dir.join("Release")));
+}
+
+/// The small recipe with `packages` and one flat repository at `repo`, signed by
+/// `keys/test.gpg` next to the recipe.
+fn recipe_with_repo(dir: &Path, packages: &[&str], repo: &Path) -> PathBuf {
+    let r = small_recipe(dir, packages);
+    let mut text = std::fs::read_to_string(&r).unwrap();
+    text.push_str(&format!(
+        "\n[[repositories]]\nuri = \"file://{}\"\nsuite = \"./\"\nsigned-by = \"keys/test.gpg\"\n",
+        repo.display()
+    ));
+    std::fs::write(&r, text).unwrap();
+    r
+}
+
+#[test]
+fn an_upgrade_from_another_repository_equals_a_compose_from_an_empty_cache() {
+    let root = common::project_root();
+    let td = tempfile::Builder::new()
+        .prefix("kiln-incremental-upgrade-")
+        .tempdir_in(root.join("build"))
+        .unwrap();
+    let w = td.path();
+    let gnupg = w.join("gnupg");
+    let key = signing_key(&gnupg);
+    let (repo_a, repo_b) = (w.join("repo-a"), w.join("repo-b"));
+    for (d, v) in [(&repo_a, "1.0"), (&repo_b, "2.0")] {
+        std::fs::create_dir_all(d).unwrap();
+        local_repo(d, &gnupg, v);
+    }
+    let seed = pristine(&w.join("seed"));
+    let cache = seeded_cache(&seed, &w.join("cache"));
+    let repo = w.join("repo");
+    let rdir = w.join("recipe");
+    std::fs::create_dir_all(rdir.join("keys")).unwrap();
+    std::fs::write(rdir.join("keys/test.gpg"), &key).unwrap();
+    let pkgs = ["jq", "kiln-upgrade-test"];
+    let in_tree = |repo: &Path, v: &serde_json::Value, path: &str| -> Vec<u8> {
+        let r = kiln::repo::open(repo).unwrap();
+        let t = kiln::repo::tree::CommitTree::open(&r, v["commit"].as_str().unwrap()).unwrap();
+        t.read(path).unwrap_or_else(|| panic!("{path} in the tree"))
+    };
+
+    // Version 1.0, pinned by being the only one repository A has.
+    let r = recipe_with_repo(&rdir, &pkgs, &repo_a);
+    let v0 = compose(&r, &repo, &cache, "repository A (1.0)");
+    assert_eq!(v0["reused"]["root"], "bootstrap", "{v0}");
+    assert!(packages(&repo, &v0).contains(&"kiln-upgrade-test=1.0".to_string()));
+    assert_eq!(
+        in_tree(&repo, &v0, "/usr/share/kiln-upgrade-test/version"),
+        b"1.0\n"
+    );
+    // The tree's apt sources name the keyring's copy in the tree, not the build host's.
+    let list = String::from_utf8(in_tree(
+        &repo,
+        &v0,
+        "/usr/etc/apt/sources.list.d/0000sources.list",
+    ))
+    .unwrap();
+    let line = list.lines().last().unwrap();
+    assert!(
+        line.starts_with("deb [signed-by=/etc/apt/keyrings/kiln-")
+            && line.ends_with(&format!(".gpg] file://{} ./", repo_a.display())),
+        "{list}"
+    );
+    let kpath = line
+        .split("signed-by=")
+        .nth(1)
+        .and_then(|x| x.split(']').next())
+        .unwrap();
+    assert_eq!(in_tree(&repo, &v0, &format!("/usr{kpath}")), key);
+    assert!(!list.contains(&rdir.display().to_string()), "{list}");
+
+    // Repository B has 2.0: the same recipe pointed at it.
+    recipe_with_repo(&rdir, &pkgs, &repo_b);
+    let v1 = compose(&r, &repo, &cache, "repository B (2.0)");
+    // Built from the cached root: the lists updated, the package upgraded.
+    assert_eq!(v1["reused"]["root"], "packages", "{v1}");
+    assert_eq!(
+        v1["reused"]["packages"]["upgraded"],
+        serde_json::json!(["kiln-upgrade-test=1.0->2.0"]),
+        "{v1}"
+    );
+    assert!(packages(&repo, &v1).contains(&"kiln-upgrade-test=2.0".to_string()));
+    assert_eq!(
+        in_tree(&repo, &v1, "/usr/share/kiln-upgrade-test/version"),
+        b"2.0\n"
+    );
+
+    // The same recipe in another directory, composed from an empty cache.
+    let sdir = w.join("scratch");
+    copy_tree(&rdir, &sdir.join("recipe"));
+    let sc = seeded_cache(&seed, &sdir.join("cache"));
+    let s1 = compose(
+        &sdir.join("recipe/small.toml"),
+        &sdir.join("repo"),
+        &sc,
+        "repository B, empty cache",
+    );
+    assert_eq!(s1["reused"]["root"], "bootstrap", "{s1}");
+    assert_same_tree(
+        "upgrade by another repository",
+        (&repo, &v1),
+        (&sdir.join("repo"), &s1),
+    );
+
+    // Nothing changed: the repository's InRelease is part of the input hash, unchanged.
+    let v2 = common::compose(&r, &repo, &cache, &[("SOURCE_DATE_EPOCH", EPOCH)]);
+    assert_eq!(v2["skipped"], true, "{v2}");
+}

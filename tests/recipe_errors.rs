@@ -233,6 +233,30 @@ case!(overlay_relative_to_included_file, [
 case!(postprocess_missing, ["r.toml" => "{HEAD}postprocess = [\"scripts/fix.sh\"]\n"],
     "r.toml:4:16: postprocess[0]", ["postprocess script", "does not exist"]);
 
+// --- extra apt repositories ----------------------------------------------------------
+case!(repository_without_signed_by, ["r.toml" => "{HEAD}[[repositories]]\nuri = \"file:///srv/vendor\"\nsuite = \"./\"\n"],
+    "r.toml:4:1: repositories[0]", ["has no `signed-by`", "trusted = true"]);
+case!(repository_keyring_missing, ["r.toml" => "{HEAD}[[repositories]]\nuri = \"file:///srv/vendor\"\nsuite = \"./\"\nsigned-by = \"keys/vendor.gpg\"\n"],
+    "r.toml:7:13: repositories[0].signed-by", ["keyring", "keys/vendor.gpg does not exist"]);
+case!(repository_keyring_is_a_directory, ["r.toml" => "{HEAD}[[repositories]]\nuri = \"file:///srv/vendor\"\nsuite = \"./\"\nsigned-by = \"keys\"\n", "keys/" => ""],
+    "r.toml:7:13: repositories[0].signed-by", ["is not a regular file"]);
+case!(repository_trusted_and_signed, ["r.toml" => "{HEAD}[[repositories]]\nuri = \"file:///srv/vendor\"\nsuite = \"./\"\nsigned-by = \"k.gpg\"\ntrusted = true\n", "k.gpg" => "x"],
+    "r.toml:8:11: repositories[0].trusted", ["keep one of them"]);
+case!(repository_trusted_not_bool, ["r.toml" => "{HEAD}[[repositories]]\nuri = \"file:///srv/vendor\"\nsuite = \"./\"\ntrusted = \"yes\"\n"],
+    "r.toml:7:11: repositories[0].trusted", ["expected true or false, found a string"]);
+case!(repository_without_components, ["r.toml" => "{HEAD}[[repositories]]\nuri = \"https://vendor.example/debian\"\nsuite = \"bookworm\"\ntrusted = true\n"],
+    "r.toml:4:1: repositories[0]", ["needs `components`", "flat repository"]);
+case!(repository_flat_with_components, ["r.toml" => "{HEAD}[[repositories]]\nuri = \"file:///srv/vendor\"\nsuite = \"./\"\ncomponents = [\"main\"]\ntrusted = true\n"],
+    "r.toml:7:15: repositories[0].components[0]", ["flat repository", "no components"]);
+case!(repository_bad_uri_in_fragment, [
+        "r.toml" => "{HEAD}",
+        "r.d/10-vendor.toml" => "[[repositories]]\nuri = \"ftp://vendor.example\"\nsuite = \"./\"\ntrusted = true\n",
+    ], "r.d/10-vendor.toml:2:7: repositories[0].uri", ["scheme \"ftp\" is not supported"]);
+case!(repository_unknown_key, ["r.toml" => "{HEAD}[[repositories]]\nuri = \"file:///srv/vendor\"\nsuite = \"./\"\nsigned_by = \"k.gpg\"\n"],
+    "r.toml:7:1: repositories[0].signed_by", ["unknown key in [repositories[0]]", "did you mean `repositories[0].signed-by`?"]);
+case!(repository_declared_twice, ["r.toml" => "{HEAD}[[repositories]]\nuri = \"file:///srv/vendor\"\nsuite = \"./\"\ntrusted = true\n[[repositories]]\nuri = \"file:///srv/vendor\"\nsuite = \"./\"\nsigned-by = \"k.gpg\"\n", "k.gpg" => "x"],
+    "r.toml:8:1: repositories[1]", ["already declared at r.toml:4:1"]);
+
 fn mkfifo(p: &Path) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();

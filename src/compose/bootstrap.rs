@@ -81,6 +81,7 @@ pub fn bootstrap(
     work: &Path,
     log: &Path,
 ) -> Result<()> {
+    // Named so: mmdebstrap copies it to the tree as `TREE_SOURCES`.
     let list = work.join("sources.list");
     let mut text = String::new();
     for s in sources {
@@ -126,8 +127,49 @@ pub fn bootstrap(
     c = c.arg(&recipe.suite).arg(tree).arg(&list);
     c.run_logged(log)
         .context("bootstrapping the root with mmdebstrap")?;
-    Ok(())
+    write_tree_sources(tree, sources, false)
 }
+
+/// The tree's apt sources ([`TREE_SOURCES`]) as the recipe means it: keyrings named by their
+/// copies in the tree (`/etc/apt/keyrings/kiln-SHA.gpg`, written here) and `file:` URIs
+/// as written, not the build host's keyring paths and `copy:` URIs apt used during the
+/// build. When those are the same (the Debian archive alone, over http), the file stays
+/// as mmdebstrap wrote it. Both ways of building a root end with this, so the file and
+/// the keyrings depend only on the sources.
+/// `always`: also when they are the same (a root made from one built with other
+/// sources, whose file and keyrings must go).
+pub fn write_tree_sources(tree: &Path, sources: &[AptSource], always: bool) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !always && sources.iter().all(|s| s.line() == s.tree_line()) {
+        return Ok(());
+    }
+    let dir = tree.join(super::sources::TREE_KEYRINGS);
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("kiln-") {
+                super::overlay::remove_any(&e.path())?;
+            }
+        }
+    } else {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", dir.display()))?;
+    }
+    let mut text = String::new();
+    for s in sources {
+        text.push_str(&s.tree_line());
+        text.push('\n');
+        if let (Some((host, _)), Some(rel)) = (&s.keyring, s.tree_keyring()) {
+            let bytes =
+                std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+            super::layout::write_file(&tree.join(rel), &bytes, 0o644)?;
+        }
+    }
+    super::layout::write_file(&tree.join(TREE_SOURCES), text.as_bytes(), 0o644)
+}
+
+/// Where mmdebstrap writes the sources file it is given (`0000` and the file's name).
+pub const TREE_SOURCES: &str = "etc/apt/sources.list.d/0000sources.list";
 
 /// The key of a bootstrap result: everything mmdebstrap's output depends on — the package
 /// selection, the apt sources and their `InRelease` hashes, the epoch when fixed, the
@@ -154,7 +196,7 @@ pub fn key(
         "components": recipe.components,
         "packages": recipe.packages,
         "exclude": recipe.exclude_packages,
-        "sources": sources.iter().map(|s| s.line()).collect::<Vec<_>>(),
+        "sources": sources.iter().map(|s| s.key_line()).collect::<Vec<_>>(),
         "mirror": mirror_state,
         "epoch": fixed_epoch,
     });
@@ -178,8 +220,44 @@ pub fn base_key(recipe: &Recipe, sources: &[AptSource], mirror_state: &[String])
         "mmdebstrap": mmdebstrap,
         "suite": recipe.suite,
         "components": recipe.components,
-        "sources": sources.iter().map(|s| s.line()).collect::<Vec<_>>(),
+        "sources": sources.iter().map(|s| s.key_line()).collect::<Vec<_>>(),
         "mirror": mirror_state,
+    });
+    Ok(hex::encode(Sha256::digest(v.to_string().as_bytes())))
+}
+
+/// The part of [`base_key`] that does not depend on the recipe's extra repositories:
+/// suite, components, the Debian archive's source lines and their `InRelease` hashes,
+/// mmdebstrap's version and kiln's hooks. Roots of one family differ in the repositories'
+/// lines, keyrings or content too; one is turned into another by updating apt's lists and
+/// upgrading, where that is equal to a fresh bootstrap ([`super::delta`]).
+pub fn family_key(
+    recipe: &Recipe,
+    sources: &[AptSource],
+    mirror_state: &[String],
+) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mmdebstrap = Cmd::new("mmdebstrap")
+        .arg("--version")
+        .read()
+        .context("asking mmdebstrap for its version")?;
+    let debian: Vec<&AptSource> = sources.iter().filter(|s| !s.is_extra()).collect();
+    let state: Vec<&String> = mirror_state
+        .iter()
+        .filter(|m| {
+            debian
+                .iter()
+                .any(|s| m.starts_with(&format!("{} {} ", s.uri, s.suite)))
+        })
+        .collect();
+    let v = serde_json::json!({
+        "format": "kiln-bootstrap-family-1",
+        "hooks": [HOOK_IN, HOOK_OUT],
+        "mmdebstrap": mmdebstrap,
+        "suite": recipe.suite,
+        "components": recipe.components,
+        "sources": debian.iter().map(|s| s.key_line()).collect::<Vec<_>>(),
+        "mirror": state,
     });
     Ok(hex::encode(Sha256::digest(v.to_string().as_bytes())))
 }
@@ -208,6 +286,7 @@ mod tests {
             dracut_modules: vec![],
             metadata: Default::default(),
             source_date_epoch: None,
+            repositories: vec![],
             sources: vec![],
         }
     }
@@ -221,6 +300,7 @@ mod tests {
             uri: "http://deb.debian.org/debian".into(),
             suite: "bookworm".into(),
             components: vec!["main".into()],
+            ..Default::default()
         }];
         let m = vec!["http://deb.debian.org/debian bookworm aa".to_string()];
         let r = recipe();

@@ -3,8 +3,10 @@
 //! instead of bootstrapping from nothing.
 //!
 //! - **Start**: the cached root with the same base key (suite, components, sources,
-//!   mirror state, mmdebstrap, hooks: [`super::bootstrap::base_key`]), the same
-//!   `exclude-packages` and the closest package selection, checked out by hard links.
+//!   mirror state, mmdebstrap, hooks: [`super::bootstrap::base_key`]) — or, when there is
+//!   none, of the same family ([`super::bootstrap::family_key`]: only the recipe's extra
+//!   repositories differ) — the same `exclude-packages` and the closest package
+//!   selection, checked out by hard links.
 //! - **Run**: an overlayfs (lower: that checkout, never written; upper: fresh) in a
 //!   private mount namespace, and apt from the host as mmdebstrap runs it
 //!   (`Dir` = the root, `DPkg::Chroot-Directory`, the host's keyrings, no Recommends):
@@ -18,10 +20,20 @@
 //!   on what ran before it), explicit triggers only `ldconfig` (whose cache depends only
 //!   on the libraries present), no file another package's file trigger watches, no
 //!   dependency with alternatives (apt may choose differently when it resolves the whole
-//!   selection at once), no upgrade. After the run the upper directory is checked again
+//!   selection at once), no upgrade unless the sources changed. After the run the upper directory is checked again
 //!   for the files such scripts write (accounts, alternatives, diversions, statoverrides,
 //!   maintainer scripts). Anything else makes the compose bootstrap from scratch, and
 //!   the reason is shown and given in `--json` (`reused.why_not.bootstrap`).
+//! - **Upgrades** (a root of the same family): apt's lists are updated first and must
+//!   show the mirror state this compose read; no package list of an extra repository
+//!   may hold an `Essential: yes`, `Priority: required` or `Provides:` package (then the
+//!   unchanged Debian archive decides the essential and required set a fresh minbase
+//!   selects, as it did for the cached root), nor one whose name and version stayed but
+//!   whose `.deb` changed (apt would not reinstall it); `dist-upgrade ADDED` is planned, and an
+//!   upgraded package must also be safe to remove in its old version, have no
+//!   conffiles in either and not be essential. After the run every installed package
+//!   must be at apt's candidate version, and the tree's apt sources and keyrings are
+//!   written for the new sources, as after mmdebstrap.
 //! - **Fine print**: mmdebstrap's clean-up runs on the result (apt's caches, dpkg's and
 //!   apt's logs, ldconfig's aux-cache); dpkg's status file is written in its own hash
 //!   order, not install order; apt's `extended_states` keeps marks only for automatically
@@ -74,7 +86,14 @@ ln -s /proc/self/fd "$m/dev/fd"
 "#;
 
 pub struct Request<'a> {
+    /// The mirror state this compose read (`"URI SUITE sha256"` per source).
+    pub mirror: &'a [String],
     pub base: &'a str,
+    /// [`super::bootstrap::family_key`]: a cached root of another base but this family
+    /// differs in the extra repositories only.
+    pub family: &'a str,
+    /// The apt sources, as apt on the build host reads them.
+    pub sources: &'a [super::sources::AptSource],
     pub packages: &'a [String],
     pub exclude: &'a [String],
     /// The epoch when fixed or remembered; else the cached root's epoch is used and the
@@ -90,8 +109,9 @@ pub struct Request<'a> {
 pub struct Done {
     pub from: RootInfo,
     pub co: Checkout,
-    /// `name=version` installed, and names removed.
+    /// `name=version` installed, `name=old->new` of those upgraded, and names removed.
     pub installed: Vec<String>,
+    pub upgraded: Vec<String>,
     pub removed: Vec<String>,
     pub epoch: u64,
 }
@@ -118,9 +138,9 @@ enum Action {
 
 /// Builds the root for `req` at `req.tree` from the closest cached root, or says why not.
 pub fn build(tc: &TreeCache, req: &Request) -> Result<Outcome> {
-    let Some(from) = tc.closest(req.base, req.packages, req.exclude)? else {
+    let Some(from) = tc.closest(req.base, req.family, req.packages, req.exclude)? else {
         return Ok(Outcome::Fallback(
-            "no cached root with the same suite, sources, mirror state and \
+            "no cached root with the same suite, Debian sources and mirror state, and \
              exclude-packages"
                 .into(),
         ));
@@ -150,7 +170,7 @@ pub fn build(tc: &TreeCache, req: &Request) -> Result<Outcome> {
         ));
     };
     let r = run(req, &from, &d, &added, &dropped);
-    let (installed, removed) = match r {
+    let (installed, upgraded, removed) = match r {
         Ok(Ok(x)) => x,
         Ok(Err(why)) => {
             super::overlay::remove_any(&d.lower)?;
@@ -165,9 +185,15 @@ pub fn build(tc: &TreeCache, req: &Request) -> Result<Outcome> {
         }
     };
     apply_upper(&d.upper, &d.lower)?;
+    if from.base != req.base {
+        // What the bootstrap writes after mmdebstrap, for the new sources.
+        super::bootstrap::write_tree_sources(&d.lower, req.sources, true)?;
+    }
     std::fs::rename(&d.lower, req.tree)
         .with_context(|| format!("moving {} to {}", d.lower.display(), req.tree.display()))?;
-    for p in [&d.upper, &d.ovwork, &d.merged, &d.ctrl] {
+    for p in [
+        &d.upper, &d.ovwork, &d.merged, &d.ctrl, &d.parts, &d.list, &d.conf,
+    ] {
         super::overlay::remove_any(p)?;
     }
     if req.epoch.is_none() {
@@ -186,6 +212,7 @@ pub fn build(tc: &TreeCache, req: &Request) -> Result<Outcome> {
         from,
         co,
         installed,
+        upgraded,
         removed,
         epoch,
     })))
@@ -198,6 +225,11 @@ struct Dirs {
     merged: PathBuf,
     ctrl: PathBuf,
     conf: PathBuf,
+    /// The sources with the build host's keyring paths (the tree's name the tree's
+    /// copies, which apt running outside the tree would not find).
+    list: PathBuf,
+    /// Empty: every source is in `list`.
+    parts: PathBuf,
 }
 
 impl Dirs {
@@ -209,8 +241,10 @@ impl Dirs {
             merged: work.join("delta-merged"),
             ctrl: work.join("delta-control"),
             conf: work.join("delta-apt.conf"),
+            list: work.join("delta-sources.list"),
+            parts: work.join("delta-sources.list.d"),
         };
-        for p in [&d.upper, &d.ovwork, &d.merged, &d.ctrl] {
+        for p in [&d.upper, &d.ovwork, &d.merged, &d.ctrl, &d.parts] {
             std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
         }
         // overlayfs takes its options as one comma-separated string.
@@ -226,8 +260,8 @@ impl Dirs {
     }
 }
 
-/// `name=version` installed and names removed.
-type Changes = (Vec<String>, Vec<String>);
+/// `name=version` installed, `name=old->new` upgraded, and names removed.
+type Changes = (Vec<String>, Vec<String>, Vec<String>);
 
 /// The installation in the overlay. `Ok(Err(why))`: not equal by construction.
 fn run(
@@ -238,7 +272,7 @@ fn run(
     dropped: &[String],
 ) -> Result<std::result::Result<Changes, String>> {
     seed_archives(&d.lower, &d.upper, req.debs)?;
-    write_apt_conf(&d.conf, &d.merged)?;
+    write_apt_conf(d, req.sources)?;
     let apt = |args: &[String]| -> Cmd {
         Cmd::new("unshare")
             .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
@@ -265,7 +299,31 @@ fn run(
         format!("DPkg::Chroot-Directory={}", d.merged.display()),
         "--purge".into(),
     ];
-    if added.is_empty() {
+    // The cached root was built with other contents of the extra repositories: apt's
+    // lists are updated, and every package goes to the version a fresh bootstrap would
+    // install (`dist-upgrade` also installs the added packages).
+    let upgrade = from.base != req.base;
+    if upgrade {
+        apt(&["apt-get".to_string(), "update".into()])
+            .run_logged(req.log)
+            .context("updating apt's lists for the changed repositories")?;
+        let read =
+            |name: &str| read_merged(&d.lower, &d.upper, &format!("var/lib/apt/lists/{name}"));
+        let seen = super::sources::mirror_state_with(req.sources, &read)?;
+        let mut want = req.mirror.to_vec();
+        want.sort();
+        if seen != want {
+            return Ok(Err(
+                "apt's lists changed between reading the mirror state and updating them".into(),
+            ));
+        }
+        if let Some(why) = repositories_choose_nothing(req.sources, &d.lower, &d.upper)? {
+            return Ok(Err(why));
+        }
+        get.extend(["--auto-remove".into(), "dist-upgrade".into()]);
+        get.extend(added.iter().cloned());
+        get.extend(req.exclude.iter().map(|x| format!("{x}-")));
+    } else if added.is_empty() {
         get.push("autoremove".into());
     } else {
         get.extend(["--auto-remove".into(), "install".into()]);
@@ -290,12 +348,17 @@ fn run(
             .run_logged(req.log)
             .context("downloading the added packages")?;
     }
-    if let Err(why) = check_actions(&actions, &d.lower, &d.upper, &d.ctrl) {
+    if let Err(why) = check_actions(&actions, &d.lower, &d.upper, &d.ctrl, upgrade) {
         return Ok(Err(why));
     }
     apt(&get)
         .run_logged(req.log)
         .context("installing the package changes")?;
+    if upgrade {
+        if let Some(why) = not_at_candidate(&apt, d)? {
+            return Ok(Err(why));
+        }
+    }
     keep_debs(&d.upper, req.debs)?;
     clean_upper(&d.upper)?;
     if let Some(p) = script_output(&d.upper)? {
@@ -304,24 +367,40 @@ fn run(
         )));
     }
     let mut installed = Vec::new();
+    let mut upgraded = Vec::new();
     let mut removed = Vec::new();
     for a in actions {
         match a {
-            Action::Install { name, version, .. } => installed.push(format!("{name}={version}")),
+            Action::Install {
+                name, version, old, ..
+            } => {
+                if let Some(o) = old {
+                    upgraded.push(format!("{name}={o}->{version}"));
+                }
+                installed.push(format!("{name}={version}"));
+            }
             Action::Remove { name } => removed.push(name),
         }
     }
-    Ok(Ok((installed, removed)))
+    Ok(Ok((installed, upgraded, removed)))
 }
 
-/// apt's configuration, as mmdebstrap writes it for its own apt runs.
-fn write_apt_conf(conf: &Path, merged: &Path) -> Result<()> {
+/// apt's configuration, as mmdebstrap writes it for its own apt runs, and the sources.
+fn write_apt_conf(d: &Dirs, sources: &[super::sources::AptSource]) -> Result<()> {
+    let mut list = String::new();
+    for s in sources {
+        list.push_str(&s.line());
+        list.push('\n');
+    }
+    super::layout::write_file(&d.list, list.as_bytes(), 0o644)?;
+    let (conf, merged) = (&d.conf, &d.merged);
     let arch = Cmd::new("dpkg")
         .arg("--print-architecture")
         .read()
         .context("asking dpkg for the architecture")?;
     let arch = arch.trim();
     let m = merged.display();
+    let (list, parts) = (d.list.display(), d.parts.display());
     let text = format!(
         "Apt::Architecture \"{arch}\";\n\
          Apt::Architectures \"{arch}\";\n\
@@ -329,6 +408,8 @@ fn write_apt_conf(conf: &Path, merged: &Path) -> Result<()> {
          Dir::State::Status \"{m}/var/lib/dpkg/status\";\n\
          Dir::Etc::Trusted \"/etc/apt/trusted.gpg\";\n\
          Dir::Etc::TrustedParts \"/etc/apt/trusted.gpg.d\";\n\
+         Dir::Etc::SourceList \"{list}\";\n\
+         Dir::Etc::SourceParts \"{parts}\";\n\
          pkgCacheGen::ForceEssential \",\";\n\
          Apt::Install-Recommends false;\n\
          Acquire::Languages \"none\";\n\
@@ -478,6 +559,7 @@ fn check_actions(
     lower: &Path,
     upper: &Path,
     ctrl: &Path,
+    upgrade: bool,
 ) -> std::result::Result<(), String> {
     let watched = file_triggers(lower);
     for a in actions {
@@ -487,10 +569,50 @@ fn check_actions(
                 old: Some(old),
                 version,
                 ..
-            } => {
+            } if !upgrade => {
                 return Err(format!(
-                    "{name} would be upgraded ({old} to {version}); upgrades are bootstrapped"
+                    "{name} would be upgraded ({old} to {version}) though the sources did \
+                     not change"
                 ))
+            }
+            Action::Install {
+                name,
+                old: Some(old),
+                version,
+                arch,
+            } => {
+                // The old version's removal and the new one's install must both be safe,
+                // and nothing may stay from the old one: no conffiles (dpkg keeps those
+                // the new version drops), not essential (mmdebstrap installs those
+                // before apt runs).
+                check_removal(name, lower, &watched)?;
+                let info = lower.join("var/lib/dpkg/info");
+                if [
+                    format!("{name}.conffiles"),
+                    format!("{name}:{arch}.conffiles"),
+                ]
+                .iter()
+                .any(|f| info.join(f).exists())
+                {
+                    return Err(format!(
+                        "{name} {old} has conffiles; upgrades of those are bootstrapped"
+                    ));
+                }
+                let file = format!("{name}_{}_{arch}.deb", version.replace(':', "%3a"));
+                let deb = upper.join("var/cache/apt/archives").join(file);
+                let dir = ctrl.join(name);
+                check_deb(name, &deb, &dir, &watched).map_err(|e| e.to_string())?;
+                if dir.join("conffiles").exists() {
+                    return Err(format!(
+                        "{name} {version} has conffiles; upgrades of those are bootstrapped"
+                    ));
+                }
+                let control = std::fs::read_to_string(dir.join("control")).unwrap_or_default();
+                if control.lines().any(|l| l.trim() == "Essential: yes") {
+                    return Err(format!(
+                        "{name} is essential: a fresh bootstrap installs it before apt runs"
+                    ));
+                }
             }
             Action::Install {
                 name,
@@ -506,6 +628,140 @@ fn check_actions(
         }
     }
     Ok(())
+}
+
+/// A file of the overlay as it shows through the mount: the upper's (a whiteout: none)
+/// or else the lower's.
+fn read_merged(lower: &Path, upper: &Path, rel: &str) -> Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::FileTypeExt;
+    let u = upper.join(rel);
+    match std::fs::symlink_metadata(&u) {
+        Ok(m) if m.file_type().is_char_device() => return Ok(None),
+        Ok(_) => {
+            return Ok(Some(
+                std::fs::read(&u).with_context(|| format!("reading {}", u.display()))?,
+            ))
+        }
+        Err(_) => {}
+    }
+    let l = lower.join(rel);
+    match std::fs::read(&l) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", l.display())),
+    }
+}
+
+/// Why a fresh bootstrap could select other packages than the cached root's because of
+/// the extra repositories' contents, before or after the update: a package of theirs
+/// that is essential or of priority required (mmdebstrap's minbase selects those), or
+/// that provides another (apt may pick another provider when resolving from nothing).
+/// Also a package whose name and version stayed but whose `.deb` (sha256) changed.
+/// `None`: their packages are installed only when named or depended on by name.
+fn repositories_choose_nothing(
+    sources: &[super::sources::AptSource],
+    lower: &Path,
+    upper: &Path,
+) -> Result<Option<String>> {
+    let debian: Vec<String> = sources
+        .iter()
+        .filter(|s| !s.is_extra())
+        .map(super::sources::list_prefix)
+        .collect();
+    let lists = "var/lib/apt/lists";
+    let mut names = BTreeSet::new();
+    for dir in [lower.join(lists), upper.join(lists)] {
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                names.insert(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    // (package, version) -> sha256 of the `.deb`, before and after.
+    let mut debs: [std::collections::BTreeMap<(String, String), String>; 2] = Default::default();
+    for name in names {
+        if !name.ends_with("_Packages") || debian.iter().any(|p| name.starts_with(p.as_str())) {
+            continue;
+        }
+        // Before (the lower's) and after (the overlay's view).
+        let rel = format!("{lists}/{name}");
+        let old = std::fs::read(lower.join(&rel)).ok();
+        let new = read_merged(lower, upper, &rel)?;
+        for (i, text) in [old, new].into_iter().enumerate() {
+            let Some(text) = text else { continue };
+            for st in String::from_utf8_lossy(&text).split("\n\n") {
+                let field = |k: &str| {
+                    st.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .map(|v| v.trim().to_string())
+                };
+                if let (Some(p), Some(v), Some(h)) =
+                    (field("Package:"), field("Version:"), field("SHA256:"))
+                {
+                    debs[i].insert((p, v), h);
+                }
+            }
+            for l in String::from_utf8_lossy(&text).lines() {
+                let l = l.trim();
+                if l == "Essential: yes" || l == "Priority: required" || l.starts_with("Provides:")
+                {
+                    return Ok(Some(format!(
+                        "a repository's package list ({name}) has `{l}`: a fresh bootstrap \
+                         may select other packages than the cached root has"
+                    )));
+                }
+            }
+        }
+    }
+    // apt sees one name and version as one package whatever its bytes: the cached root
+    // would keep the old bytes where a fresh bootstrap installs the new ones.
+    for ((p, v), h) in &debs[0] {
+        if debs[1].get(&(p.clone(), v.clone())).is_some_and(|n| n != h) {
+            return Ok(Some(format!(
+                "{p} {v} has other contents in the changed repositories than when the \
+                 cached root was built"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// After an upgrade: the first installed package whose version is not the one apt
+/// would install now (a fresh bootstrap installs candidates only), described.
+fn not_at_candidate(apt: &dyn Fn(&[String]) -> Cmd, d: &Dirs) -> Result<Option<String>> {
+    let admin = format!("--admindir={}/var/lib/dpkg", d.merged.display());
+    let out = apt(&[
+        "dpkg-query".into(),
+        admin,
+        "-W".into(),
+        "-f".into(),
+        "${db:Status-Abbrev}\t${Package}\n".into(),
+    ])
+    .read()
+    .context("listing the installed packages")?;
+    let names: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with("ii"))
+        .filter_map(|l| l.split('\t').nth(1).map(String::from))
+        .collect();
+    let mut args = vec!["apt-cache".to_string(), "policy".into()];
+    args.extend(names);
+    let out = apt(&args).read().context("asking apt for the candidates")?;
+    let (mut name, mut installed) = (String::new(), String::new());
+    for l in out.lines() {
+        if !l.starts_with(' ') && l.ends_with(':') {
+            name = l.trim_end_matches(':').to_string();
+        } else if let Some(v) = l.trim().strip_prefix("Installed: ") {
+            installed = v.to_string();
+        } else if let Some(c) = l.trim().strip_prefix("Candidate: ") {
+            if c != installed {
+                return Ok(Some(format!(
+                    "{name} stays at {installed} where a fresh bootstrap would install {c}"
+                )));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// A package's failed check: the reason, or an error (which also means no delta).
@@ -549,6 +805,7 @@ fn check_deb(
                 }
             }
         } else if !ALLOWED_CONTROL.contains(&m.as_str()) {
+            // (conffiles are allowed for new packages; upgrades check them apart)
             return Err(Unsafe(format!(
                 "{name} has a {m} (maintainer script or debconf)"
             )));
@@ -781,6 +1038,54 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn changed_repositories_must_not_change_what_minbase_or_apt_would_pick() {
+        let d = tempfile::tempdir().unwrap();
+        let (lower, upper) = (d.path().join("lower"), d.path().join("upper"));
+        let lists = "var/lib/apt/lists";
+        std::fs::create_dir_all(lower.join(lists)).unwrap();
+        std::fs::create_dir_all(upper.join(lists)).unwrap();
+        let stanza = |v: &str, h: &str, extra: &str| {
+            format!("Package: vendor-tool\nVersion: {v}\n{extra}SHA256: {h}\n\n")
+        };
+        let debian = super::super::sources::AptSource {
+            uri: "http://deb.debian.org/debian".into(),
+            suite: "bookworm".into(),
+            components: vec!["main".into()],
+            ..Default::default()
+        };
+        let vendor = super::super::sources::AptSource {
+            uri: "file:///srv/b".into(),
+            suite: "./".into(),
+            keyring: Some(("/k.gpg".into(), "00".repeat(32))),
+            ..Default::default()
+        };
+        let srcs = [debian, vendor];
+        // A Debian list is never read for this.
+        std::fs::write(
+            lower
+                .join(lists)
+                .join("deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages"),
+            "Package: base-files\nEssential: yes\n",
+        )
+        .unwrap();
+        let old = lower.join(lists).join("_srv_a_._Packages");
+        let new = upper.join(lists).join("_srv_b_._Packages");
+        std::fs::write(&old, stanza("1.0", "aa", "")).unwrap();
+        let check = |text: String| {
+            std::fs::write(&new, text).unwrap();
+            repositories_choose_nothing(&srcs, &lower, &upper).unwrap()
+        };
+        assert_eq!(check(stanza("2.0", "bb", "")), None);
+        assert_eq!(check(stanza("1.0", "aa", "")), None);
+        let why = check(stanza("1.0", "cc", "")).unwrap();
+        assert!(why.contains("vendor-tool 1.0 has other contents"), "{why}");
+        let why = check(stanza("2.0", "bb", "Priority: required\n")).unwrap();
+        assert!(why.contains("Priority: required"), "{why}");
+        let why = check(stanza("2.0", "bb", "Provides: tool\n")).unwrap();
+        assert!(why.contains("Provides: tool"), "{why}");
     }
 
     #[test]

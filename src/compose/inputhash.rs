@@ -5,11 +5,11 @@
 //! JSON with paths relative to the recipe's directory and without `sources` (moving a
 //! checkout does not change the hash, but every field does); every overlay file's relative
 //! path, type, mode and content (or symlink target), overlay by overlay; each postprocess
-//! script's content; the sha256 of the kiln binary exactly as installed (stripped) and its
-//! version; the
-//! build epoch when it is fixed (`SOURCE_DATE_EPOCH` or the recipe's); and the mirror state
-//! (sha256 of each suite's `InRelease`, which pins every package version the mirror would
-//! install).
+//! script's content; the sha256 of each extra repository's keyring; the sha256 of the kiln
+//! binary exactly as installed (stripped) and its version; the build epoch when it is fixed
+//! (`SOURCE_DATE_EPOCH` or the recipe's); and the mirror state (sha256 of each suite's
+//! `InRelease`, or `Release` where there is none, which pins every package version the
+//! mirror would install).
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -22,6 +22,8 @@ pub struct Inputs<'a> {
     pub recipe_json: &'a serde_json::Value,
     pub overlays: &'a [std::path::PathBuf],
     pub postprocess: &'a [std::path::PathBuf],
+    /// sha256 of each extra repository's keyring, in recipe order.
+    pub keyrings: &'a [String],
     /// sha256 of `usr/bin/kiln` as it goes into the tree (after stripping).
     pub kiln_sha256: &'a str,
     pub kiln_version: &'a str,
@@ -61,6 +63,9 @@ pub fn compute(i: &Inputs) -> Result<String> {
     }
     for s in i.postprocess {
         h.item("postprocess", file_sha256(s)?.as_bytes());
+    }
+    for k in i.keyrings {
+        h.item("keyring", k.as_bytes());
     }
     h.item("kiln", i.kiln_sha256.as_bytes());
     h.item("kiln-version", i.kiln_version.as_bytes());
@@ -135,6 +140,7 @@ mod tests {
             recipe_json: recipe,
             overlays: &[overlay.to_path_buf()],
             postprocess: &[],
+            keyrings: &[],
             kiln_sha256: "k",
             kiln_version: "0.1.0",
             fixed_epoch: Some(1),
@@ -178,6 +184,7 @@ mod tests {
             recipe_json: &serde_json::json!({}),
             overlays: std::slice::from_ref(&o),
             postprocess: &[],
+            keyrings: &[],
             kiln_sha256: "k",
             kiln_version: "0.1.0",
             fixed_epoch: Some(1),

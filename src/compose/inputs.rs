@@ -37,6 +37,11 @@ impl Inputs {
             recipe_json: &self.rjson,
             overlays: &recipe.overlays,
             postprocess: &recipe.postprocess,
+            keyrings: &self
+                .srcs
+                .iter()
+                .filter_map(|s| s.keyring.as_ref().map(|k| k.1.clone()))
+                .collect::<Vec<_>>(),
             kiln_sha256: &self.kiln_sha,
             kiln_version: &self.kiln_version,
             fixed_epoch: self.pinned,

@@ -111,6 +111,13 @@ pub fn recipe_json(recipe: &Recipe) -> Result<serde_json::Value> {
             recipe.postprocess.iter().map(rel).collect(),
         );
         o.insert("sources".into(), recipe.sources.iter().map(rel).collect());
+        if let Some(repos) = o.get_mut("repositories").and_then(|r| r.as_array_mut()) {
+            for (r, j) in recipe.repositories.iter().zip(repos) {
+                if let (Some(k), Some(jo)) = (&r.signed_by, j.as_object_mut()) {
+                    jo.insert("signed-by".into(), rel(k).into());
+                }
+            }
+        }
     }
     Ok(v)
 }
@@ -312,18 +319,17 @@ fn gather_inputs(recipe: &Recipe, opts: &ComposeOptions, p: &mut Progress) -> Re
         Some(b) => b.clone(),
         None => std::env::current_exe().context("finding the running kiln binary")?,
     };
+    for w in recipe.warnings() {
+        // Shown even when quiet: the build installs unverified packages.
+        eprintln!("kiln: warning: {w}");
+    }
     let s = p.stage("inputs");
     std::fs::create_dir_all(&opts.cache_dir)
         .with_context(|| format!("creating cache dir {}", opts.cache_dir.display()))?;
     let cache_dir = std::fs::canonicalize(&opts.cache_dir)
         .with_context(|| format!("resolving {}", opts.cache_dir.display()))?;
     let repo = repo::open_or_create(&opts.repo, opts.repo_mode)?;
-    let srcs = sources::resolve(
-        recipe.mirror.as_deref(),
-        &recipe.suite,
-        &recipe.components,
-        &opts.apt_root,
-    )?;
+    let srcs = sources::resolve_recipe(recipe, &opts.apt_root)?;
     let mirror = sources::mirror_state(&srcs)?;
     let rjson = recipe_json(recipe)?;
     // The bytes that go into the tree as usr/bin/kiln, hashed as they are installed.

@@ -5,7 +5,9 @@
 //!    mirror state, epoch, mmdebstrap, hooks): a hardlink checkout of it.
 //! 2. **Packages**: a cached root with the same base (everything but the package
 //!    selection and the epoch) differs by a few packages, each safe to install or remove
-//!    on its own: only those are installed or removed ([`super::delta`]).
+//!    on its own: only those are installed or removed ([`super::delta`]). A root of the
+//!    same family (only the recipe's extra repositories differ) is upgraded there too,
+//!    where that equals a fresh bootstrap.
 //! 3. **Bootstrap**: mmdebstrap from nothing (with the cached `.deb`s), and the root cached.
 //!
 //! Whatever made it, the new root is saved into the tree cache and checked out by hard
@@ -53,8 +55,13 @@ pub struct Reused {
 pub struct PackageDelta {
     /// The cached root's key.
     pub from: String,
-    /// `name=version` installed, and names removed, as apt planned them.
+    /// `name=version` installed (new or upgraded), and names removed, as apt planned
+    /// them.
     pub installed: Vec<String>,
+    /// `name=old->new` of the installed that were upgraded: the cached root was built
+    /// with other contents of the recipe's extra repositories.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upgraded: Vec<String>,
     pub removed: Vec<String>,
 }
 
@@ -85,6 +92,7 @@ pub(super) fn bootstrap_tree(
             tc.ensure_info(&RootInfo {
                 key: k,
                 base: base.clone(),
+                family: Some(bootstrap::family_key(recipe, &inputs.srcs, &inputs.mirror)?),
                 epoch: e,
                 packages: recipe.packages.clone(),
                 exclude: recipe.exclude_packages.clone(),
@@ -99,11 +107,19 @@ pub(super) fn bootstrap_tree(
             Ok((c, d)) => {
                 notes.push(format!(
                     "bootstrap: built from a cached root by installing {} and removing {} \
-                     package(s) (installed: {}; removed: {})",
+                     package(s) (installed: {}; removed: {}{})",
                     d.installed.len(),
                     d.removed.len(),
                     d.installed.join(" "),
-                    d.removed.join(" ")
+                    d.removed.join(" "),
+                    if d.upgraded.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; upgraded, the repositories changed: {}",
+                            d.upgraded.join(" ")
+                        )
+                    }
                 ));
                 reuse.root = "packages";
                 reuse.packages = Some(d);
@@ -150,8 +166,12 @@ fn from_cached_root(
     work: &Path,
     tree: &Path,
 ) -> Result<std::result::Result<(Checkout, PackageDelta), String>> {
+    let family = bootstrap::family_key(recipe, &inputs.srcs, &inputs.mirror)?;
     let req = delta::Request {
         base,
+        family: &family,
+        mirror: &inputs.mirror,
+        sources: &inputs.srcs,
         packages: &recipe.packages,
         exclude: &recipe.exclude_packages,
         epoch: inputs.pinned,
@@ -178,6 +198,7 @@ fn from_cached_root(
     let info = RootInfo {
         key: key.clone(),
         base: base.to_string(),
+        family: Some(family.clone()),
         epoch: inputs.epoch,
         packages: recipe.packages.clone(),
         exclude: recipe.exclude_packages.clone(),
@@ -192,6 +213,7 @@ fn from_cached_root(
         PackageDelta {
             from: d.from.key.clone(),
             installed: d.installed,
+            upgraded: d.upgraded,
             removed: d.removed,
         },
     )))
@@ -243,6 +265,7 @@ fn full(
     let info = RootInfo {
         key: k.clone(),
         base,
+        family: Some(bootstrap::family_key(recipe, &inputs.srcs, &inputs.mirror)?),
         epoch: inputs.epoch,
         packages: recipe.packages.clone(),
         exclude: recipe.exclude_packages.clone(),

@@ -9,33 +9,123 @@
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// One `deb` line: a mirror URI and a suite with components.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// One `deb` line: a mirror URI and a suite with components; for a recipe's extra
+/// repository also the keyring it is signed with, or `trusted`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct AptSource {
     pub uri: String,
+    /// A suite, or a flat repository's directory ending in `/`.
     pub suite: String,
     pub components: Vec<String>,
+    /// The keyring on the build host (absolute) and the sha256 of its bytes.
+    pub keyring: Option<(PathBuf, String)>,
+    /// No signature check (`[trusted=yes]`).
+    pub trusted: bool,
 }
 
+/// Where a recipe repository's keyring goes in the tree.
+pub const TREE_KEYRINGS: &str = "etc/apt/keyrings";
+
 impl AptSource {
-    /// The one-line `sources.list` form mmdebstrap takes.
+    fn with_options(&self, opts: Option<String>, uri: &str) -> String {
+        let mut l = String::from("deb ");
+        if let Some(o) = opts {
+            l.push_str(&format!("[{o}] "));
+        }
+        l.push_str(uri);
+        l.push(' ');
+        l.push_str(&self.suite);
+        for c in &self.components {
+            l.push(' ');
+            l.push_str(c);
+        }
+        l
+    }
+
+    /// A recipe's extra repository (signed by its own keyring, or trusted), not the
+    /// Debian archive.
+    pub fn is_extra(&self) -> bool {
+        self.keyring.is_some() || self.trusted
+    }
+
+    /// The one-line `sources.list` form apt on the build host reads (mmdebstrap, and
+    /// the package path): `signed-by` names the keyring where the recipe has it, and a
+    /// `file:` URI is read as `copy:` (apt then copies each `.deb` into its archive, where
+    /// dpkg in the chroot finds it, instead of handing dpkg the host's path).
     pub fn line(&self) -> String {
-        format!(
-            "deb {} {} {}",
-            self.uri,
-            self.suite,
-            self.components.join(" ")
+        let uri = match self.uri.strip_prefix("file:") {
+            Some(rest) => format!("copy:{rest}"),
+            None => self.uri.clone(),
+        };
+        self.with_options(
+            match (&self.keyring, self.trusted) {
+                (Some((p, _)), _) => Some(format!("signed-by={}", p.display())),
+                (None, true) => Some("trusted=yes".into()),
+                (None, false) => None,
+            },
+            &uri,
         )
     }
 
-    /// `URI/dists/SUITE/InRelease`.
+    /// The line as the tree's `/etc/apt/sources.list` holds it: `signed-by` names the
+    /// keyring's copy in the tree ([`Self::tree_keyring`]).
+    pub fn tree_line(&self) -> String {
+        self.with_options(
+            match (self.tree_keyring(), self.trusted) {
+                (Some(k), _) => Some(format!("signed-by=/{k}")),
+                (None, true) => Some("trusted=yes".into()),
+                (None, false) => None,
+            },
+            &self.uri,
+        )
+    }
+
+    /// The line as cache keys see it: the keyring by its content, not its place.
+    pub fn key_line(&self) -> String {
+        self.with_options(
+            match (&self.keyring, self.trusted) {
+                (Some((_, sha)), _) => Some(format!("signed-by=sha256:{sha}")),
+                (None, true) => Some("trusted=yes".into()),
+                (None, false) => None,
+            },
+            &self.uri,
+        )
+    }
+
+    /// The keyring's path in the tree (relative): named by its content, `.asc` kept for
+    /// an armored one (apt reads those by their extension).
+    pub fn tree_keyring(&self) -> Option<String> {
+        let (p, sha) = self.keyring.as_ref()?;
+        let ext = if p.extension().is_some_and(|e| e == "asc") {
+            "asc"
+        } else {
+            "gpg"
+        };
+        Some(format!("{TREE_KEYRINGS}/kiln-{}.{ext}", &sha[..16]))
+    }
+
+    /// `dists/SUITE/` or, for a flat repository, `SUITE` (ends in `/`): where the
+    /// release files are, relative to the URI.
+    fn release_dir(&self) -> String {
+        if self.suite.ends_with('/') {
+            self.suite.clone()
+        } else {
+            format!("dists/{}/", self.suite)
+        }
+    }
+
+    /// `URI/dists/SUITE/InRelease` (`URI/SUITE/InRelease` for a flat repository).
     pub fn inrelease_url(&self) -> String {
+        self.release_url("InRelease")
+    }
+
+    fn release_url(&self, name: &str) -> String {
         format!(
-            "{}/dists/{}/InRelease",
+            "{}/{}{name}",
             self.uri.trim_end_matches('/'),
-            self.suite
+            self.release_dir()
         )
     }
 }
@@ -48,7 +138,46 @@ struct HostEntry {
     signed_by: Option<String>,
 }
 
-/// The sources for a recipe: the explicit mirror, or the host's Debian entries.
+/// The sources for a recipe: the explicit mirror, or the host's Debian entries; then the
+/// recipe's extra repositories, each with its keyring's hash.
+pub fn resolve_recipe(recipe: &crate::recipe::Recipe, apt_root: &Path) -> Result<Vec<AptSource>> {
+    let mut out = resolve(
+        recipe.mirror.as_deref(),
+        &recipe.suite,
+        &recipe.components,
+        apt_root,
+    )?;
+    for r in &recipe.repositories {
+        let keyring = match &r.signed_by {
+            Some(p) => {
+                let text = p.to_string_lossy();
+                // apt splits a line's options at white space and ends them at `]`.
+                if text.contains(|c: char| c.is_whitespace() || c == ']') {
+                    bail!(
+                        "repository {} {}: apt cannot read the keyring path {text:?} (white \
+                         space or `]`); move the keyring",
+                        r.uri,
+                        r.suite
+                    );
+                }
+                let sha = super::inputhash::file_sha256(p)
+                    .with_context(|| format!("reading the keyring of repository {}", r.uri))?;
+                Some((p.clone(), sha))
+            }
+            None => None,
+        };
+        out.push(AptSource {
+            uri: r.uri.trim_end_matches('/').to_string(),
+            suite: r.suite.clone(),
+            components: r.components.clone(),
+            keyring,
+            trusted: r.trusted,
+        });
+    }
+    Ok(out)
+}
+
+/// The Debian archive's sources: the explicit mirror, or the host's Debian entries.
 pub fn resolve(
     mirror: Option<&str>,
     suite: &str,
@@ -65,6 +194,7 @@ pub fn resolve(
             uri: m.trim_end_matches('/').to_string(),
             suite: suite.to_string(),
             components: comps,
+            ..Default::default()
         }]);
     }
     let entries = read_host_entries(apt_root)?;
@@ -93,6 +223,7 @@ fn map_debian_entries(entries: &[HostEntry], suite: &str, comps: &[String]) -> V
                 uri: e.uri.trim_end_matches('/').to_string(),
                 suite: format!("{suite}{suffix}"),
                 components: comps.to_vec(),
+                ..Default::default()
             };
             if !out.contains(&src) {
                 out.push(src);
@@ -239,37 +370,28 @@ fn parse_deb822(text: &str) -> Vec<HostEntry> {
     out
 }
 
-/// Fetches each source's `InRelease` and returns `"URI SUITE sha256"` lines, sorted. These
-/// files pin the whole archive state: unchanged InRelease files mean the mirror would
-/// install the very same package versions.
+/// Fetches each source's `InRelease` (or, where there is none, its `Release`) and
+/// returns `"URI SUITE sha256"` lines, sorted. These files pin the whole archive state:
+/// unchanged release files mean the mirror would install the very same package versions.
 pub fn mirror_state(sources: &[AptSource]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for s in sources {
+        let fetch = |url: &str| {
+            crate::cmd::Cmd::new("curl")
+                .args(["-fsSL", "--retry", "2", "--max-time", "60", url])
+                .run()
+                .map(|o| o.stdout)
+        };
         let url = s.inrelease_url();
-        let out_bytes = crate::cmd::Cmd::new("curl")
-            .args(["-fsSL", "--retry", "2", "--max-time", "60", &url])
-            .run()
-            .with_context(|| format!("fetching the mirror state {url}"))?
-            .stdout;
-        out.push(format!(
-            "{} {} {}",
-            s.uri,
-            s.suite,
-            hex::encode(Sha256::digest(&out_bytes))
-        ));
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The mirror state as apt saw it during bootstrap: hashes of the `InRelease` files in
-/// the tree's `var/lib/apt/lists`, in the same form as [`mirror_state`].
-pub fn mirror_state_from_lists(sources: &[AptSource], lists: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for s in sources {
-        let name = apt_list_name(&s.uri, &format!("dists/{}/InRelease", s.suite));
-        let p = lists.join(&name);
-        let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        let bytes = match fetch(&url) {
+            Ok(b) => b,
+            Err(e) => {
+                let rel = s.release_url("Release");
+                fetch(&rel)
+                    .map_err(|_| e)
+                    .with_context(|| format!("fetching the mirror state {url} (and {rel})"))?
+            }
+        };
         out.push(format!(
             "{} {} {}",
             s.uri,
@@ -281,12 +403,64 @@ pub fn mirror_state_from_lists(sources: &[AptSource], lists: &Path) -> Result<Ve
     Ok(out)
 }
 
-/// apt's `URItoFileName`: scheme and credentials dropped, `/` turned into `_`.
+/// The mirror state as apt saw it: hashes of the `InRelease` (else `Release`) files in
+/// a tree's `var/lib/apt/lists`, in the same form as [`mirror_state`].
+pub fn mirror_state_from_lists(sources: &[AptSource], lists: &Path) -> Result<Vec<String>> {
+    mirror_state_with(sources, &|name| match std::fs::read(lists.join(name)) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", lists.join(name).display())),
+    })
+}
+
+/// [`mirror_state_from_lists`] with the list files read by `read` (by name; `None`:
+/// absent).
+pub fn mirror_state_with(
+    sources: &[AptSource],
+    read: &dyn Fn(&str) -> Result<Option<Vec<u8>>>,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for s in sources {
+        let (inrel, rel) = (
+            apt_list_name(&s.uri, &format!("{}InRelease", s.release_dir())),
+            apt_list_name(&s.uri, &format!("{}Release", s.release_dir())),
+        );
+        let bytes = match read(&inrel)? {
+            Some(b) => b,
+            None => read(&rel)?
+                .with_context(|| format!("apt's lists hold neither {inrel} nor {rel}"))?,
+        };
+        out.push(format!(
+            "{} {} {}",
+            s.uri,
+            s.suite,
+            hex::encode(Sha256::digest(&bytes))
+        ));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The prefix of apt's list file names for a source's URI.
+pub fn list_prefix(s: &AptSource) -> String {
+    apt_list_name(&s.uri, "")
+}
+
+/// apt's `URItoFileName`: scheme and credentials dropped, unsafe characters quoted as
+/// `%xx` (apt's `QuoteString`), `/` turned into `_`.
 fn apt_list_name(uri: &str, rest: &str) -> String {
     let no_scheme = uri.split_once("://").map(|x| x.1).unwrap_or(uri);
     let no_user = no_scheme.rsplit_once('@').map(|x| x.1).unwrap_or(no_scheme);
     let full = format!("{}/{}", no_user.trim_end_matches('/'), rest);
-    full.replace('/', "_")
+    let mut out = String::new();
+    for b in full.bytes() {
+        if b"\\|{}[]<>\"^~_=!@#$%^&*".contains(&b) || b <= 0x20 || b >= 0x7f {
+            out.push_str(&format!("%{b:02x}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out.replace('/', "_")
 }
 
 #[cfg(test)]
@@ -377,10 +551,59 @@ mod tests {
     }
 
     #[test]
+    fn repository_lines_for_the_host_the_tree_and_the_keys() {
+        let s = AptSource {
+            uri: "file:///srv/vendor".into(),
+            suite: "./".into(),
+            components: vec![],
+            keyring: Some(("/home/u/keys/v.asc".into(), "ab".repeat(32))),
+            trusted: false,
+        };
+        assert!(s.is_extra());
+        assert_eq!(
+            s.line(),
+            "deb [signed-by=/home/u/keys/v.asc] copy:///srv/vendor ./"
+        );
+        assert_eq!(
+            s.tree_line(),
+            "deb [signed-by=/etc/apt/keyrings/kiln-abababababababab.asc] file:///srv/vendor ./"
+        );
+        assert_eq!(
+            s.key_line(),
+            format!(
+                "deb [signed-by=sha256:{}] file:///srv/vendor ./",
+                "ab".repeat(32)
+            )
+        );
+        assert_eq!(s.inrelease_url(), "file:///srv/vendor/./InRelease");
+        let t = AptSource {
+            uri: "https://v.example/debian".into(),
+            suite: "bookworm".into(),
+            components: vec!["main".into(), "extra".into()],
+            keyring: None,
+            trusted: true,
+        };
+        assert_eq!(
+            t.line(),
+            "deb [trusted=yes] https://v.example/debian bookworm main extra"
+        );
+        assert_eq!(t.line(), t.tree_line());
+        assert_eq!(
+            t.inrelease_url(),
+            "https://v.example/debian/dists/bookworm/InRelease"
+        );
+    }
+
+    #[test]
     fn list_file_names_follow_apt() {
         assert_eq!(
             apt_list_name("http://deb.debian.org/debian", "dists/bookworm/InRelease"),
             "deb.debian.org_debian_dists_bookworm_InRelease"
+        );
+        // A flat repository in a local directory, with characters apt quotes.
+        assert_eq!(
+            apt_list_name("file:///srv/my_repo~1", "./InRelease"),
+            "_srv_my%5frepo%7e1_._InRelease"
         );
     }
 }

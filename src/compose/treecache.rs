@@ -87,6 +87,9 @@ impl Checkout {
 pub struct RootInfo {
     pub key: String,
     pub base: String,
+    /// [`super::bootstrap::family_key`] (records written before it existed have none).
+    #[serde(default)]
+    pub family: Option<String>,
     pub epoch: u64,
     pub packages: Vec<String>,
     pub exclude: Vec<String>,
@@ -226,12 +229,14 @@ impl TreeCache {
         super::layout::write_file(&self.info_path(&info.key), &text, 0o644)
     }
 
-    /// The cached root with base `base`, the same `exclude` list and the package
+    /// The cached root with base `base` (or, when there is none, of family `family`: the
+    /// recipe's extra repositories differ), the same `exclude` list and the package
     /// selection closest to `packages` (fewest packages in one and not the other; the
     /// most recently used on a tie).
     pub fn closest(
         &self,
         base: &str,
+        family: &str,
         packages: &[String],
         exclude: &[String],
     ) -> Result<Option<RootInfo>> {
@@ -241,7 +246,7 @@ impl TreeCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("listing {}", d.display())),
         };
-        let mut best: Option<(usize, std::time::SystemTime, RootInfo)> = None;
+        let mut best: Option<((bool, usize), std::time::SystemTime, RootInfo)> = None;
         for e in rd.flatten() {
             // A record whose root was pruned, or that cannot be read, is no candidate.
             let Ok(text) = std::fs::read(e.path()) else {
@@ -254,10 +259,11 @@ impl TreeCache {
             let Ok(t) = std::fs::metadata(&used).and_then(|m| m.modified()) else {
                 continue;
             };
-            if info.base != base || info.exclude != exclude {
+            let same_family = info.family.as_deref() == Some(family);
+            if (info.base != base && !same_family) || info.exclude != exclude {
                 continue;
             }
-            let dist = info.distance(packages);
+            let dist = (info.base != base, info.distance(packages));
             let better = match &best {
                 None => true,
                 Some((bd, bt, _)) => dist < *bd || (dist == *bd && t > *bt),
@@ -506,6 +512,7 @@ mod tests {
         RootInfo {
             key: key.into(),
             base: "b".into(),
+            family: Some("f".into()),
             epoch: 1,
             packages: vec!["a".into(), "b".into()],
             exclude: vec![],
@@ -596,11 +603,22 @@ mod tests {
         let mut two = info("two");
         two.packages = pk(&["a", "b", "c"]);
         tc.save(&two, &t, None).unwrap();
-        let got = |p: &[&str], base: &str| tc.closest(base, &pk(p), &[]).unwrap().map(|i| i.key);
+        let got =
+            |p: &[&str], base: &str| tc.closest(base, "g", &pk(p), &[]).unwrap().map(|i| i.key);
         assert_eq!(got(&["a", "d"], "b").as_deref(), Some("one"));
         assert_eq!(got(&["a", "b", "c", "d"], "b").as_deref(), Some("two"));
         assert_eq!(got(&["a"], "other base"), None);
-        assert!(tc.closest("b", &pk(&["a"]), &pk(&["x"])).unwrap().is_none());
+        assert!(tc
+            .closest("b", "g", &pk(&["a"]), &pk(&["x"]))
+            .unwrap()
+            .is_none());
+        // Another base of the same family is a candidate, after every root of the base.
+        let fam = |p: &[&str], base: &str| tc.closest(base, "f", &pk(p), &[]).unwrap();
+        assert_eq!(fam(&["a"], "b2").map(|i| i.key).as_deref(), Some("one"));
+        assert_eq!(
+            fam(&["a", "b", "c"], "b").map(|i| i.key).as_deref(),
+            Some("two")
+        );
         // Pruned roots are no candidates (two are kept).
         tree(&t);
         let mut three = info("three");

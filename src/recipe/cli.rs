@@ -86,6 +86,9 @@ fn to_json(recipe: &Recipe) -> Result<serde_json::Value> {
 
 fn cmd_show(a: ShowArgs) -> Result<()> {
     let recipe = super::load(&a.recipe)?;
+    for w in recipe.warnings() {
+        eprintln!("kiln: warning: {w}");
+    }
     let json = to_json(&recipe)?;
     if let Some(field) = &a.field {
         let v = lookup(&json, field)?;

@@ -5,8 +5,8 @@
 //! then F's fragments in lexical order (each fragment's own includes first). See
 //! docs/recipes.md for the merge rules.
 
-use super::parse::{parse_file, At, Layer, Loc, Val};
-use super::types::{Recipe, Units};
+use super::parse::{parse_file, At, Entry, Layer, Loc, Val};
+use super::types::{Recipe, Repository, Units};
 use crate::error::InputError;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -210,6 +210,35 @@ pub(crate) fn merge_values(layers: &[Layer]) -> BTreeMap<String, Val> {
                             items.push(item.clone());
                         }
                     }
+                }
+                (
+                    Some(Val::Tables { key: kloc, items }),
+                    Val::Tables {
+                        key: nkloc,
+                        items: new,
+                    },
+                ) => {
+                    *kloc = nkloc.clone();
+                    for item in new {
+                        if !items.iter().any(|i| i.fingerprint() == item.fingerprint()) {
+                            items.push(item.clone());
+                        }
+                    }
+                }
+                (_, Val::Tables { key: kloc, items }) => {
+                    let mut uniq: Vec<Entry> = Vec::new();
+                    for item in items {
+                        if !uniq.iter().any(|i| i.fingerprint() == item.fingerprint()) {
+                            uniq.push(item.clone());
+                        }
+                    }
+                    merged.insert(
+                        key.clone(),
+                        Val::Tables {
+                            key: kloc.clone(),
+                            items: uniq,
+                        },
+                    );
                 }
                 (Some(Val::Map(entries)), Val::Map(new)) => {
                     for (k, v) in new {
@@ -430,6 +459,91 @@ fn resolve_health(m: &BTreeMap<String, Val>) -> Result<crate::updates::Health, I
     Ok(h)
 }
 
+/// `[[repositories]]`, each checked: `uri` and `suite` present, components for a
+/// suite and none for a flat repository, `signed-by` or an explicit `trusted = true`
+/// (not both), and no two entries for the same `uri` and `suite`.
+fn resolve_repositories(m: &BTreeMap<String, Val>) -> Result<Vec<Repository>, InputError> {
+    let Some(Val::Tables { items, .. }) = m.get("repositories") else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<(Repository, &Loc)> = Vec::new();
+    for e in items {
+        let need = |k: &str| {
+            e.str(k).ok_or_else(|| {
+                e.loc.error(format!(
+                    "a repository needs `{k}` (uri, suite, components, and signed-by or \
+                     trusted = true)"
+                ))
+            })
+        };
+        let uri = need("uri")?;
+        let suite = need("suite")?;
+        let flat = suite.value.ends_with('/');
+        let comps = e.list("components");
+        if flat && !comps.is_empty() {
+            return Err(comps[0].loc.error(format!(
+                "suite {:?} is a flat repository (ends in `/`), which has no components",
+                suite.value
+            )));
+        }
+        if !flat && comps.is_empty() {
+            return Err(match e.values.get("components") {
+                Some(Val::List { key, .. }) => key.error("components is empty: name at least one"),
+                _ => e.loc.error(format!(
+                    "a repository with suite {:?} needs `components` (a flat repository's \
+                     suite ends in `/`, e.g. \"./\")",
+                    suite.value
+                )),
+            });
+        }
+        let signed = e.str("signed-by");
+        let trusted = e.bool("trusted");
+        match (signed, trusted) {
+            (Some(_), Some(t)) if t.value => {
+                return Err(t.loc.error(
+                    "trusted = true turns signature checks off, which makes signed-by \
+                     pointless: keep one of them",
+                ))
+            }
+            (None, None) => {
+                return Err(e.loc.error(format!(
+                    "repository {} {} has no `signed-by`: name the keyring file its \
+                     InRelease is signed with (relative to this file), or set trusted = true \
+                     to install from it without any signature check",
+                    uri.value, suite.value
+                )))
+            }
+            (None, Some(t)) if !t.value => {
+                return Err(t.loc.error(
+                    "trusted = false needs `signed-by`: name the keyring file the \
+                     repository's InRelease is signed with",
+                ))
+            }
+            _ => {}
+        }
+        let r = Repository {
+            uri: uri.value.trim_end_matches('/').to_string(),
+            suite: suite.value.clone(),
+            components: comps.iter().map(|c| c.value.clone()).collect(),
+            signed_by: signed.map(|s| PathBuf::from(&s.value)),
+            trusted: trusted.is_some_and(|t| t.value),
+        };
+        if let Some((_, prev)) = out
+            .iter()
+            .find(|(o, _)| o.uri == r.uri && o.suite == r.suite)
+        {
+            return Err(e.loc.error(format!(
+                "repository {} {} is already declared at {} with other settings",
+                r.uri,
+                r.suite,
+                prev.short()
+            )));
+        }
+        out.push((r, &e.loc));
+    }
+    Ok(out.into_iter().map(|(r, _)| r).collect())
+}
+
 fn unreachable_loc() -> Loc {
     Loc {
         file: "recipe".into(),
@@ -488,6 +602,7 @@ fn merge(layers: &[Layer], main_display: &str) -> Result<Recipe, InputError> {
     }
     let updates = resolve_updates(&m)?;
     let health = resolve_health(&m)?;
+    let repositories = resolve_repositories(&m)?;
     let mut list = |key: &str| -> Vec<String> {
         match m.remove(key) {
             Some(Val::List { items, .. }) => items.into_iter().map(|i| i.value).collect(),
@@ -548,6 +663,7 @@ fn merge(layers: &[Layer], main_display: &str) -> Result<Recipe, InputError> {
         dracut_modules,
         metadata,
         source_date_epoch,
+        repositories,
         sources: layers.iter().map(|l| l.path.clone()).collect(),
     })
 }
@@ -847,6 +963,57 @@ mod tests {
             assert_eq!((e.key.as_str(), e.pos), (*key, Some(*pos)), "{e}");
             assert!(e.message.contains(msg), "{e}");
         }
+    }
+
+    #[test]
+    fn repositories_resolve_and_merge_across_fragments() {
+        let d = tree(&[
+            (
+                "r.toml",
+                "{HEAD}[[repositories]]\nuri = \"https://vendor.example/debian/\"\n\
+                 suite = \"bookworm\"\ncomponents = [\"main\"]\nsigned-by = \"keys/v.gpg\"\n",
+            ),
+            ("keys/v.gpg", "k"),
+            (
+                "r.d/10-local.toml",
+                "[[repositories]]\nuri = \"file:///srv/local\"\nsuite = \"./\"\ntrusted = true\n\
+                 [[repositories]]\nuri = \"https://vendor.example/debian/\"\n\
+                 suite = \"bookworm\"\ncomponents = [\"main\"]\nsigned-by = \"../keys/v.gpg\"\n",
+            ),
+        ]);
+        let r = load_in(&d, "r.toml").unwrap();
+        let root = d.path().canonicalize().unwrap();
+        assert_eq!(
+            r.repositories,
+            vec![
+                Repository {
+                    uri: "https://vendor.example/debian".into(),
+                    suite: "bookworm".into(),
+                    components: vec!["main".into()],
+                    signed_by: Some(root.join("keys/v.gpg")),
+                    trusted: false,
+                },
+                Repository {
+                    uri: "file:///srv/local".into(),
+                    suite: "./".into(),
+                    components: vec![],
+                    signed_by: None,
+                    trusted: true,
+                },
+            ]
+        );
+        assert_eq!(r.warnings().len(), 1, "the trusted repository is flagged");
+        assert!(r.warnings()[0].contains("without any signature check"));
+        // Shown and loaded back the same.
+        let text = crate::recipe::cli::render_toml(&r).unwrap();
+        let back: toml::Value = toml::from_str(&text).unwrap();
+        let repos = back["repositories"].as_array().unwrap();
+        assert_eq!(repos.len(), 2, "{text}");
+        assert_eq!(repos[1]["trusted"].as_bool(), Some(true), "{text}");
+        // A recipe without repositories serializes as before.
+        let plain = load_in(&tree(&[("r.toml", "{HEAD}")]), "r.toml").unwrap();
+        let j = serde_json::to_value(&plain).unwrap();
+        assert!(j.get("repositories").is_none());
     }
 
     #[test]

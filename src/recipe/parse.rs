@@ -55,13 +55,21 @@ pub(crate) enum Kind {
     Str(Check),
     /// A non-negative integer; later files replace it.
     Int,
+    /// A boolean; later files replace it.
+    Bool,
     /// A list of strings; appended without duplicates.
     List(Check),
     /// A list of paths relative to the declaring file; resolved to absolute paths and
     /// appended without duplicates.
     Paths(PathKind),
+    /// A path relative to the declaring file; resolved to an absolute path; later files
+    /// replace it.
+    Path(PathKind),
     /// A table with known keys.
     Table(&'static [Field]),
+    /// An array of tables with known keys (`[[repositories]]`); appended, an entry equal
+    /// to an earlier one dropped.
+    TableList(&'static [Field]),
     /// A table of free-form string keys and string values; merged per key.
     StrMap { key: Check, value: Check },
 }
@@ -108,6 +116,14 @@ pub(crate) static HEALTH_FIELDS: &[Field] = &[
     f("timeout", Kind::Str(validate::duration)),
 ];
 
+pub(crate) static REPOSITORY_FIELDS: &[Field] = &[
+    f("uri", Kind::Str(validate::mirror_url)),
+    f("suite", Kind::Str(validate::repository_suite)),
+    f("components", Kind::List(validate::archive_name)),
+    f("signed-by", Kind::Path(PathKind::File)),
+    f("trusted", Kind::Bool),
+];
+
 /// Every key a recipe file may contain.
 pub(crate) static FIELDS: &[Field] = &[
     f("name", Kind::Str(validate::recipe_name)),
@@ -135,6 +151,7 @@ pub(crate) static FIELDS: &[Field] = &[
         },
     ),
     f("source-date-epoch", Kind::Int),
+    f("repositories", Kind::TableList(REPOSITORY_FIELDS)),
 ];
 
 /// A parsed value of one key in one file.
@@ -142,12 +159,70 @@ pub(crate) static FIELDS: &[Field] = &[
 pub(crate) enum Val {
     Str(At<String>),
     Int(At<u64>),
+    Bool(At<bool>),
     /// `key` is where the list itself was written. Path lists hold absolute paths.
     List {
         key: Loc,
         items: Vec<At<String>>,
     },
     Map(Vec<(String, At<String>)>),
+    /// An array of tables: where it was written, and each entry's values by field name
+    /// (with where the entry starts).
+    Tables {
+        key: Loc,
+        items: Vec<Entry>,
+    },
+}
+
+/// One table of an array of tables.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub loc: Loc,
+    pub values: BTreeMap<String, Val>,
+}
+
+impl Entry {
+    pub fn str(&self, k: &str) -> Option<&At<String>> {
+        match self.values.get(k) {
+            Some(Val::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn list(&self, k: &str) -> &[At<String>] {
+        match self.values.get(k) {
+            Some(Val::List { items, .. }) => items,
+            _ => &[],
+        }
+    }
+
+    pub fn bool(&self, k: &str) -> Option<&At<bool>> {
+        match self.values.get(k) {
+            Some(Val::Bool(b)) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The entry's values as comparable text (two entries are the same repository when
+    /// this is equal).
+    pub fn fingerprint(&self) -> String {
+        let mut out = String::new();
+        for (k, v) in &self.values {
+            let t = match v {
+                Val::Str(s) => s.value.clone(),
+                Val::Int(n) => n.value.to_string(),
+                Val::Bool(b) => b.value.to_string(),
+                Val::List { items, .. } => items
+                    .iter()
+                    .map(|i| i.value.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\u{1}"),
+                Val::Map(_) | Val::Tables { .. } => String::new(),
+            };
+            out.push_str(&format!("{k}={t}\u{0}"));
+        }
+        out
+    }
 }
 
 /// One file's contribution: values by dotted key path (`units.enable`).
@@ -285,6 +360,63 @@ fn walk(
                     ))
                 })?;
                 Val::Int(At { value: n, loc })
+            }
+            Kind::Path(kind) => {
+                let s = string_value(ctx, &path, key, item, "a string (a path)")?;
+                Val::Str(resolve_path(ctx, s, kind, name)?)
+            }
+            Kind::Bool => {
+                let loc = ctx.loc(&path, span_of(key, item));
+                let Some(b) = item.as_bool() else {
+                    return Err(type_error(ctx, &path, key, item, "true or false"));
+                };
+                Val::Bool(At { value: b, loc })
+            }
+            Kind::TableList(sub) => {
+                let list_loc = ctx.loc(&path, key.span());
+                let tables: Vec<(&dyn TableLike, Option<std::ops::Range<usize>>)> =
+                    if let Some(a) = item.as_array_of_tables() {
+                        a.iter().map(|t| (t as &dyn TableLike, t.span())).collect()
+                    } else if let Some(a) = item.as_array() {
+                        let mut v = Vec::new();
+                        for (i, x) in a.iter().enumerate() {
+                            let Some(t) = x.as_inline_table() else {
+                                return Err(ctx.loc(&format!("{path}[{i}]"), x.span()).error(
+                                    format!("expected a table, found {}", article(x.type_name())),
+                                ));
+                            };
+                            v.push((t as &dyn TableLike, x.span()));
+                        }
+                        v
+                    } else {
+                        return Err(type_error(
+                            ctx,
+                            &path,
+                            key,
+                            item,
+                            &format!("an array of tables ([[{path}]])"),
+                        ));
+                    };
+                let mut items = Vec::new();
+                for (i, (t, span)) in tables.into_iter().enumerate() {
+                    let epath = format!("{path}[{i}]");
+                    let mut vals = BTreeMap::new();
+                    walk(ctx, t, sub, &epath, &mut vals)?;
+                    let strip = format!("{epath}.");
+                    let values = vals
+                        .into_iter()
+                        .map(|(k, v)| (k.strip_prefix(&strip).unwrap_or(&k).to_string(), v))
+                        .collect();
+                    let span = span.or_else(|| t.iter().next().and_then(|(_, v)| v.span()));
+                    items.push(Entry {
+                        loc: ctx.loc(&epath, span),
+                        values,
+                    });
+                }
+                Val::Tables {
+                    key: list_loc,
+                    items,
+                }
             }
             Kind::List(check) => {
                 let (list_loc, items) = string_list(ctx, &path, key, item)?;
@@ -469,6 +601,7 @@ fn resolve_path(
         "include" => "included recipe",
         "overlays" => "overlay directory",
         "postprocess" => "postprocess script",
+        "signed-by" => "keyring",
         _ => "path",
     };
     let meta = std::fs::metadata(&joined).map_err(|e| {
@@ -533,7 +666,7 @@ mod tests {
             .expect("docs/recipes.md");
         for field in FIELDS {
             let names: Vec<String> = match field.kind {
-                Kind::Table(sub) => sub
+                Kind::Table(sub) | Kind::TableList(sub) => sub
                     .iter()
                     .map(|s| format!("{}.{}", field.name, s.name))
                     .collect(),

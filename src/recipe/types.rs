@@ -44,6 +44,9 @@ pub struct Recipe {
     pub metadata: BTreeMap<String, String>,
     /// Fixed build epoch, unless `SOURCE_DATE_EPOCH` overrides it.
     pub source_date_epoch: Option<u64>,
+    /// Extra apt repositories (`[[repositories]]`), besides the Debian archive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<Repository>,
     /// Every file that contributed to this recipe (main file, includes, fragments), in
     /// the order they were merged.
     pub sources: Vec<PathBuf>,
@@ -55,4 +58,45 @@ pub struct Units {
     pub enable: Vec<String>,
     pub disable: Vec<String>,
     pub mask: Vec<String>,
+}
+
+/// An extra apt repository (a vendor's): one `deb` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Repository {
+    pub uri: String,
+    /// A suite, or a flat repository's directory ending in `/` (`./`).
+    pub suite: String,
+    /// Empty for a flat repository.
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// The keyring the repository's `InRelease` must be signed with (absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<PathBuf>,
+    /// No signature check at all (`[trusted=yes]`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trusted: bool,
+}
+
+impl Repository {
+    pub fn is_flat(&self) -> bool {
+        self.suite.ends_with('/')
+    }
+}
+
+impl Recipe {
+    /// What is allowed but unsafe, to be shown wherever the recipe is used.
+    pub fn warnings(&self) -> Vec<String> {
+        self.repositories
+            .iter()
+            .filter(|r| r.trusted)
+            .map(|r| {
+                format!(
+                    "repository {} {} is trusted = true: its packages are installed without \
+                     any signature check",
+                    r.uri, r.suite
+                )
+            })
+            .collect()
+    }
 }

@@ -122,6 +122,31 @@ pub fn archive_name(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `repositories[].suite`: a suite or codename (like `suite`), or a flat repository's
+/// directory ending in `/` (`./`, `stable/`): `A-Z a-z 0-9 . _ - /`, no `..`.
+pub fn repository_suite(s: &str) -> Result<(), String> {
+    if !s.ends_with('/') {
+        return archive_name(s);
+    }
+    if s.starts_with('/') {
+        return Err(format!(
+            "{s:?}: a flat repository's directory is relative to the uri (\"./\")"
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || "._-/".contains(c)))
+    {
+        return Err(format!(
+            "{s:?} contains {c:?}; allowed: A-Z a-z 0-9 . _ - /"
+        ));
+    }
+    if s.split('/').any(|c| c == "..") {
+        return Err(format!("{s:?}: `..` is not allowed"));
+    }
+    Ok(())
+}
+
 /// `mirror`: an `http://`, `https://` or `file:///` URL (the shared URL rule).
 pub fn mirror_url(s: &str) -> Result<(), String> {
     crate::validate::url(s, crate::validate::Schemes::HttpOrFile)
