@@ -11,6 +11,7 @@ pub mod compose;
 pub mod deploy;
 pub mod error;
 pub mod fleetlock;
+pub mod fstime;
 pub mod ignition;
 pub mod image;
 pub mod install;

@@ -454,37 +454,12 @@ fn remove_special_files(dir: &Path) -> Result<()> {
 /// Sets the mtime of every regular file and symlink below `dir` that has another to 0
 /// (the time libostree gives the objects it writes).
 fn zero_mtimes(dir: &Path) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
     walk(dir, &mut |p, md| {
         if md.mtime() == 0 && md.mtime_nsec() == 0 {
             return Ok(());
         }
-        let c = std::ffi::CString::new(p.as_os_str().as_bytes())
-            .with_context(|| format!("path {} has a NUL byte", p.display()))?;
-        let times = [
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            },
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-        ];
-        // SAFETY: `c` is a valid NUL-terminated path and `times` holds two timespecs.
-        let r = unsafe {
-            libc::utimensat(
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                times.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("setting the mtime of {}", p.display()));
-        }
-        Ok(())
+        crate::fstime::set_times(p, None, 0)
+            .with_context(|| format!("setting the mtime of {}", p.display()))
     })
 }
 

@@ -14,31 +14,8 @@ use std::path::Path;
 /// directories (libostree's deployment roots) get their flag cleared for the change and
 /// set again.
 pub fn clamp_times(root: &Path, epoch: u64) -> Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let ts = libc::timespec {
-        tv_sec: epoch as libc::time_t,
-        tv_nsec: 0,
-    };
-    let times = [ts, ts];
-    let set = |p: &Path| -> std::io::Result<()> {
-        let c = CString::new(p.as_os_str().as_bytes())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: a valid NUL-terminated path and a two-element timespec array.
-        let r = unsafe {
-            libc::utimensat(
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                times.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
+    let epoch = i64::try_from(epoch).context("the build epoch is out of range")?;
+    let set = |p: &Path| crate::fstime::set_times(p, Some(epoch), epoch);
     // Children first, then their directory.
     let mut stack = vec![(root.to_path_buf(), false)];
     while let Some((p, visited)) = stack.pop() {
