@@ -28,19 +28,9 @@ fn vm_derived_image_deploys_and_its_package_runs() {
     let f = common::base_commit();
     let base = common::booted::booted_fixture();
     let work = common::fixture_workdir("oci-vm-derived");
-    let layout = common::fixture_dir().join(format!("oci-vm-derived-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&layout);
-    let cleanup = RemoveDir(layout.clone());
     let t = std::time::Instant::now();
-    common::kiln_ok(&[
-        "publish",
-        "--repo",
-        f.repo.to_str().unwrap(),
-        "--ref",
-        &f.ref_,
-        "--oci",
-        &format!("oci:{}:base", layout.display()),
-    ]);
+    let (layout, _) = common::publish_base_layout("oci-vm-derived");
+    let cleanup = RemoveDir(layout.clone());
     let p = Podman::new(&work.path().join("podman"));
     let id = p.run(&["pull", "-q", &format!("oci:{}:base", layout.display())]);
     let id = id.lines().last().unwrap().trim().to_string();
